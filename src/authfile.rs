@@ -1,0 +1,332 @@
+//! The docker/podman auth-file format: a pure merge of managed `auths` entries, and its diagnosis.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::registry::key_host;
+
+/// Files larger than this are not ours to parse (docker's own are a few KiB).
+pub const MAX_FILE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Why a file's content cannot be merged; the file is then left untouched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("larger than 4 MiB ({0} bytes)")]
+    TooLarge(usize),
+    #[error("not UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("not valid JSON at line {line} column {column}: {message}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("the top level is not a JSON object")]
+    NotObject,
+    #[error("\"auths\" is not a JSON object")]
+    AuthsNotObject,
+}
+
+/// What we want a file to say for the hosts we manage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// host -> the `auth` value (base64 of `AWS:<password>`), written as `{"auth": ...}`.
+    pub set: BTreeMap<String, String>,
+    /// Hosts whose entries are to be removed (no longer configured, or expired).
+    pub remove: BTreeSet<String>,
+}
+
+/// Parses auth-file bytes into its top-level object. An empty file is an empty object, as docker reads it.
+pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, FormatError> {
+    if bytes.len() > MAX_FILE_SIZE {
+        return Err(FormatError::TooLarge(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| FormatError::NotUtf8(e.valid_up_to()))?;
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| FormatError::Syntax {
+        line: e.line(),
+        column: e.column(),
+        message: syntax_reason(&e),
+    })?;
+    let Value::Object(map) = value else {
+        return Err(FormatError::NotObject);
+    };
+    match map.get("auths") {
+        None | Some(Value::Object(_)) | Some(Value::Null) => Ok(map),
+        Some(_) => Err(FormatError::AuthsNotObject),
+    }
+}
+
+/// serde_json's message without its " at line X column Y" tail (we print those ourselves).
+fn syntax_reason(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    }
+}
+
+/// Merges `desired` into an auth file's content.
+///
+/// Returns `Ok(None)` when the file already says what we want (nothing to write). Every key we do not
+/// manage is kept, in order; for each managed host the bare-host key is set (in place if present) and any
+/// other key naming the same host (`https://H`, `H/v2/`, ...) is removed, since docker picks among such
+/// keys at random.
+pub fn merge(existing: Option<&[u8]>, desired: &Desired) -> Result<Option<Vec<u8>>, FormatError> {
+    let original = match existing {
+        Some(bytes) => Some(parse(bytes)?),
+        None => None,
+    };
+    let mut root = original.clone().unwrap_or_default();
+    let mut auths = match root.get_mut("auths") {
+        Some(Value::Object(a)) => std::mem::take(a),
+        _ => Map::new(),
+    };
+    let touched: BTreeSet<&str> = desired
+        .set
+        .keys()
+        .chain(desired.remove.iter())
+        .map(String::as_str)
+        .collect();
+    auths.retain(|key, _| {
+        let host = key_host(key);
+        if !touched.contains(host) {
+            return true;
+        }
+        // Keep only the bare key of a host we set; drop variants and removed hosts.
+        key == host && desired.set.contains_key(host)
+    });
+    for (host, auth) in &desired.set {
+        let mut entry = Map::new();
+        entry.insert("auth".to_string(), Value::String(auth.clone()));
+        auths.insert(host.clone(), Value::Object(entry));
+    }
+    match root.get_mut("auths") {
+        Some(slot) => *slot = Value::Object(auths),
+        None => {
+            root.insert("auths".to_string(), Value::Object(auths));
+        }
+    }
+    if original.as_ref() == Some(&root) {
+        return Ok(None);
+    }
+    Ok(Some(to_docker_json(&root)))
+}
+
+/// Serializes as docker does: tab indentation, no trailing newline.
+pub fn to_docker_json(value: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    // A map of JSON values always serializes.
+    if value.serialize(&mut ser).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The `auth` values a file holds for the given hosts (bare keys only), for checking what was written.
+pub fn entries_for(bytes: &[u8], hosts: &BTreeSet<String>) -> Result<BTreeMap<String, String>, FormatError> {
+    let map = parse(bytes)?;
+    let mut out = BTreeMap::new();
+    if let Some(Value::Object(auths)) = map.get("auths") {
+        for (k, v) in auths {
+            if hosts.contains(k)
+                && let Some(Value::String(a)) = v.get("auth")
+            {
+                out.insert(k.clone(), a.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reasons docker or podman would not use an entry we write into this file.
+pub fn diagnose(map: &Map<String, Value>, managed: &BTreeSet<String>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(Value::String(store)) = map.get("credsStore")
+        && !store.is_empty()
+    {
+        warnings.push(format!(
+            "\"credsStore\": {store:?} is set: docker asks docker-credential-{store} first and never reads the entries we write; remove credsStore"
+        ));
+    }
+    if let Some(Value::Object(helpers)) = map.get("credHelpers") {
+        for host in managed {
+            if let Some(helper) = helpers.get(host.as_str()) {
+                warnings.push(format!(
+                    "\"credHelpers\" has {host:?} -> {helper}: docker and podman use that helper instead of our entry; remove it"
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// Whether this file holds an `auths` entry for `host` under any key naming it.
+pub fn has_entry_for(map: &Map<String, Value>, host: &str) -> bool {
+    matches!(map.get("auths"), Some(Value::Object(a)) if a.keys().any(|k| key_host(k) == host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+    fn set(host: &str, auth: &str) -> Desired {
+        Desired {
+            set: [(host.to_string(), auth.to_string())].into(),
+            remove: BTreeSet::new(),
+        }
+    }
+
+    fn merged(existing: &str, d: &Desired) -> String {
+        String::from_utf8(merge(Some(existing.as_bytes()), d).unwrap().expect("a change")).unwrap()
+    }
+
+    #[test]
+    fn new_file() {
+        let out = merge(None, &set(H, "QVdTOnB3")).unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{{\n\t\"auths\": {{\n\t\t\"{H}\": {{\n\t\t\t\"auth\": \"QVdTOnB3\"\n\t\t}}\n\t}}\n}}")
+        );
+    }
+
+    #[test]
+    fn empty_file_is_empty_config() {
+        let out = merged("  \n", &set(H, "QVdTOnB3"));
+        assert!(out.contains(H));
+    }
+
+    #[test]
+    fn keeps_everything_else_in_order() {
+        let existing = r#"{
+  "zeta": {"nested": [1, 2.5, "x\u00e9"]},
+  "auths": {
+    "docker.io": {"auth": "dXNlcjpwYXNz"},
+    "123456789012.dkr.ecr.us-east-1.amazonaws.com": {"auth": "b2xk", "email": "x"},
+    "ghcr.io": {"auth": "Z2g="}
+  },
+  "credHelpers": {"gcr.io": "gcloud"},
+  "proxies": {"default": {"httpProxy": "http://p:3128"}},
+  "HttpHeaders": {"User-Agent": "me"},
+  "alpha": true
+}"#;
+        let out = merged(existing, &set(H, "bmV3"));
+        let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        let keys: Vec<&str> = v.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["zeta", "auths", "credHelpers", "proxies", "HttpHeaders", "alpha"]);
+        let auths: Vec<&str> = v["auths"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(auths, ["docker.io", H, "ghcr.io"], "replaced in place");
+        assert_eq!(v["auths"][H], serde_json::json!({"auth": "bmV3"}));
+        let before: Map<String, Value> = serde_json::from_str(existing).unwrap();
+        for k in ["zeta", "credHelpers", "proxies", "HttpHeaders", "alpha"] {
+            assert_eq!(v[k], before[k], "{k}");
+        }
+        assert_eq!(v["auths"]["docker.io"], before["auths"]["docker.io"]);
+        assert!(out.contains("\n\t\"zeta\""), "tab indentation: {out}");
+    }
+
+    #[test]
+    fn removes_variants_of_managed_host() {
+        let existing = format!(
+            r#"{{"auths": {{"https://{H}": {{"auth": "a"}}, "http://{H}": {{}}, "{H}/v2/": {{}}, "https://{H}/v1/": {{}}, "other.example": {{"auth": "o"}}, "https://other.example": {{"auth": "p"}}}}}}"#
+        );
+        let out = merged(&existing, &set(H, "bmV3"));
+        let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        let auths: Vec<&str> = v["auths"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(auths, ["other.example", "https://other.example", H]);
+    }
+
+    #[test]
+    fn removes_hosts_no_longer_managed() {
+        let existing = format!(r#"{{"auths": {{"{H}": {{"auth": "a"}}, "https://{H}": {{}}, "keep.example": {{}}}}}}"#);
+        let d = Desired {
+            set: BTreeMap::new(),
+            remove: [H.to_string(), "never.written.example".to_string()].into(),
+        };
+        let out = merged(&existing, &d);
+        let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["auths"], serde_json::json!({"keep.example": {}}));
+    }
+
+    #[test]
+    fn unchanged_content_is_not_rewritten() {
+        let existing = format!("{{\"auths\": {{\"{H}\": {{\"auth\": \"same\"}}}}, \"x\": 1}}");
+        assert_eq!(merge(Some(existing.as_bytes()), &set(H, "same")).unwrap(), None);
+        let nothing = Desired::default();
+        assert_eq!(merge(Some(b"{\"auths\": {}}"), &nothing).unwrap(), None);
+        // Removing a host that is not there is no change either.
+        let d = Desired {
+            set: BTreeMap::new(),
+            remove: [H.to_string()].into(),
+        };
+        assert_eq!(merge(Some(b"{\"auths\": {\"a\": {}}}"), &d).unwrap(), None);
+    }
+
+    #[test]
+    fn auths_added_when_missing_or_null() {
+        let out = merged("{\"credsStore\": \"\"}", &set(H, "bmV3"));
+        let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["credsStore", "auths"]);
+        let out = merged("{\"auths\": null, \"b\": 2}", &set(H, "bmV3"));
+        let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["auths", "b"]);
+    }
+
+    /// Ten malformed files, each with the error it must give.
+    pub(crate) fn malformed() -> Vec<(Vec<u8>, &'static str)> {
+        vec![
+            (b"{".to_vec(), "line 1 column 1"),
+            (b"{\"auths\": {\"a\": }}".to_vec(), "line 1 column 17"),
+            (b"[]".to_vec(), "not a JSON object"),
+            (b"\"auths\"".to_vec(), "not a JSON object"),
+            (b"{\"auths\": []}".to_vec(), "\"auths\" is not"),
+            (b"{\"auths\": \"x\"}".to_vec(), "\"auths\" is not"),
+            (b"{\"auths\": {}}\n{}".to_vec(), "trailing characters"),
+            (b"{\"a\": \"\xff\xfe\"}".to_vec(), "not UTF-8"),
+            (b"{\"auths\": {}, // comment\n}".to_vec(), "line 1"),
+            (vec![b' '; MAX_FILE_SIZE + 1], "larger than 4 MiB"),
+            (b"\xef\xbb\xbf{}".to_vec(), "line 1 column 1"),
+            (b"{\"a\": 1,}".to_vec(), "trailing comma"),
+        ]
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_reason() {
+        for (bytes, want) in malformed() {
+            let err = merge(Some(&bytes), &set(H, "bmV3")).expect_err("must refuse");
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{:?}: {msg:?} lacks {want:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(40)]));
+        }
+    }
+
+    #[test]
+    fn diagnose_finds_helpers_and_stores() {
+        let map: Map<String, Value> = serde_json::from_str(&format!(
+            r#"{{"credsStore": "desktop", "credHelpers": {{"{H}": "ecr-login", "gcr.io": "gcloud"}}}}"#
+        ))
+        .unwrap();
+        let w = diagnose(&map, &[H.to_string()].into());
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("credsStore"));
+        assert!(w[1].contains("ecr-login"));
+        let clean: Map<String, Value> = serde_json::from_str(r#"{"credsStore": "", "credHelpers": {"gcr.io": "x"}}"#).unwrap();
+        assert!(diagnose(&clean, &[H.to_string()].into()).is_empty());
+    }
+
+    #[test]
+    fn entry_lookup() {
+        let map: Map<String, Value> = serde_json::from_str(&format!(r#"{{"auths": {{"https://{H}/": {{}}}}}}"#)).unwrap();
+        assert!(has_entry_for(&map, H));
+        assert!(!has_entry_for(&map, "public.ecr.aws"));
+        let got = entries_for(format!(r#"{{"auths": {{"{H}": {{"auth": "x"}}}}}}"#).as_bytes(), &[H.to_string()].into()).unwrap();
+        assert_eq!(got.get(H).map(String::as_str), Some("x"));
+    }
+}

@@ -1,0 +1,183 @@
+//! Diagnosis of each target without calling AWS: will docker and podman use what we write?
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::atomic::{self, Owner};
+use crate::authfile;
+use crate::config::{Settings, TargetSettings};
+use crate::refresh::owner_policy;
+
+/// What `check` found for one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetDiagnosis {
+    pub name: String,
+    pub path: PathBuf,
+    /// Who the file is written as, when that could be resolved.
+    pub owner: Option<u32>,
+    /// Problems that make the target fail: it will not be written.
+    pub errors: Vec<String>,
+    /// Problems that make docker or podman ignore what we write, or weaken it.
+    pub warnings: Vec<String>,
+}
+
+/// The hosts a target manages.
+pub fn managed_hosts(settings: &Settings, target: &TargetSettings) -> BTreeSet<String> {
+    settings
+        .registries
+        .iter()
+        .filter(|r| r.targets.contains(&target.name))
+        .map(|r| r.host.clone())
+        .collect()
+}
+
+/// Diagnoses every target. `run_dir` is `/run` outside tests.
+pub fn diagnose(settings: &Settings, run_dir: &Path) -> Vec<TargetDiagnosis> {
+    settings
+        .targets
+        .iter()
+        .map(|t| diagnose_target(settings, t, run_dir))
+        .collect()
+}
+
+fn diagnose_target(settings: &Settings, target: &TargetSettings, run_dir: &Path) -> TargetDiagnosis {
+    let hosts = managed_hosts(settings, target);
+    let mut d = TargetDiagnosis {
+        name: target.name.clone(),
+        path: target.path.clone(),
+        ..Default::default()
+    };
+    if hosts.is_empty() {
+        d.warnings.push("no registry is written to this target".into());
+    }
+    if let Ok(md) = std::fs::symlink_metadata(&target.path)
+        && md.file_type().is_symlink()
+    {
+        d.errors.push(
+            "the file is a symbolic link; it will not be written (we never follow links): replace it with a regular file".into(),
+        );
+        return d;
+    }
+    let owner = match atomic::resolve_owner(&target.path, owner_policy(target)) {
+        Ok(o) => o,
+        Err(e) => {
+            d.errors.push(e.to_string());
+            return d;
+        }
+    };
+    d.owner = Some(owner.uid);
+    match atomic::read(&target.path, owner_policy(target)) {
+        Err(e) => d.errors.push(e.to_string()),
+        Ok(None) => {}
+        Ok(Some(bytes)) => match authfile::parse(&bytes) {
+            Err(e) => d.errors.push(format!("it will be left untouched: {e}")),
+            Ok(map) => d.warnings.extend(authfile::diagnose(&map, &hosts)),
+        },
+    }
+    if let Ok(md) = std::fs::symlink_metadata(&target.path) {
+        let mode = md.mode() & 0o777;
+        let broad = target.mode.unwrap_or(mode) & 0o077 != 0;
+        if broad {
+            d.warnings.push(format!(
+                "mode {:04o} lets others read the credentials; set mode = \"0600\"",
+                target.mode.unwrap_or(mode)
+            ));
+        }
+    } else if let Some(m) = target.mode
+        && m & 0o077 != 0
+    {
+        d.warnings.push(format!("mode {m:04o} lets others read the credentials; use \"0600\""));
+    }
+    d.warnings.extend(unreachable_dirs(&target.path, owner));
+    d.warnings.extend(podman_shadows(settings, target, owner, &hosts, run_dir));
+    d
+}
+
+/// Directories on the way that the owner cannot enter, so their own tools cannot read the file.
+fn unreachable_dirs(path: &Path, owner: Owner) -> Vec<String> {
+    if owner.uid == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut dir = path.parent();
+    let mut dirs = Vec::new();
+    while let Some(d) = dir {
+        dirs.push(d.to_path_buf());
+        dir = d.parent();
+    }
+    for d in dirs.iter().rev() {
+        let Ok(md) = std::fs::metadata(d) else { break };
+        let mode = md.mode();
+        let can = if md.uid() == owner.uid {
+            mode & 0o100 != 0
+        } else if md.gid() == owner.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !can {
+            out.push(format!(
+                "user {} cannot enter {} (mode {:04o}), so their docker/podman cannot read this file",
+                owner.uid,
+                d.display(),
+                mode & 0o7777
+            ));
+            break;
+        }
+    }
+    out
+}
+
+/// podman reads `/run/containers/<uid>/auth.json` (and `$XDG_RUNTIME_DIR/containers/auth.json`,
+/// `~/.config/containers/auth.json`) before `~/.docker/config.json`: an entry there for one of our
+/// hosts that we do not manage shadows ours.
+fn podman_shadows(
+    settings: &Settings,
+    target: &TargetSettings,
+    owner: Owner,
+    hosts: &BTreeSet<String>,
+    run_dir: &Path,
+) -> Vec<String> {
+    let is_docker_config = target.path.file_name().is_some_and(|n| n == "config.json")
+        && target
+            .path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == ".docker");
+    if !is_docker_config {
+        return Vec::new();
+    }
+    let home = target.path.parent().and_then(Path::parent);
+    let mut higher = vec![
+        run_dir.join(format!("containers/{}/auth.json", owner.uid)),
+        run_dir.join(format!("user/{}/containers/auth.json", owner.uid)),
+    ];
+    if let Some(home) = home {
+        higher.push(home.join(".config/containers/auth.json"));
+    }
+    let mut out = Vec::new();
+    for file in higher {
+        let ours: BTreeSet<String> = settings
+            .targets
+            .iter()
+            .filter(|t| t.path == file)
+            .flat_map(|t| managed_hosts(settings, t))
+            .collect();
+        let Ok(Some(bytes)) = atomic::read(&file, atomic::OwnerPolicy::Inherit) else {
+            continue;
+        };
+        let Ok(map) = authfile::parse(&bytes) else {
+            continue;
+        };
+        for host in hosts {
+            if !ours.contains(host) && authfile::has_entry_for(&map, host) {
+                out.push(format!(
+                    "{} holds another entry for {host}; podman reads that file first, so it never uses ours: add it as a target or remove the entry",
+                    file.display()
+                ));
+            }
+        }
+    }
+    out
+}

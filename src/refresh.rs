@@ -1,0 +1,223 @@
+//! One refresh round: fetch every token group once, then bring every target up to date.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::task::JoinSet;
+
+use crate::atomic::{self, FileError, Outcome, OwnerPolicy};
+use crate::authfile::{self, Desired};
+use crate::config::{Settings, TargetSettings};
+use crate::state::{Managed, State};
+use crate::token::{GroupKey, Token, TokenError, TokenSource};
+
+/// The result of one registry's token fetch.
+#[derive(Debug, Clone)]
+pub struct RegistryResult {
+    pub host: String,
+    pub result: Result<Token, TokenError>,
+}
+
+/// The result of writing one target.
+#[derive(Debug)]
+pub struct TargetResult {
+    pub name: String,
+    pub path: PathBuf,
+    pub result: Result<Written, FileError>,
+}
+
+/// What a successful target update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub outcome: Outcome,
+    /// Hosts whose entries now hold a fresh token.
+    pub set: usize,
+    /// Hosts whose entries were removed.
+    pub removed: usize,
+}
+
+#[derive(Debug)]
+pub struct RoundReport {
+    pub registries: Vec<RegistryResult>,
+    pub targets: Vec<TargetResult>,
+}
+
+impl RoundReport {
+    pub fn all_ok(&self) -> bool {
+        self.registries.iter().all(|r| r.result.is_ok())
+            && self.targets.iter().all(|t| t.result.is_ok())
+    }
+}
+
+/// How a target's owner is chosen, from its settings.
+pub fn owner_policy(t: &TargetSettings) -> OwnerPolicy {
+    match &t.user {
+        Some(u) => OwnerPolicy::User {
+            uid: u.uid,
+            gid: u.gid,
+        },
+        None => OwnerPolicy::Inherit,
+    }
+}
+
+/// Fetches one token per group, concurrently. Returns each group's result.
+pub async fn fetch_groups<S: TokenSource>(
+    source: &Arc<S>,
+    keys: BTreeSet<GroupKey>,
+) -> BTreeMap<GroupKey, Result<Token, TokenError>> {
+    let mut set = JoinSet::new();
+    for key in keys {
+        let source = Arc::clone(source);
+        set.spawn(async move {
+            let r = source.fetch(&key).await;
+            (key, r)
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((key, r)) => {
+                out.insert(key, r);
+            }
+            Err(e) => tracing::error!(error = %e, "a token fetch task failed"),
+        }
+    }
+    out
+}
+
+/// What each target should hold, given each registry's token (or failure) and what we wrote before.
+pub fn desired_for(
+    settings: &Settings,
+    target: &TargetSettings,
+    tokens: &BTreeMap<String, Result<Token, TokenError>>,
+    previous: Option<&BTreeMap<String, Managed>>,
+    now: SystemTime,
+) -> Desired {
+    let mut d = Desired::default();
+    let wanted: BTreeSet<&str> = settings
+        .registries
+        .iter()
+        .filter(|r| r.targets.contains(&target.name))
+        .map(|r| r.host.as_str())
+        .collect();
+    for host in &wanted {
+        match tokens.get(*host) {
+            Some(Ok(token)) => {
+                d.set.insert(host.to_string(), token.auth().to_string());
+            }
+            _ => {
+                let expired = previous
+                    .and_then(|p| p.get(*host))
+                    .is_some_and(|m| m.expires_at() <= now);
+                if expired && settings.daemon.remove_expired {
+                    d.remove.insert(host.to_string());
+                }
+            }
+        }
+    }
+    if let Some(prev) = previous {
+        for host in prev.keys() {
+            if !wanted.contains(host.as_str()) {
+                d.remove.insert(host.clone());
+            }
+        }
+    }
+    d
+}
+
+/// Writes one target with the desired entries; blocking (run it on a blocking thread).
+pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Written, FileError> {
+    let outcome = atomic::update(&target.path, owner_policy(target), target.mode, |existing| {
+        authfile::merge(existing, desired)
+    })?;
+    Ok(Written {
+        outcome,
+        set: desired.set.len(),
+        removed: desired.remove.len(),
+    })
+}
+
+/// Records a successful write in the state.
+pub fn record(state: &mut State, target: &TargetSettings, desired: &Desired, tokens: &BTreeMap<String, Result<Token, TokenError>>) {
+    let entry = state.targets.entry(target.path.clone()).or_default();
+    for host in &desired.remove {
+        entry.remove(host);
+    }
+    for host in desired.set.keys() {
+        if let Some(Ok(t)) = tokens.get(host) {
+            entry.insert(host.clone(), Managed::new(t.expires_at));
+        }
+    }
+    if entry.is_empty() {
+        state.targets.remove(&target.path);
+    }
+}
+
+/// Writes every target concurrently (each on a blocking thread) and records what was written.
+pub async fn write_all(
+    settings: &Settings,
+    tokens: &BTreeMap<String, Result<Token, TokenError>>,
+    state: &mut State,
+    now: SystemTime,
+) -> Vec<TargetResult> {
+    let mut set = JoinSet::new();
+    for (i, target) in settings.targets.iter().enumerate() {
+        let desired = desired_for(settings, target, tokens, state.managed(&target.path), now);
+        let t = target.clone();
+        set.spawn_blocking(move || {
+            let r = write_target(&t, &desired);
+            (i, desired, r)
+        });
+    }
+    let mut results: Vec<Option<TargetResult>> = settings.targets.iter().map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, desired, r)) = joined else {
+            continue;
+        };
+        let target = &settings.targets[i];
+        if r.is_ok() {
+            record(state, target, &desired, tokens);
+        }
+        results[i] = Some(TargetResult {
+            name: target.name.clone(),
+            path: target.path.clone(),
+            result: r,
+        });
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// A whole round: every group fetched once, every target written.
+pub async fn round<S: TokenSource>(settings: &Settings, source: &Arc<S>, state: &mut State) -> RoundReport {
+    let keys: BTreeSet<GroupKey> = settings.registries.iter().map(GroupKey::of).collect();
+    let by_group = fetch_groups(source, keys).await;
+    let now = SystemTime::now();
+    let mut registries = Vec::new();
+    let mut tokens = BTreeMap::new();
+    for reg in &settings.registries {
+        let result = by_group
+            .get(&GroupKey::of(reg))
+            .cloned()
+            .unwrap_or_else(|| Err(TokenError::Failed("no result".into())));
+        if let Ok(t) = &result
+            && t.expires_at <= now
+        {
+            let skew = now.duration_since(t.expires_at).unwrap_or_default();
+            tracing::warn!(
+                registry = %reg.host,
+                expires_at = %humantime::format_rfc3339_seconds(t.expires_at),
+                "the token ECR returned expired {} ago (clock skew?); writing it anyway",
+                humantime::format_duration(std::time::Duration::from_secs(skew.as_secs()))
+            );
+        }
+        tokens.insert(reg.host.clone(), result.clone());
+        registries.push(RegistryResult {
+            host: reg.host.clone(),
+            result,
+        });
+    }
+    let targets = write_all(settings, &tokens, state, now).await;
+    RoundReport { registries, targets }
+}

@@ -1,0 +1,378 @@
+//! ECR authorization tokens: the `TokenSource` seam, token groups, validation, and the AWS SDK source.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::Region;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata};
+use base64::Engine;
+
+use crate::config::{CredentialSource, RegistrySettings};
+use crate::registry::{Partition, Registry};
+
+/// Registries that share one `GetAuthorizationToken` call: a token covers every registry the
+/// principal may pull from in that region, so one call per (partition, region, credentials, endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    /// ECR Public (the `ecr-public` API in us-east-1) rather than private ECR.
+    pub public: bool,
+    pub partition: Partition,
+    pub region: String,
+    pub fips: bool,
+    pub dual_stack: bool,
+    pub credentials: CredentialSource,
+    pub endpoint_url: Option<String>,
+}
+
+impl GroupKey {
+    pub fn of(reg: &RegistrySettings) -> GroupKey {
+        let (public, partition, fips, dual_stack) = match &reg.registry {
+            Registry::Public => (true, Partition::Aws, false, false),
+            Registry::Private {
+                partition,
+                fips,
+                dual_stack,
+                ..
+            } => (false, *partition, *fips, *dual_stack),
+        };
+        GroupKey {
+            public,
+            partition,
+            region: reg.registry.api_region().to_string(),
+            fips,
+            dual_stack,
+            credentials: reg.credentials.clone(),
+            endpoint_url: reg.endpoint_url.clone(),
+        }
+    }
+}
+
+impl fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.public { "ecr-public" } else { "ecr" })?;
+        write!(f, " {}", self.region)?;
+        if self.fips {
+            f.write_str(" fips")?;
+        }
+        if self.dual_stack {
+            f.write_str(" dual-stack")?;
+        }
+        if let Some(p) = &self.credentials.profile {
+            write!(f, " profile={p}")?;
+        }
+        if let Some(r) = &self.credentials.role_arn {
+            write!(f, " role={r}")?;
+        }
+        if let Some(e) = &self.endpoint_url {
+            write!(f, " endpoint={e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated ECR token. Its value never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    auth: String,
+    pub expires_at: SystemTime,
+}
+
+impl Token {
+    /// Validates a token as ECR returns it: base64 of `AWS:<password>`.
+    pub fn new(auth: String, expires_at: SystemTime) -> Result<Token, TokenError> {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|_| TokenError::Invalid("the authorization token is not base64".into()))?;
+        let Some(password) = decoded.strip_prefix(b"AWS:") else {
+            return Err(TokenError::Invalid(
+                "the authorization token does not decode to AWS:<password>".into(),
+            ));
+        };
+        if password.is_empty() || std::str::from_utf8(password).is_err() {
+            return Err(TokenError::Invalid(
+                "the authorization token holds an empty or non-UTF-8 password".into(),
+            ));
+        }
+        if auth.trim() != auth {
+            return Err(TokenError::Invalid(
+                "the authorization token has surrounding white space".into(),
+            ));
+        }
+        Ok(Token { auth, expires_at })
+    }
+
+    /// The value for the `auth` key of a docker auth entry. Handle with care: it is a secret.
+    pub fn auth(&self) -> &str {
+        &self.auth
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("auth", &"<redacted>")
+            .field("expires_at", &humantime::format_rfc3339_seconds(self.expires_at))
+            .finish()
+    }
+}
+
+/// Why a token could not be had. Messages never hold a token or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("throttled by ECR: {0}")]
+    Throttled(String),
+    #[error("access denied: {0}")]
+    Denied(String),
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where tokens come from: the AWS SDK in production, anything in tests.
+pub trait TokenSource: Send + Sync + 'static {
+    fn fetch(&self, key: &GroupKey) -> impl Future<Output = Result<Token, TokenError>> + Send;
+}
+
+/// Tokens from ECR through the AWS SDK. Clients are cached per group, so credentials (and assumed
+/// roles) are cached between refreshes.
+#[derive(Default)]
+pub struct AwsTokenSource {
+    clients: tokio::sync::Mutex<HashMap<GroupKey, Client>>,
+}
+
+#[derive(Clone)]
+enum Client {
+    Private(aws_sdk_ecr::Client),
+    Public(aws_sdk_ecrpublic::Client),
+}
+
+/// Every attempt is bounded, so a black-holed endpoint cannot hang a refresh.
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(15))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .operation_timeout(Duration::from_secs(45))
+        .build()
+}
+
+impl AwsTokenSource {
+    pub fn new() -> AwsTokenSource {
+        AwsTokenSource::default()
+    }
+
+    async fn client(&self, key: &GroupKey) -> Client {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(key) {
+            return c.clone();
+        }
+        let region = Region::new(key.region.clone());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region.clone())
+            .timeout_config(timeouts())
+            .retry_config(RetryConfig::standard().with_max_attempts(3));
+        if let Some(p) = &key.credentials.profile {
+            loader = loader.profile_name(p);
+        }
+        let base = loader.load().await;
+        let assumed = match &key.credentials.role_arn {
+            None => None,
+            Some(arn) => {
+                let mut b = aws_config::sts::AssumeRoleProvider::builder(arn)
+                    .region(region.clone())
+                    .session_name(
+                        key.credentials
+                            .session_name
+                            .clone()
+                            .unwrap_or_else(|| "ecr-refresherd".to_string()),
+                    )
+                    .configure(&base);
+                if let Some(e) = &key.credentials.external_id {
+                    b = b.external_id(e);
+                }
+                Some(SharedCredentialsProvider::new(b.build().await))
+            }
+        };
+        let client = if key.public {
+            let mut conf = aws_sdk_ecrpublic::config::Builder::from(&base);
+            if let Some(u) = &key.endpoint_url {
+                conf = conf.endpoint_url(u);
+            }
+            if let Some(c) = assumed {
+                conf = conf.credentials_provider(c);
+            }
+            Client::Public(aws_sdk_ecrpublic::Client::from_conf(conf.build()))
+        } else {
+            let mut conf = aws_sdk_ecr::config::Builder::from(&base)
+                .use_fips(key.fips)
+                .use_dual_stack(key.dual_stack);
+            if let Some(u) = &key.endpoint_url {
+                conf = conf.endpoint_url(u);
+            }
+            if let Some(c) = assumed {
+                conf = conf.credentials_provider(c);
+            }
+            Client::Private(aws_sdk_ecr::Client::from_conf(conf.build()))
+        };
+        clients.insert(key.clone(), client.clone());
+        client
+    }
+}
+
+/// Maps an SDK error to ours; service errors by code, the rest by their (secret-free) context.
+fn sdk_error<E, R>(err: aws_sdk_ecr::error::SdkError<E, R>) -> TokenError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    if let Some(service) = err.as_service_error() {
+        let code = service.code().unwrap_or("unknown error").to_string();
+        let message = service.message().unwrap_or("").to_string();
+        let text = if message.is_empty() {
+            code.clone()
+        } else {
+            format!("{code}: {message}")
+        };
+        return match code.as_str() {
+            "ThrottlingException" | "Throttling" | "TooManyRequestsException"
+            | "RequestLimitExceeded" => TokenError::Throttled(text),
+            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException"
+            | "ExpiredTokenException" | "ExpiredToken" | "InvalidSignatureException" => {
+                TokenError::Denied(text)
+            }
+            _ => TokenError::Failed(text),
+        };
+    }
+    TokenError::Failed(DisplayErrorContext(&err).to_string())
+}
+
+fn expiry(t: Option<&aws_smithy_types::DateTime>) -> Result<SystemTime, TokenError> {
+    let t = t.ok_or_else(|| TokenError::Invalid("the response has no expiresAt".into()))?;
+    SystemTime::try_from(*t).map_err(|_| TokenError::Invalid("expiresAt is out of range".into()))
+}
+
+impl TokenSource for AwsTokenSource {
+    async fn fetch(&self, key: &GroupKey) -> Result<Token, TokenError> {
+        match self.client(key).await {
+            Client::Private(c) => {
+                let out = c.get_authorization_token().send().await.map_err(sdk_error)?;
+                let data = out
+                    .authorization_data()
+                    .first()
+                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationData".into()))?;
+                let auth = data
+                    .authorization_token()
+                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationToken".into()))?;
+                Token::new(auth.to_string(), expiry(data.expires_at())?)
+            }
+            Client::Public(c) => {
+                let out = c.get_authorization_token().send().await.map_err(sdk_error)?;
+                let data = out
+                    .authorization_data()
+                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationData".into()))?;
+                let auth = data
+                    .authorization_token()
+                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationToken".into()))?;
+                Token::new(auth.to_string(), expiry(data.expires_at())?)
+            }
+        }
+    }
+}
+
+impl<T: TokenSource> TokenSource for Arc<T> {
+    fn fetch(&self, key: &GroupKey) -> impl Future<Output = Result<Token, TokenError>> + Send {
+        T::fetch(self, key)
+    }
+}
+
+/// The account and region of this EC2 instance, from IMDSv2's identity document.
+pub async fn instance_identity() -> Result<(String, String), String> {
+    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Err("instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)".into());
+    }
+    let client = aws_config::imds::Client::builder()
+        .max_attempts(2)
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(2))
+        .build();
+    let doc = client
+        .get("/latest/dynamic/instance-identity/document")
+        .await
+        .map_err(|e| format!("instance metadata (IMDSv2) did not answer: {}", DisplayErrorContext(&e)))?;
+    let v: serde_json::Value = serde_json::from_str(doc.as_ref())
+        .map_err(|e| format!("the instance identity document is not JSON: {e}"))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("the instance identity document has no {k}"))
+    };
+    Ok((field("accountId")?, field("region")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn token_validation() {
+        let t = SystemTime::UNIX_EPOCH;
+        assert!(Token::new(b64("AWS:secret"), t).is_ok());
+        for (bad, why) in [
+            ("not base64!".to_string(), "not base64"),
+            (b64("user:secret"), "AWS:<password>"),
+            (b64("AWS:"), "empty"),
+            (format!("{} ", b64("AWS:x")), "white space"),
+            (b64("AWS") , "AWS:<password>"),
+        ] {
+            let e = Token::new(bad, t).expect_err(why).to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let t = Token::new(b64("AWS:hunter2-password"), SystemTime::UNIX_EPOCH).unwrap();
+        let d = format!("{t:?}");
+        assert!(!d.contains(&b64("AWS:hunter2-password")) && !d.contains("hunter2"), "{d}");
+    }
+
+    #[test]
+    fn groups_share_region_and_credentials() {
+        let reg = |host: &str, profile: Option<&str>| RegistrySettings {
+            host: host.into(),
+            registry: Registry::parse(host).unwrap(),
+            credentials: CredentialSource {
+                profile: profile.map(str::to_string),
+                ..Default::default()
+            },
+            endpoint_url: None,
+            targets: vec![],
+        };
+        let a = GroupKey::of(&reg("111111111111.dkr.ecr.us-east-1.amazonaws.com", None));
+        let b = GroupKey::of(&reg("222222222222.dkr.ecr.us-east-1.amazonaws.com", None));
+        let c = GroupKey::of(&reg("111111111111.dkr.ecr.us-west-2.amazonaws.com", None));
+        let d = GroupKey::of(&reg("111111111111.dkr.ecr.us-east-1.amazonaws.com", Some("other")));
+        let e = GroupKey::of(&reg("111111111111.dkr.ecr-fips.us-east-1.amazonaws.com", None));
+        let p1 = GroupKey::of(&reg("public.ecr.aws", None));
+        let p2 = GroupKey::of(&reg("ecr-public.aws.com", None));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_ne!(a, e);
+        assert_eq!(p1, p2);
+        assert_ne!(a, p1, "us-east-1 private and public are different APIs");
+    }
+}
