@@ -116,7 +116,9 @@ fn describe(ft: FileType) -> &'static str {
 /// (unless sticky, where others may add entries but not replace root's).
 fn root_controlled(st: &Stat) -> bool {
     let mode = st.st_mode;
-    st.st_uid == 0 && (mode & 0o002 == 0 || mode & 0o1000 != 0) && (mode & 0o020 == 0 || st.st_gid == 0 || mode & 0o1000 != 0)
+    st.st_uid == 0
+        && (mode & 0o002 == 0 || mode & 0o1000 != 0)
+        && (mode & 0o020 == 0 || st.st_gid == 0 || mode & 0o1000 != 0)
 }
 
 /// Replaceable by someone other than its owner: writable by group (non-root) or others, not sticky.
@@ -218,12 +220,19 @@ fn walk_parent(path: &Path) -> Result<(Vec<Dir>, Vec<std::ffi::OsString>), FileE
             Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
                 return Err(refused(
                     path,
-                    format!("{} is {}, not a directory", shown.display(), describe(FileType::from_raw_mode(st.st_mode))),
+                    format!(
+                        "{} is {}, not a directory",
+                        shown.display(),
+                        describe(FileType::from_raw_mode(st.st_mode))
+                    ),
                 ));
             }
             Ok(_) => {
                 let dir = open_dir(&here.fd, &name, &shown).map_err(|e| match e {
-                    Errno::LOOP | Errno::NOTDIR => refused(path, format!("{} changed while we opened it", shown.display())),
+                    Errno::LOOP | Errno::NOTDIR => refused(
+                        path,
+                        format!("{} changed while we opened it", shown.display()),
+                    ),
                     e => io_err(&shown, "open", e),
                 })?;
                 chain.push(dir);
@@ -349,7 +358,13 @@ fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Locat
     let owner = match policy {
         OwnerPolicy::User { uid, gid } => Owner {
             uid,
-            gid: gid.or_else(|| primary_gid(uid)).unwrap_or(if last.stat.st_uid == uid { last.stat.st_gid } else { uid }),
+            gid: gid
+                .or_else(|| primary_gid(uid))
+                .unwrap_or(if last.stat.st_uid == uid {
+                    last.stat.st_gid
+                } else {
+                    uid
+                }),
         },
         OwnerPolicy::Inherit => {
             let uid = last.stat.st_uid;
@@ -370,7 +385,11 @@ fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Locat
             // Created by the user when we are inside their directory, else by root and then given away.
             let as_user = here.stat.st_uid == owner.uid;
             {
-                let _id = if as_user { Some(FsIdentity::become_user(owner)) } else { None };
+                let _id = if as_user {
+                    Some(FsIdentity::become_user(owner))
+                } else {
+                    None
+                };
                 match rustix::fs::mkdirat(&here.fd, part.as_os_str(), Mode::from_raw_mode(0o700)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(io_err(&shown, "create directory", e)),
@@ -386,13 +405,28 @@ fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Locat
             let mut stat = rustix::fs::fstat(&fd).map_err(|e| io_err(&shown, "stat", e))?;
             if stat.st_uid != owner.uid {
                 if stat.st_uid != 0 || !rustix::process::geteuid().is_root() {
-                    return Err(refused(path, format!("{} appeared with owner {}", shown.display(), user_name(stat.st_uid))));
+                    return Err(refused(
+                        path,
+                        format!(
+                            "{} appeared with owner {}",
+                            shown.display(),
+                            user_name(stat.st_uid)
+                        ),
+                    ));
                 }
-                rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(owner.uid)), Some(rustix::fs::Gid::from_raw(owner.gid)))
-                    .map_err(|e| io_err(&shown, "chown new directory", e))?;
+                rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::from_raw(owner.uid)),
+                    Some(rustix::fs::Gid::from_raw(owner.gid)),
+                )
+                .map_err(|e| io_err(&shown, "chown new directory", e))?;
                 stat = rustix::fs::fstat(&fd).map_err(|e| io_err(&shown, "stat", e))?;
             }
-            let dir = Dir { fd, stat, path: shown };
+            let dir = Dir {
+                fd,
+                stat,
+                path: shown,
+            };
             check_chain(std::slice::from_ref(&dir), owner.uid, path)?;
             chain.push(dir);
         }
@@ -403,7 +437,8 @@ fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Locat
 
 /// Reads the target as `owner`, checking what it is. `None` when it does not exist.
 fn read_target(loc: &Located, path: &Path) -> Result<Option<(Vec<u8>, Stat)>, FileError> {
-    let st = match rustix::fs::statat(&loc.dir.fd, loc.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+    let st = match rustix::fs::statat(&loc.dir.fd, loc.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+    {
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(io_err(path, "stat", e)),
         Ok(st) => st,
@@ -417,19 +452,27 @@ fn read_target(loc: &Located, path: &Path) -> Result<Option<(Vec<u8>, Stat)>, Fi
     )
     .map_err(|e| match e {
         Errno::LOOP => refused(path, "the file is a symbolic link; we never follow it"),
-        Errno::NOENT => FileError::Busy { path: path.to_path_buf() },
+        Errno::NOENT => FileError::Busy {
+            path: path.to_path_buf(),
+        },
         e => io_err(path, "open", e),
     })?;
     let opened = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
     if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) {
-        return Err(FileError::Busy { path: path.to_path_buf() });
+        return Err(FileError::Busy {
+            path: path.to_path_buf(),
+        });
     }
     check_file(&opened, loc.owner, path)?;
     let mut bytes = Vec::new();
     File::from(fd)
         .take(MAX_FILE_SIZE as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| FileError::Io { path: path.to_path_buf(), op: "read", source })?;
+        .map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
     Ok(Some((bytes, opened)))
 }
 
@@ -437,10 +480,16 @@ fn read_target(loc: &Located, path: &Path) -> Result<Option<(Vec<u8>, Stat)>, Fi
 fn check_file(st: &Stat, owner: Owner, path: &Path) -> Result<(), FileError> {
     let ft = FileType::from_raw_mode(st.st_mode);
     if ft == FileType::Symlink {
-        return Err(refused(path, "the file is a symbolic link; we never follow it (replace it with a regular file)"));
+        return Err(refused(
+            path,
+            "the file is a symbolic link; we never follow it (replace it with a regular file)",
+        ));
     }
     if ft != FileType::RegularFile {
-        return Err(refused(path, format!("it is {}, not a regular file", describe(ft))));
+        return Err(refused(
+            path,
+            format!("it is {}, not a regular file", describe(ft)),
+        ));
     }
     if st.st_uid != owner.uid {
         let name = user_name(owner.uid);
@@ -456,7 +505,10 @@ fn check_file(st: &Stat, owner: Owner, path: &Path) -> Result<(), FileError> {
     if st.st_nlink > 1 {
         return Err(refused(
             path,
-            format!("the file has {} hard links; give it a single link (cp it to a new file and mv it over)", st.st_nlink),
+            format!(
+                "the file has {} hard links; give it a single link (cp it to a new file and mv it over)",
+                st.st_nlink
+            ),
         ));
     }
     if st.st_size as u64 > MAX_FILE_SIZE as u64 {
@@ -487,8 +539,10 @@ pub fn update<E: std::fmt::Display>(
     mode: Option<u32>,
     mut change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
 ) -> Result<Outcome, FileError> {
-    let loc = locate(path, policy, true)?.ok_or_else(|| refused(path, "parent directory missing"))?;
-    if !rustix::process::geteuid().is_root() && loc.owner.uid != rustix::process::geteuid().as_raw() {
+    let loc =
+        locate(path, policy, true)?.ok_or_else(|| refused(path, "parent directory missing"))?;
+    if !rustix::process::geteuid().is_root() && loc.owner.uid != rustix::process::geteuid().as_raw()
+    {
         return Err(refused(
             path,
             format!("writing as {} needs root", user_name(loc.owner.uid)),
@@ -501,9 +555,11 @@ pub fn update<E: std::fmt::Display>(
             other => other?,
         };
         let seen = current.as_ref().map(|(_, st)| Seen::of(st));
-        let new = change(current.as_ref().map(|(b, _)| b.as_slice())).map_err(|e| FileError::Content {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let new = change(current.as_ref().map(|(b, _)| b.as_slice())).map_err(|e| {
+            FileError::Content {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
         })?;
         let existing_mode = current.as_ref().map(|(_, st)| st.st_mode & 0o777);
         let target_mode = mode.or(existing_mode).unwrap_or(0o600);
@@ -512,11 +568,17 @@ pub fn update<E: std::fmt::Display>(
             if let (Some(m), Some((_, st))) = (mode, &current)
                 && st.st_mode & 0o777 != m
             {
-                let fd = rustix::fs::openat(&loc.dir.fd, loc.name.as_os_str(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|e| io_err(path, "open", e))?;
+                let fd = rustix::fs::openat(
+                    &loc.dir.fd,
+                    loc.name.as_os_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err(path, "open", e))?;
                 let st2 = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
                 check_file(&st2, loc.owner, path)?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(m)).map_err(|e| io_err(path, "chmod", e))?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(m))
+                    .map_err(|e| io_err(path, "chmod", e))?;
                 return Ok(Outcome::Written);
             }
             return Ok(Outcome::Unchanged);
@@ -527,12 +589,21 @@ pub fn update<E: std::fmt::Display>(
             false => continue,
         }
     }
-    Err(FileError::Busy { path: path.to_path_buf() })
+    Err(FileError::Busy {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Writes `bytes` to a temp file and renames it over the target if the target is still as `seen`.
 /// Returns false (and leaves no temp file) when the target changed meanwhile.
-fn replace(loc: &Located, path: &Path, bytes: &[u8], mode: u32, gid: u32, seen: Option<Seen>) -> Result<bool, FileError> {
+fn replace(
+    loc: &Located,
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    gid: u32,
+    seen: Option<Seen>,
+) -> Result<bool, FileError> {
     let tmp = temp_name(&loc.name);
     let fd = rustix::fs::openat(
         &loc.dir.fd,
@@ -548,14 +619,31 @@ fn replace(loc: &Located, path: &Path, bytes: &[u8], mode: u32, gid: u32, seen: 
     let result = (|| {
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat temp file", e))?;
         if st.st_uid != loc.owner.uid || st.st_gid != gid {
-            rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(loc.owner.uid)), Some(rustix::fs::Gid::from_raw(gid)))
-                .map_err(|e| io_err(path, "chown temp file", e))?;
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(loc.owner.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_err(path, "chown temp file", e))?;
         }
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| io_err(path, "chmod temp file", e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err(path, "chmod temp file", e))?;
         let mut file = File::from(fd);
-        file.write_all(bytes).map_err(|source| FileError::Io { path: path.to_path_buf(), op: "write", source })?;
-        file.sync_all().map_err(|source| FileError::Io { path: path.to_path_buf(), op: "fsync", source })?;
-        let now = match rustix::fs::statat(&loc.dir.fd, loc.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        file.write_all(bytes).map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            op: "write",
+            source,
+        })?;
+        file.sync_all().map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            op: "fsync",
+            source,
+        })?;
+        let now = match rustix::fs::statat(
+            &loc.dir.fd,
+            loc.name.as_os_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
             Ok(st) => Some(Seen::of(&st)),
             Err(Errno::NOENT) => None,
             Err(e) => return Err(io_err(path, "stat", e)),
@@ -563,14 +651,22 @@ fn replace(loc: &Located, path: &Path, bytes: &[u8], mode: u32, gid: u32, seen: 
         if now != seen {
             return Ok(false);
         }
-        rustix::fs::renameat(&loc.dir.fd, tmp.as_os_str(), &loc.dir.fd, loc.name.as_os_str())
-            .map_err(|e| io_err(path, "rename", e))?;
+        rustix::fs::renameat(
+            &loc.dir.fd,
+            tmp.as_os_str(),
+            &loc.dir.fd,
+            loc.name.as_os_str(),
+        )
+        .map_err(|e| io_err(path, "rename", e))?;
         rustix::fs::fsync(&loc.dir.fd).map_err(|e| io_err(&loc.dir.path, "fsync directory", e))?;
         Ok(true)
     })();
     match result {
         Ok(true) => Ok(true),
-        Ok(false) => Err(cleanup(FileError::Busy { path: path.to_path_buf() })).or(Ok(false)),
+        Ok(false) => Err(cleanup(FileError::Busy {
+            path: path.to_path_buf(),
+        }))
+        .or(Ok(false)),
         Err(e) => Err(cleanup(e)),
     }
 }
@@ -594,8 +690,14 @@ pub fn resolve_owner(path: &Path, policy: OwnerPolicy) -> Result<Owner, FileErro
     let (chain, _) = walk_parent(path)?;
     let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
     let owner = match policy {
-        OwnerPolicy::User { uid, gid } => Owner { uid, gid: gid.or_else(|| primary_gid(uid)).unwrap_or(uid) },
-        OwnerPolicy::Inherit => Owner { uid: last.stat.st_uid, gid: primary_gid(last.stat.st_uid).unwrap_or(last.stat.st_gid) },
+        OwnerPolicy::User { uid, gid } => Owner {
+            uid,
+            gid: gid.or_else(|| primary_gid(uid)).unwrap_or(uid),
+        },
+        OwnerPolicy::Inherit => Owner {
+            uid: last.stat.st_uid,
+            gid: primary_gid(last.stat.st_uid).unwrap_or(last.stat.st_gid),
+        },
     };
     check_chain(&chain, owner.uid, path)?;
     Ok(owner)
@@ -610,8 +712,13 @@ pub fn remove_stray_temp_files(path: &Path, policy: OwnerPolicy) -> Result<usize
     let mut prefix = b".".to_vec();
     prefix.extend_from_slice(loc.name.as_bytes());
     prefix.extend_from_slice(TEMP_MARK.as_bytes());
-    let fd = rustix::fs::openat(&loc.dir.fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io_err(&loc.dir.path, "open", e))?;
+    let fd = rustix::fs::openat(
+        &loc.dir.fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(&loc.dir.path, "open", e))?;
     let dir = rustix::fs::Dir::read_from(&fd).map_err(|e| io_err(&loc.dir.path, "list", e))?;
     let mut removed = 0;
     for entry in dir {

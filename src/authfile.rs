@@ -130,7 +130,10 @@ pub fn to_docker_json(value: &Map<String, Value>) -> Vec<u8> {
 }
 
 /// The `auth` values a file holds for the given hosts (bare keys only), for checking what was written.
-pub fn entries_for(bytes: &[u8], hosts: &BTreeSet<String>) -> Result<BTreeMap<String, String>, FormatError> {
+pub fn entries_for(
+    bytes: &[u8],
+    hosts: &BTreeSet<String>,
+) -> Result<BTreeMap<String, String>, FormatError> {
     let map = parse(bytes)?;
     let mut out = BTreeMap::new();
     if let Some(Value::Object(auths)) = map.get("auths") {
@@ -186,7 +189,12 @@ mod tests {
     }
 
     fn merged(existing: &str, d: &Desired) -> String {
-        String::from_utf8(merge(Some(existing.as_bytes()), d).unwrap().expect("a change")).unwrap()
+        String::from_utf8(
+            merge(Some(existing.as_bytes()), d)
+                .unwrap()
+                .expect("a change"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -194,7 +202,9 @@ mod tests {
         let out = merge(None, &set(H, "QVdTOnB3")).unwrap().unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            format!("{{\n\t\"auths\": {{\n\t\t\"{H}\": {{\n\t\t\t\"auth\": \"QVdTOnB3\"\n\t\t}}\n\t}}\n}}")
+            format!(
+                "{{\n\t\"auths\": {{\n\t\t\"{H}\": {{\n\t\t\t\"auth\": \"QVdTOnB3\"\n\t\t}}\n\t}}\n}}"
+            )
         );
     }
 
@@ -221,8 +231,23 @@ mod tests {
         let out = merged(existing, &set(H, "bmV3"));
         let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
         let keys: Vec<&str> = v.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["zeta", "auths", "credHelpers", "proxies", "HttpHeaders", "alpha"]);
-        let auths: Vec<&str> = v["auths"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "zeta",
+                "auths",
+                "credHelpers",
+                "proxies",
+                "HttpHeaders",
+                "alpha"
+            ]
+        );
+        let auths: Vec<&str> = v["auths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(auths, ["docker.io", H, "ghcr.io"], "replaced in place");
         assert_eq!(v["auths"][H], serde_json::json!({"auth": "bmV3"}));
         let before: Map<String, Value> = serde_json::from_str(existing).unwrap();
@@ -240,13 +265,20 @@ mod tests {
         );
         let out = merged(&existing, &set(H, "bmV3"));
         let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
-        let auths: Vec<&str> = v["auths"].as_object().unwrap().keys().map(String::as_str).collect();
+        let auths: Vec<&str> = v["auths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(auths, ["other.example", "https://other.example", H]);
     }
 
     #[test]
     fn removes_hosts_no_longer_managed() {
-        let existing = format!(r#"{{"auths": {{"{H}": {{"auth": "a"}}, "https://{H}": {{}}, "keep.example": {{}}}}}}"#);
+        let existing = format!(
+            r#"{{"auths": {{"{H}": {{"auth": "a"}}, "https://{H}": {{}}, "keep.example": {{}}}}}}"#
+        );
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string(), "never.written.example".to_string()].into(),
@@ -259,7 +291,10 @@ mod tests {
     #[test]
     fn unchanged_content_is_not_rewritten() {
         let existing = format!("{{\"auths\": {{\"{H}\": {{\"auth\": \"same\"}}}}, \"x\": 1}}");
-        assert_eq!(merge(Some(existing.as_bytes()), &set(H, "same")).unwrap(), None);
+        assert_eq!(
+            merge(Some(existing.as_bytes()), &set(H, "same")).unwrap(),
+            None
+        );
         let nothing = Desired::default();
         assert_eq!(merge(Some(b"{\"auths\": {}}"), &nothing).unwrap(), None);
         // Removing a host that is not there is no change either.
@@ -303,7 +338,11 @@ mod tests {
         for (bytes, want) in malformed() {
             let err = merge(Some(&bytes), &set(H, "bmV3")).expect_err("must refuse");
             let msg = err.to_string();
-            assert!(msg.contains(want), "{:?}: {msg:?} lacks {want:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(40)]));
+            assert!(
+                msg.contains(want),
+                "{:?}: {msg:?} lacks {want:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+            );
         }
     }
 
@@ -317,16 +356,22 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("credsStore"));
         assert!(w[1].contains("ecr-login"));
-        let clean: Map<String, Value> = serde_json::from_str(r#"{"credsStore": "", "credHelpers": {"gcr.io": "x"}}"#).unwrap();
+        let clean: Map<String, Value> =
+            serde_json::from_str(r#"{"credsStore": "", "credHelpers": {"gcr.io": "x"}}"#).unwrap();
         assert!(diagnose(&clean, &[H.to_string()].into()).is_empty());
     }
 
     #[test]
     fn entry_lookup() {
-        let map: Map<String, Value> = serde_json::from_str(&format!(r#"{{"auths": {{"https://{H}/": {{}}}}}}"#)).unwrap();
+        let map: Map<String, Value> =
+            serde_json::from_str(&format!(r#"{{"auths": {{"https://{H}/": {{}}}}}}"#)).unwrap();
         assert!(has_entry_for(&map, H));
         assert!(!has_entry_for(&map, "public.ecr.aws"));
-        let got = entries_for(format!(r#"{{"auths": {{"{H}": {{"auth": "x"}}}}}}"#).as_bytes(), &[H.to_string()].into()).unwrap();
+        let got = entries_for(
+            format!(r#"{{"auths": {{"{H}": {{"auth": "x"}}}}}}"#).as_bytes(),
+            &[H.to_string()].into(),
+        )
+        .unwrap();
         assert_eq!(got.get(H).map(String::as_str), Some("x"));
     }
 }

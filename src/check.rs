@@ -41,7 +41,11 @@ pub fn diagnose(settings: &Settings, run_dir: &Path) -> Vec<TargetDiagnosis> {
         .collect()
 }
 
-fn diagnose_target(settings: &Settings, target: &TargetSettings, run_dir: &Path) -> TargetDiagnosis {
+fn diagnose_target(
+    settings: &Settings,
+    target: &TargetSettings,
+    run_dir: &Path,
+) -> TargetDiagnosis {
     let hosts = managed_hosts(settings, target);
     let mut d = TargetDiagnosis {
         name: target.name.clone(),
@@ -49,7 +53,8 @@ fn diagnose_target(settings: &Settings, target: &TargetSettings, run_dir: &Path)
         ..Default::default()
     };
     if hosts.is_empty() {
-        d.warnings.push("no registry is written to this target".into());
+        d.warnings
+            .push("no registry is written to this target".into());
     }
     if let Ok(md) = std::fs::symlink_metadata(&target.path)
         && md.file_type().is_symlink()
@@ -87,10 +92,13 @@ fn diagnose_target(settings: &Settings, target: &TargetSettings, run_dir: &Path)
     } else if let Some(m) = target.mode
         && m & 0o077 != 0
     {
-        d.warnings.push(format!("mode {m:04o} lets others read the credentials; use \"0600\""));
+        d.warnings.push(format!(
+            "mode {m:04o} lets others read the credentials; use \"0600\""
+        ));
     }
     d.warnings.extend(unreachable_dirs(&target.path, owner));
-    d.warnings.extend(podman_shadows(settings, target, owner, &hosts, run_dir));
+    d.warnings
+        .extend(podman_shadows(settings, target, owner, &hosts, run_dir));
     d
 }
 

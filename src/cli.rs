@@ -21,7 +21,13 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Where podman keeps per-uid auth files (`<dir>/containers/<uid>/auth.json`); for tests.
-    #[arg(long, global = true, hide = true, default_value = "/run", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        default_value = "/run",
+        value_name = "DIR"
+    )]
     pub run_dir: PathBuf,
 
     #[command(subcommand)]

@@ -52,7 +52,9 @@ pub fn remove_stray_temp_files(settings: &Settings) {
     for t in &settings.targets {
         match crate::atomic::remove_stray_temp_files(&t.path, owner_policy(t)) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(target_path = %t.path.display(), removed = n, "removed temp files left by an earlier crash"),
+            Ok(n) => {
+                tracing::info!(target_path = %t.path.display(), removed = n, "removed temp files left by an earlier crash")
+            }
             Err(e) => tracing::debug!(error = %e, "cannot look for stray temp files"),
         }
     }
@@ -128,7 +130,11 @@ pub async fn once(cli: &Cli) -> u8 {
             false
         }
     };
-    if report.all_ok() && state_ok { EXIT_OK } else { EXIT_FAILED }
+    if report.all_ok() && state_ok {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
 }
 
 /// `check`: validate the config and diagnose every target; no AWS call.
@@ -142,8 +148,16 @@ pub async fn check(cli: &Cli) -> u8 {
         }
     };
     match &settings.source {
-        Some(p) => println!("config {}: ok ({} registries, {} targets)", p.display(), settings.registries.len(), settings.targets.len()),
-        None => println!("config: none, using this instance's registry {}", settings.registries[0].host),
+        Some(p) => println!(
+            "config {}: ok ({} registries, {} targets)",
+            p.display(),
+            settings.registries.len(),
+            settings.targets.len()
+        ),
+        None => println!(
+            "config: none, using this instance's registry {}",
+            settings.registries[0].host
+        ),
     }
     let run_dir = cli.run_dir.clone();
     let s = settings.clone();

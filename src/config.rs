@@ -259,17 +259,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
 }
 
 /// The table header (`[daemon]`, `[[registry]]`, ...) in force at a byte offset.
 fn section_at(text: &str, offset: usize) -> String {
     let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    // Only whole lines before the error's line: a key in a header line belongs to the level above.
+    let before = before.rfind('\n').map_or("", |i| &before[..i]);
     before
         .lines()
         .rev()
@@ -397,7 +395,8 @@ impl Checker<'_> {
 
 fn parse_mode(s: &str) -> Option<u32> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
         return None;
     }
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
@@ -436,7 +435,10 @@ pub fn parse(
                 Some(v) if !(*v.get_ref() > 0.0 && *v.get_ref() < 1.0) => {
                     c.error(
                         v.span(),
-                        format!("refresh_at must be between 0 and 1 (exclusive), found {}", v.get_ref()),
+                        format!(
+                            "refresh_at must be between 0 and 1 (exclusive), found {}",
+                            v.get_ref()
+                        ),
                     );
                     defaults.refresh_at
                 }
@@ -447,7 +449,10 @@ pub fn parse(
                 Some(v) if !(*v.get_ref() >= 0.0 && *v.get_ref() < 1.0) => {
                     c.error(
                         v.span(),
-                        format!("jitter must be at least 0 and below 1, found {}", v.get_ref()),
+                        format!(
+                            "jitter must be at least 0 and below 1, found {}",
+                            v.get_ref()
+                        ),
                     );
                     defaults.jitter
                 }
@@ -619,14 +624,22 @@ pub fn parse(
         {
             c.error(
                 v.span(),
-                format!("role_arn must look like arn:aws:iam::123456789012:role/NAME, found {arn:?}"),
+                format!(
+                    "role_arn must look like arn:aws:iam::123456789012:role/NAME, found {arn:?}"
+                ),
             );
         }
-        for (key, v) in [("external_id", &r.external_id), ("session_name", &r.session_name)] {
+        for (key, v) in [
+            ("external_id", &r.external_id),
+            ("session_name", &r.session_name),
+        ] {
             if let Some(v) = v
                 && role_arn.is_none()
             {
-                c.error(v.span(), format!("{key} needs role_arn in the same [[registry]]"));
+                c.error(
+                    v.span(),
+                    format!("{key} needs role_arn in the same [[registry]]"),
+                );
             }
         }
         let external_id = c.non_empty("external_id", &r.external_id);
@@ -657,7 +670,10 @@ pub fn parse(
             None => targets.iter().map(|t| t.name.clone()).collect(),
             Some(list) => {
                 if list.get_ref().is_empty() {
-                    c.error(list.span(), "targets must not be empty (leave it out for every target)");
+                    c.error(
+                        list.span(),
+                        "targets must not be empty (leave it out for every target)",
+                    );
                 }
                 let mut seen = HashSet::new();
                 let mut out = Vec::new();
@@ -788,7 +804,10 @@ user = "portainer"
             s.registries[1].targets,
             vec!["root", "/home/portainer/.docker/config.json"]
         );
-        assert_eq!(s.registries[0].credentials.role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/pull"));
+        assert_eq!(
+            s.registries[0].credentials.role_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/pull")
+        );
         assert_eq!(s.targets[0].mode, Some(0o640));
         assert_eq!(s.targets[0].user.as_ref().map(|u| u.uid), Some(0));
         assert_eq!(s.targets[1].user.as_ref().map(|u| u.uid), Some(1000));
@@ -813,42 +832,160 @@ user = "portainer"
             "unknown key \"role-arn\" in [[registry]]; did you mean \"role_arn\"?"
         );
         let d = err("[deamon]\n");
-        assert!(d[0].message.contains("did you mean \"daemon\""), "{:?}", d[0]);
-        let d = err(&format!("[daemon]\nwhatever = 1\n[[registry]]\nhost = \"{H}\"\n"));
-        assert!(d[0].message.contains("expected one of: refresh_at"), "{:?}", d[0]);
+        assert!(
+            d[0].message.contains("did you mean \"daemon\""),
+            "{:?}",
+            d[0]
+        );
+        let d = err(&format!(
+            "[daemon]\nwhatever = 1\n[[registry]]\nhost = \"{H}\"\n"
+        ));
+        assert!(
+            d[0].message.contains("expected one of: refresh_at"),
+            "{:?}",
+            d[0]
+        );
     }
 
     /// Each bad config, the line of the first diagnostic and a word it must contain.
     pub(crate) const BAD: &[(&str, usize, &str)] = &[
-        ("[[registry]]\nhost = \"nope\"\n", 2, "invalid registry host"),
+        (
+            "[[registry]]\nhost = \"nope\"\n",
+            2,
+            "invalid registry host",
+        ),
         ("", 1, "no [[registry]]"),
         ("[daemon]\n", 1, "no [[registry]]"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[registry]]\nhost = \"public.ecr.aws\"\n", 4, "duplicate registry host"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\ntargets = [\"x\"]\n", 3, "unknown target \"x\""),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"rel/config.json\"\n", 4, "absolute"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nuser = \"nosuchuser\"\n", 5, "unknown user"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\nexternal_id = \"e\"\n", 3, "needs role_arn"),
-        ("[daemon]\njitter = 1.0\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "jitter"),
-        ("[daemon]\njitter = -0.1\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "jitter"),
-        ("[daemon]\nrefresh_at = 1.5\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "refresh_at"),
-        ("[daemon]\nrefresh_at = 0.0\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "refresh_at"),
-        ("[daemon]\nretry_min = \"soon\"\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "not a duration"),
-        ("[daemon]\nretry_min = \"10m\"\nretry_max = \"1m\"\n[[registry]]\nhost = \"public.ecr.aws\"\n", 3, "retry_max"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nmode = \"0800\"\n", 5, "octal"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nmode = \"1777\"\n", 5, "octal"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nmode = 600\n", 5, "string"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\nname = \"a\"\npath = \"/a/config.json\"\n[[target]]\nname = \"a\"\npath = \"/b/config.json\"\n", 7, "duplicate target name"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\n[[target]]\npath = \"/a/config.json\"\n", 6, "duplicate target"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\nrole_arn = \"pull\"\n", 3, "role_arn must look like"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\nendpoint_url = \"vpce.example\"\n", 3, "endpoint_url"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\nuser = \"root\"\n", 3, "missing field `path`"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nsession_name = \"a b\"\n", 4, "session_name"),
-        ("[daemon]\nsocket_group = \"nogroup-here\"\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "unknown group"),
-        ("[daemon]\nlog_level = \"loud\"\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "log_level"),
-        ("[daemon]\nsocket = \"status.sock\"\n[[registry]]\nhost = \"public.ecr.aws\"\n", 2, "absolute"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/../b/config.json\"\n", 4, "\"..\""),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\nhost = \"public.ecr.aws\"\n", 3, "duplicate key"),
-        ("[[registry]]\nhost = \"public.ecr.aws\"\ntargets = []\n", 3, "must not be empty"),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            4,
+            "duplicate registry host",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\ntargets = [\"x\"]\n",
+            3,
+            "unknown target \"x\"",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"rel/config.json\"\n",
+            4,
+            "absolute",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nuser = \"nosuchuser\"\n",
+            5,
+            "unknown user",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\nexternal_id = \"e\"\n",
+            3,
+            "needs role_arn",
+        ),
+        (
+            "[daemon]\njitter = 1.0\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "jitter",
+        ),
+        (
+            "[daemon]\njitter = -0.1\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "jitter",
+        ),
+        (
+            "[daemon]\nrefresh_at = 1.5\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "refresh_at",
+        ),
+        (
+            "[daemon]\nrefresh_at = 0.0\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "refresh_at",
+        ),
+        (
+            "[daemon]\nretry_min = \"soon\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "not a duration",
+        ),
+        (
+            "[daemon]\nretry_min = \"10m\"\nretry_max = \"1m\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            3,
+            "retry_max",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nmode = \"0800\"\n",
+            5,
+            "octal",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nmode = \"1777\"\n",
+            5,
+            "octal",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nmode = 600\n",
+            5,
+            "string",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\nname = \"a\"\npath = \"/a/config.json\"\n[[target]]\nname = \"a\"\npath = \"/b/config.json\"\n",
+            7,
+            "duplicate target name",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\n[[target]]\npath = \"/a/config.json\"\n",
+            6,
+            "duplicate target",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\nrole_arn = \"pull\"\n",
+            3,
+            "role_arn must look like",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\nendpoint_url = \"vpce.example\"\n",
+            3,
+            "endpoint_url",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\nuser = \"root\"\n",
+            3,
+            "missing field `path`",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nsession_name = \"a b\"\n",
+            4,
+            "session_name",
+        ),
+        (
+            "[daemon]\nsocket_group = \"nogroup-here\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "unknown group",
+        ),
+        (
+            "[daemon]\nlog_level = \"loud\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "log_level",
+        ),
+        (
+            "[daemon]\nsocket = \"status.sock\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
+            2,
+            "absolute",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/../b/config.json\"\n",
+            4,
+            "\"..\"",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\nhost = \"public.ecr.aws\"\n",
+            3,
+            "duplicate key",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\ntargets = []\n",
+            3,
+            "must not be empty",
+        ),
         ("[[registry]\nhost = \"x\"\n", 1, ""),
     ];
 
@@ -857,7 +994,10 @@ user = "portainer"
         for (text, line, word) in BAD {
             let d = err(text);
             assert_eq!(d[0].line, *line, "{text:?}: {d:?}");
-            assert!(d[0].message.contains(word), "{text:?}: {d:?} lacks {word:?}");
+            assert!(
+                d[0].message.contains(word),
+                "{text:?}: {d:?} lacks {word:?}"
+            );
         }
     }
 
@@ -884,8 +1024,14 @@ user = "portainer"
     #[test]
     fn zero_config_shape() {
         let s = zero_config("123456789012", "eu-west-1").unwrap();
-        assert_eq!(s.registries[0].host, "123456789012.dkr.ecr.eu-west-1.amazonaws.com");
-        assert_eq!(s.targets[0].path, PathBuf::from("/root/.docker/config.json"));
+        assert_eq!(
+            s.registries[0].host,
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            s.targets[0].path,
+            PathBuf::from("/root/.docker/config.json")
+        );
         assert!(zero_config("x", "eu-west-1").is_err());
     }
 }

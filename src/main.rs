@@ -6,8 +6,6 @@ use clap::Parser;
 use ecr_refresherd::cli::{Cli, Command};
 use ecr_refresherd::commands;
 
-
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

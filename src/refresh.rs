@@ -129,9 +129,12 @@ pub fn desired_for(
 
 /// Writes one target with the desired entries; blocking (run it on a blocking thread).
 pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Written, FileError> {
-    let outcome = atomic::update(&target.path, owner_policy(target), target.mode, |existing| {
-        authfile::merge(existing, desired)
-    })?;
+    let outcome = atomic::update(
+        &target.path,
+        owner_policy(target),
+        target.mode,
+        |existing| authfile::merge(existing, desired),
+    )?;
     Ok(Written {
         outcome,
         set: desired.set.len(),
@@ -140,7 +143,12 @@ pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Writte
 }
 
 /// Records a successful write in the state.
-pub fn record(state: &mut State, target: &TargetSettings, desired: &Desired, tokens: &BTreeMap<String, Result<Token, TokenError>>) {
+pub fn record(
+    state: &mut State,
+    target: &TargetSettings,
+    desired: &Desired,
+    tokens: &BTreeMap<String, Result<Token, TokenError>>,
+) {
     let entry = state.targets.entry(target.path.clone()).or_default();
     for host in &desired.remove {
         entry.remove(host);
@@ -190,7 +198,11 @@ pub async fn write_all(
 }
 
 /// A whole round: every group fetched once, every target written.
-pub async fn round<S: TokenSource>(settings: &Settings, source: &Arc<S>, state: &mut State) -> RoundReport {
+pub async fn round<S: TokenSource>(
+    settings: &Settings,
+    source: &Arc<S>,
+    state: &mut State,
+) -> RoundReport {
     let keys: BTreeSet<GroupKey> = settings.registries.iter().map(GroupKey::of).collect();
     let by_group = fetch_groups(source, keys).await;
     let now = SystemTime::now();
@@ -219,5 +231,8 @@ pub async fn round<S: TokenSource>(settings: &Settings, source: &Arc<S>, state: 
         });
     }
     let targets = write_all(settings, &tokens, state, now).await;
-    RoundReport { registries, targets }
+    RoundReport {
+        registries,
+        targets,
+    }
 }

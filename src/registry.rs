@@ -238,23 +238,74 @@ mod tests {
         use Partition::*;
         let a = "123456789012";
         let cases: &[(&str, Registry)] = &[
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.com", private(a, "us-east-1", Aws, false, false)),
-            ("123456789012.dkr.ecr.eu-west-3.amazonaws.com", private(a, "eu-west-3", Aws, false, false)),
-            ("123456789012.dkr.ecr.ap-southeast-5.amazonaws.com", private(a, "ap-southeast-5", Aws, false, false)),
-            ("123456789012.dkr.ecr-fips.us-east-2.amazonaws.com", private(a, "us-east-2", Aws, true, false)),
-            ("123456789012.dkr.ecr.us-gov-west-1.amazonaws.com", private(a, "us-gov-west-1", AwsUsGov, false, false)),
-            ("123456789012.dkr.ecr-fips.us-gov-east-1.amazonaws.com", private(a, "us-gov-east-1", AwsUsGov, true, false)),
-            ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", private(a, "cn-north-1", AwsCn, false, false)),
-            ("123456789012.dkr.ecr.cn-northwest-1.amazonaws.com.cn", private(a, "cn-northwest-1", AwsCn, false, false)),
-            ("123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu", private(a, "eusc-de-east-1", AwsEusc, false, false)),
-            ("123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov", private(a, "us-iso-east-1", AwsIso, false, false)),
-            ("123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov", private(a, "us-isob-east-1", AwsIsoB, false, false)),
-            ("123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk", private(a, "eu-isoe-west-1", AwsIsoE, false, false)),
-            ("123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov", private(a, "us-isof-south-1", AwsIsoF, false, false)),
-            ("123456789012.dkr-ecr.us-east-1.on.aws", private(a, "us-east-1", Aws, false, true)),
-            ("123456789012.dkr-ecr-fips.us-west-2.on.aws", private(a, "us-west-2", Aws, true, true)),
-            ("123456789012.dkr-ecr.cn-north-1.on.amazonwebservices.com.cn", private(a, "cn-north-1", AwsCn, false, true)),
-            ("000000000000.dkr.ecr.us-east-1.amazonaws.com", private("000000000000", "us-east-1", Aws, false, false)),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                private(a, "us-east-1", Aws, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.eu-west-3.amazonaws.com",
+                private(a, "eu-west-3", Aws, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.ap-southeast-5.amazonaws.com",
+                private(a, "ap-southeast-5", Aws, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-east-2.amazonaws.com",
+                private(a, "us-east-2", Aws, true, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com",
+                private(a, "us-gov-west-1", AwsUsGov, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr-fips.us-gov-east-1.amazonaws.com",
+                private(a, "us-gov-east-1", AwsUsGov, true, false),
+            ),
+            (
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+                private(a, "cn-north-1", AwsCn, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.cn-northwest-1.amazonaws.com.cn",
+                private(a, "cn-northwest-1", AwsCn, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.eusc-de-east-1.amazonaws.eu",
+                private(a, "eusc-de-east-1", AwsEusc, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-iso-east-1.c2s.ic.gov",
+                private(a, "us-iso-east-1", AwsIso, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-isob-east-1.sc2s.sgov.gov",
+                private(a, "us-isob-east-1", AwsIsoB, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.eu-isoe-west-1.cloud.adc-e.uk",
+                private(a, "eu-isoe-west-1", AwsIsoE, false, false),
+            ),
+            (
+                "123456789012.dkr.ecr.us-isof-south-1.csp.hci.ic.gov",
+                private(a, "us-isof-south-1", AwsIsoF, false, false),
+            ),
+            (
+                "123456789012.dkr-ecr.us-east-1.on.aws",
+                private(a, "us-east-1", Aws, false, true),
+            ),
+            (
+                "123456789012.dkr-ecr-fips.us-west-2.on.aws",
+                private(a, "us-west-2", Aws, true, true),
+            ),
+            (
+                "123456789012.dkr-ecr.cn-north-1.on.amazonwebservices.com.cn",
+                private(a, "cn-north-1", AwsCn, false, true),
+            ),
+            (
+                "000000000000.dkr.ecr.us-east-1.amazonaws.com",
+                private("000000000000", "us-east-1", Aws, false, false),
+            ),
             ("public.ecr.aws", Registry::Public),
             ("ecr-public.aws.com", Registry::Public),
         ];
@@ -267,31 +318,61 @@ mod tests {
     fn invalid_hosts() {
         let cases: &[(&str, &str)] = &[
             ("", "empty"),
-            ("https://123456789012.dkr.ecr.us-east-1.amazonaws.com", "scheme"),
+            (
+                "https://123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "scheme",
+            ),
             ("123456789012.dkr.ecr.us-east-1.amazonaws.com/v2/", "scheme"),
             ("123456789012.dkr.ecr.us-east-1.amazonaws.com:443", "port"),
             ("123456789012.DKR.ECR.us-east-1.amazonaws.com", "lowercase"),
             ("12345678901.dkr.ecr.us-east-1.amazonaws.com", "12 digits"),
             ("1234567890123.dkr.ecr.us-east-1.amazonaws.com", "12 digits"),
             ("12345678901a.dkr.ecr.us-east-1.amazonaws.com", "12 digits"),
-            ("123456789012.ecr.us-east-1.amazonaws.com", "not an ECR host"),
+            (
+                "123456789012.ecr.us-east-1.amazonaws.com",
+                "not an ECR host",
+            ),
             ("123456789012.dkr.ecr.amazonaws.com", "region"),
             ("123456789012.dkr.ecr.useast1.amazonaws.com", "region name"),
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.org", "unknown ECR domain"),
-            ("123456789012.dkr.ecr.us-east-1.on.aws", "unknown ECR domain"),
-            ("123456789012.dkr-ecr.us-east-1.amazonaws.com", "unknown ECR domain"),
-            ("123456789012.dkr.ecr.cn-north-1.amazonaws.com", "not served"),
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.com.cn", "not served"),
-            ("123456789012.dkr.ecr.us-iso-east-1.amazonaws.com", "not served"),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.org",
+                "unknown ECR domain",
+            ),
+            (
+                "123456789012.dkr.ecr.us-east-1.on.aws",
+                "unknown ECR domain",
+            ),
+            (
+                "123456789012.dkr-ecr.us-east-1.amazonaws.com",
+                "unknown ECR domain",
+            ),
+            (
+                "123456789012.dkr.ecr.cn-north-1.amazonaws.com",
+                "not served",
+            ),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com.cn",
+                "not served",
+            ),
+            (
+                "123456789012.dkr.ecr.us-iso-east-1.amazonaws.com",
+                "not served",
+            ),
             ("123456789012.dkr.ecr.us-east-1.c2s.ic.gov", "not served"),
-            ("123456789012.dkr-ecr.us-east-1.on.amazonwebservices.com.cn", "not served"),
+            (
+                "123456789012.dkr-ecr.us-east-1.on.amazonwebservices.com.cn",
+                "not served",
+            ),
             ("123456789012.dkr.ecr.us-east-1", "missing"),
             ("docker.io", "not an ECR host"),
             ("localhost", "not an ECR host"),
             ("ecr.aws", "not an ECR host"),
             ("gallery.ecr.aws", "not an ECR host"),
             ("123456789012.dkr.ecr.us-east-.amazonaws.com", "region name"),
-            ("123456789012.dkr.ecr.us-east-123.amazonaws.com", "region name"),
+            (
+                "123456789012.dkr.ecr.us-east-123.amazonaws.com",
+                "region name",
+            ),
         ];
         for (host, want) in cases {
             let err = Registry::parse(host).expect_err(host);

@@ -49,7 +49,10 @@ impl State {
                 Ok(s) => (s, None),
                 Err(e) => (
                     State::default(),
-                    Some(format!("{}: unreadable state, starting afresh: {e}", path.display())),
+                    Some(format!(
+                        "{}: unreadable state, starting afresh: {e}",
+                        path.display()
+                    )),
                 ),
             },
             Err(e) => (State::default(), Some(e.to_string())),

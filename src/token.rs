@@ -118,7 +118,10 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("auth", &"<redacted>")
-            .field("expires_at", &humantime::format_rfc3339_seconds(self.expires_at))
+            .field(
+                "expires_at",
+                &humantime::format_rfc3339_seconds(self.expires_at),
+            )
             .finish()
     }
 }
@@ -180,7 +183,13 @@ impl AwsTokenSource {
             .timeout_config(timeouts())
             .retry_config(RetryConfig::standard().with_max_attempts(3));
         if let Some(p) = &key.credentials.profile {
-            loader = loader.profile_name(p);
+            // A named profile means exactly that profile: not the env credentials that come first
+            // in the default chain.
+            loader = loader.profile_name(p).credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(p)
+                    .build(),
+            );
         }
         let base = loader.load().await;
         let assumed = match &key.credentials.role_arn {
@@ -242,12 +251,16 @@ where
             format!("{code}: {message}")
         };
         return match code.as_str() {
-            "ThrottlingException" | "Throttling" | "TooManyRequestsException"
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
             | "RequestLimitExceeded" => TokenError::Throttled(text),
-            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException"
-            | "ExpiredTokenException" | "ExpiredToken" | "InvalidSignatureException" => {
-                TokenError::Denied(text)
-            }
+            "AccessDeniedException"
+            | "AccessDenied"
+            | "UnrecognizedClientException"
+            | "ExpiredTokenException"
+            | "ExpiredToken"
+            | "InvalidSignatureException" => TokenError::Denied(text),
             _ => TokenError::Failed(text),
         };
     }
@@ -263,24 +276,31 @@ impl TokenSource for AwsTokenSource {
     async fn fetch(&self, key: &GroupKey) -> Result<Token, TokenError> {
         match self.client(key).await {
             Client::Private(c) => {
-                let out = c.get_authorization_token().send().await.map_err(sdk_error)?;
-                let data = out
-                    .authorization_data()
-                    .first()
-                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationData".into()))?;
-                let auth = data
-                    .authorization_token()
-                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationToken".into()))?;
+                let out = c
+                    .get_authorization_token()
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                let data = out.authorization_data().first().ok_or_else(|| {
+                    TokenError::Invalid("the response has no authorizationData".into())
+                })?;
+                let auth = data.authorization_token().ok_or_else(|| {
+                    TokenError::Invalid("the response has no authorizationToken".into())
+                })?;
                 Token::new(auth.to_string(), expiry(data.expires_at())?)
             }
             Client::Public(c) => {
-                let out = c.get_authorization_token().send().await.map_err(sdk_error)?;
-                let data = out
-                    .authorization_data()
-                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationData".into()))?;
-                let auth = data
-                    .authorization_token()
-                    .ok_or_else(|| TokenError::Invalid("the response has no authorizationToken".into()))?;
+                let out = c
+                    .get_authorization_token()
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                let data = out.authorization_data().ok_or_else(|| {
+                    TokenError::Invalid("the response has no authorizationData".into())
+                })?;
+                let auth = data.authorization_token().ok_or_else(|| {
+                    TokenError::Invalid("the response has no authorizationToken".into())
+                })?;
                 Token::new(auth.to_string(), expiry(data.expires_at())?)
             }
         }
@@ -306,7 +326,12 @@ pub async fn instance_identity() -> Result<(String, String), String> {
     let doc = client
         .get("/latest/dynamic/instance-identity/document")
         .await
-        .map_err(|e| format!("instance metadata (IMDSv2) did not answer: {}", DisplayErrorContext(&e)))?;
+        .map_err(|e| {
+            format!(
+                "instance metadata (IMDSv2) did not answer: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
     let v: serde_json::Value = serde_json::from_str(doc.as_ref())
         .map_err(|e| format!("the instance identity document is not JSON: {e}"))?;
     let field = |k: &str| {
@@ -335,7 +360,7 @@ mod tests {
             (b64("user:secret"), "AWS:<password>"),
             (b64("AWS:"), "empty"),
             (format!("{} ", b64("AWS:x")), "white space"),
-            (b64("AWS") , "AWS:<password>"),
+            (b64("AWS"), "AWS:<password>"),
         ] {
             let e = Token::new(bad, t).expect_err(why).to_string();
             assert!(e.contains(why), "{e}");
@@ -346,7 +371,10 @@ mod tests {
     fn debug_hides_the_token() {
         let t = Token::new(b64("AWS:hunter2-password"), SystemTime::UNIX_EPOCH).unwrap();
         let d = format!("{t:?}");
-        assert!(!d.contains(&b64("AWS:hunter2-password")) && !d.contains("hunter2"), "{d}");
+        assert!(
+            !d.contains(&b64("AWS:hunter2-password")) && !d.contains("hunter2"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -364,8 +392,14 @@ mod tests {
         let a = GroupKey::of(&reg("111111111111.dkr.ecr.us-east-1.amazonaws.com", None));
         let b = GroupKey::of(&reg("222222222222.dkr.ecr.us-east-1.amazonaws.com", None));
         let c = GroupKey::of(&reg("111111111111.dkr.ecr.us-west-2.amazonaws.com", None));
-        let d = GroupKey::of(&reg("111111111111.dkr.ecr.us-east-1.amazonaws.com", Some("other")));
-        let e = GroupKey::of(&reg("111111111111.dkr.ecr-fips.us-east-1.amazonaws.com", None));
+        let d = GroupKey::of(&reg(
+            "111111111111.dkr.ecr.us-east-1.amazonaws.com",
+            Some("other"),
+        ));
+        let e = GroupKey::of(&reg(
+            "111111111111.dkr.ecr-fips.us-east-1.amazonaws.com",
+            None,
+        ));
         let p1 = GroupKey::of(&reg("public.ecr.aws", None));
         let p2 = GroupKey::of(&reg("ecr-public.aws.com", None));
         assert_eq!(a, b);

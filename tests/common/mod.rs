@@ -1,0 +1,204 @@
+//! Shared test harness: a temp dir, the fake AWS on loopback, the real binary with a sealed environment.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use base64::Engine;
+pub use fake_aws::{FakeAws, Fault, Service};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ecr-refresherd");
+pub const H1: &str = "111111111111.dkr.ecr.us-east-1.amazonaws.com";
+pub const H2: &str = "222222222222.dkr.ecr.us-east-1.amazonaws.com";
+pub const H3: &str = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
+pub const PUBLIC: &str = "public.ecr.aws";
+
+/// One test's world: its own temp dir, its own fake AWS, and every output it captured.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub fake: FakeAws,
+    captured: Mutex<Vec<String>>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("ecr-refresherd-test-")
+            .tempdir()
+            .expect("temp dir");
+        let fake = FakeAws::start().expect("fake AWS");
+        World {
+            dir,
+            fake,
+            captured: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a config file; `{dir}` in the text becomes the temp dir.
+    pub fn config(&self, text: &str) -> PathBuf {
+        let p = self.path("config.toml");
+        let text = text.replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// The binary with only what a test allows: fake endpoints, dummy static credentials, no IMDS,
+    /// no AWS_REGION (each host brings its region), HOME in the temp dir.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear();
+        for (k, v) in self.fake.env() {
+            if k != "AWS_REGION" {
+                c.env(k, v);
+            }
+        }
+        c.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("HOME", self.dir.path())
+            .env("PATH", "/usr/bin:/bin")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Runs the binary with `--config <dir>/config.toml` and `args`; records its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.arg("--config").arg(self.path("config.toml")).args(args);
+        self.capture(c.output().expect("run binary"))
+    }
+
+    pub fn capture(&self, out: Output) -> Output {
+        let mut all = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        all.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        out
+    }
+
+    pub fn capture_text(&self, text: String) {
+        self.captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
+    }
+
+    /// No secret the fake ever issued (nor the dummy secret key) appears in anything captured.
+    pub fn assert_no_secrets(&self) {
+        let mut secrets = self.fake.secrets();
+        secrets.push(fake_aws::FAKE_SECRET_ACCESS_KEY.to_string());
+        let all = self.captured.lock().unwrap_or_else(|e| e.into_inner());
+        for text in all.iter() {
+            for s in &secrets {
+                assert!(!s.is_empty());
+                assert!(
+                    !text.contains(s.as_str()),
+                    "a secret leaked into output:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secrets();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn read_json(p: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", p.display()))
+}
+
+/// The password inside a docker `auth` value (base64 of `AWS:<password>`); panics if malformed.
+pub fn password_of(auth: &str) -> String {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .expect("auth is base64");
+    let text = String::from_utf8(raw).expect("auth is UTF-8");
+    text.strip_prefix("AWS:")
+        .unwrap_or_else(|| panic!("auth does not decode to AWS:<password>"))
+        .to_string()
+}
+
+/// Asserts `file` holds a valid docker entry for `host` whose password the fake issued.
+pub fn assert_fresh_entry(world: &World, file: &Path, host: &str) -> String {
+    let v = read_json(file);
+    let auth = v["auths"][host]["auth"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no entry for {host}", file.display()));
+    let pw = password_of(auth);
+    assert!(
+        world.fake.issued_passwords().contains(&pw),
+        "{}: the password for {host} was not issued by the fake",
+        file.display()
+    );
+    auth.to_string()
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Skips a test that needs root, saying why.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("SKIPPED: this test needs root (real uids and chown)");
+            return;
+        }
+    };
+}
+
+/// A snapshot of a file that must not change: bytes, owner, mode, inode, link count.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sentinel {
+    bytes: Vec<u8>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    ino: u64,
+    nlink: u64,
+}
+
+impl Sentinel {
+    pub fn of(p: &Path) -> Sentinel {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(p).expect("sentinel stat");
+        Sentinel {
+            bytes: std::fs::read(p).expect("sentinel read"),
+            uid: md.uid(),
+            gid: md.gid(),
+            mode: md.mode(),
+            ino: md.ino(),
+            nlink: md.nlink(),
+        }
+    }
+}
+
+pub fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).expect("chown");
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
