@@ -318,6 +318,29 @@ impl Drop for FsIdentity {
     }
 }
 
+/// Sets the thread's filesystem gid while it lives, when `FsIdentity` is in force.
+struct FsGid {
+    saved: Option<u32>,
+}
+
+impl FsGid {
+    fn set(owner: Owner, gid: u32) -> FsGid {
+        if !rustix::process::geteuid().is_root() || owner.uid == 0 || gid == owner.gid {
+            return FsGid { saved: None };
+        }
+        let old = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid)).as_raw();
+        FsGid { saved: Some(old) }
+    }
+}
+
+impl Drop for FsGid {
+    fn drop(&mut self) {
+        if let Some(gid) = self.saved {
+            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
+        }
+    }
+}
+
 /// The state of the target file when we read it; a rename happens only if it still matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seen {
@@ -605,6 +628,9 @@ fn replace(
     seen: Option<Seen>,
 ) -> Result<bool, FileError> {
     let tmp = temp_name(&loc.name);
+    // Create the temp file with the group it must end with: as the user we may not chown to a
+    // group we are not in, but the kernel gives a new file our filesystem gid.
+    let _gid = FsGid::set(loc.owner, gid);
     let fd = rustix::fs::openat(
         &loc.dir.fd,
         tmp.as_os_str(),
@@ -663,10 +689,10 @@ fn replace(
     })();
     match result {
         Ok(true) => Ok(true),
-        Ok(false) => Err(cleanup(FileError::Busy {
-            path: path.to_path_buf(),
-        }))
-        .or(Ok(false)),
+        Ok(false) => {
+            let _ = rustix::fs::unlinkat(&loc.dir.fd, tmp.as_os_str(), AtFlags::empty());
+            Ok(false)
+        }
         Err(e) => Err(cleanup(e)),
     }
 }

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use base64::Engine;
+#[allow(unused_imports)]
 pub use fake_aws::{FakeAws, Fault, Service};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ecr-refresherd");
