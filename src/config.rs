@@ -1022,6 +1022,26 @@ user = "portainer"
     }
 
     #[test]
+    fn example_config_is_valid_and_the_common_case() {
+        let s = ok(include_str!("../config.example.toml"));
+        assert_eq!(
+            s.daemon,
+            DaemonSettings::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(s.registries.len(), 1);
+        let paths: Vec<_> = s.targets.iter().map(|t| t.path.to_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/root/.docker/config.json",
+                "/home/portainer/.docker/config.json",
+                "/run/containers/0/auth.json"
+            ]
+        );
+    }
+
+    #[test]
     fn zero_config_shape() {
         let s = zero_config("123456789012", "eu-west-1").unwrap();
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Logging setup: human-readable lines on stderr, `log_level` from config, `RUST_LOG` overrides.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
@@ -32,6 +33,7 @@ pub fn init(level: &str) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_filter(tracing_subscriber::filter::filter_fn(not_secret_bearing));
     if tracing_subscriber::registry()
         .with(layer)
