@@ -1,16 +1,19 @@
 //! Command-line interface: the clap definitions, with examples in `--help`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
-  ecr-refresherd check                      validate the config and diagnose every auth file
-  ecr-refresherd once                       refresh every registry and write every auth file once
-  ecr-refresherd --config ./my.toml once    the same with another config file
-
-Exit codes: 0 success, 1 something failed (or warnings, for check), 2 the config is invalid.";
+  ecr-refresherd                            run the daemon (what systemd starts)
+  ecr-refresherd status                     show every registry and auth file (exit 0 ok, 1 failing, 2 no valid token, 3 no daemon)
+  ecr-refresherd refresh public.ecr.aws     refresh one registry now and print the outcome
+  ecr-refresherd reload                     re-read the config; fails when the new config is invalid
+  ecr-refresherd check                      validate the config and diagnose every auth file, no AWS call
+  ecr-refresherd once                       refresh every registry and write every auth file once, then exit
+  ecr-refresherd --config ./my.toml once    the same with another config file";
 
 /// Keeps Amazon ECR logins fresh in docker config.json and podman auth.json files.
 #[derive(Debug, Parser)]
@@ -31,13 +34,47 @@ pub struct Cli {
     pub run_dir: PathBuf,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// Where the client commands find the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's control socket [default: `socket` in the config, else /run/ecr-refresherd/status.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: keep every auth file fresh until stopped (the default).
+    Run {
+        /// Report READY to systemd after this long even if the first round is still running.
+        #[arg(long, hide = true, default_value = "30s", value_parser = humantime::parse_duration)]
+        start_timeout: Duration,
+    },
     /// Fetch every token and write every auth file once, then exit.
     Once,
     /// Validate the config and diagnose each auth file without calling AWS.
     Check,
+    /// Ask the running daemon how every registry and auth file is.
+    Status {
+        /// Print the daemon's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Ask the running daemon to refresh now (every registry, or one host) and print the outcome.
+    Refresh {
+        /// One registry host; default: all.
+        host: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Ask the running daemon to re-read its config; exits non-zero when the new config is invalid.
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }

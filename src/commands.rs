@@ -70,7 +70,7 @@ fn target_label(name: &str, path: &Path) -> String {
 
 /// `once`: one full round, one line per registry and per target on stdout.
 pub async fn once(cli: &Cli) -> u8 {
-    logging::init("info");
+    logging::init("info", false);
     let settings = match load_settings(cli).await {
         Ok(s) => s,
         Err(e) => {
@@ -139,7 +139,7 @@ pub async fn once(cli: &Cli) -> u8 {
 
 /// `check`: validate the config and diagnose every target; no AWS call.
 pub async fn check(cli: &Cli) -> u8 {
-    logging::init("warn");
+    logging::init("warn", false);
     let settings = match load_settings(cli).await {
         Ok(s) => s,
         Err(e) => {

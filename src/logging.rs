@@ -1,6 +1,8 @@
-//! Logging setup: human-readable lines on stderr, `log_level` from config, `RUST_LOG` overrides.
+//! Logging: the journal (structured fields) under systemd, human-readable stderr otherwise;
+//! `log_level` from config, `RUST_LOG` overrides.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
@@ -27,20 +29,45 @@ fn not_secret_bearing(meta: &tracing::Metadata<'_>) -> bool {
         && (t.starts_with("aws_") || t.starts_with("hyper") || t.starts_with("h2")))
 }
 
-/// Installs the global subscriber at `level`.
-pub fn init(level: &str) {
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM=<dev>:<inode>` of it.
+pub fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let Ok(md) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(md.dev()) && ino.parse::<u64>().ok() == Some(md.ino())
+}
+
+/// Installs the global subscriber at `level`: to the journal when `journal` and it is reachable.
+pub fn init(level: &str, journal: bool) {
     let (layer, handle) = reload::Layer::new(filter(level));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(tracing_subscriber::filter::filter_fn(not_secret_bearing));
-    if tracing_subscriber::registry()
+    let journald = if journal {
+        tracing_journald::layer()
+            .ok()
+            .map(|l| l.with_syslog_identifier("ecr-refresherd".into()))
+    } else {
+        None
+    };
+    let fmt = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+    });
+    let installed = tracing_subscriber::registry()
         .with(layer)
-        .with(fmt)
-        .try_init()
-        .is_ok()
-    {
+        .with(
+            journald
+                .map(|j| j.with_filter(tracing_subscriber::filter::filter_fn(not_secret_bearing))),
+        )
+        .with(fmt.map(|f| f.with_filter(tracing_subscriber::filter::filter_fn(not_secret_bearing))))
+        .try_init();
+    if installed.is_ok() {
         let _ = FILTER.set(handle);
     }
 }

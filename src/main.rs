@@ -1,15 +1,17 @@
 //! The `ecr-refresherd` binary: parse the command line, dispatch, map errors to exit codes.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use ecr_refresherd::cli::{Cli, Command};
-use ecr_refresherd::commands;
+use ecr_refresherd::{client, commands, daemon};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(64)
         .enable_all()
         .build()
     {
@@ -21,9 +23,18 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match &cli.command {
-            Command::Once => commands::once(&cli).await,
-            Command::Check => commands::check(&cli).await,
+            None => daemon::run(&cli, Duration::from_secs(30)).await,
+            Some(Command::Run { start_timeout }) => daemon::run(&cli, *start_timeout).await,
+            Some(Command::Once) => commands::once(&cli).await,
+            Some(Command::Check) => commands::check(&cli).await,
+            Some(Command::Status { json, socket }) => client::status(&cli, socket, *json).await,
+            Some(Command::Refresh { host, socket }) => {
+                client::refresh(&cli, socket, host.as_deref()).await
+            }
+            Some(Command::Reload { socket }) => client::reload(&cli, socket).await,
         }
     });
+    // Blocking writes still running (none after a clean stop) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     ExitCode::from(code)
 }

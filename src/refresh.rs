@@ -170,8 +170,23 @@ pub async fn write_all(
     state: &mut State,
     now: SystemTime,
 ) -> Vec<TargetResult> {
+    let all: BTreeSet<usize> = (0..settings.targets.len()).collect();
+    write_some(settings, &all, tokens, state, now).await
+}
+
+/// Writes the targets with the given indices concurrently and records what was written.
+pub async fn write_some(
+    settings: &Settings,
+    which: &BTreeSet<usize>,
+    tokens: &BTreeMap<String, Result<Token, TokenError>>,
+    state: &mut State,
+    now: SystemTime,
+) -> Vec<TargetResult> {
     let mut set = JoinSet::new();
-    for (i, target) in settings.targets.iter().enumerate() {
+    for &i in which {
+        let Some(target) = settings.targets.get(i) else {
+            continue;
+        };
         let desired = desired_for(settings, target, tokens, state.managed(&target.path), now);
         let t = target.clone();
         set.spawn_blocking(move || {
@@ -179,7 +194,7 @@ pub async fn write_all(
             (i, desired, r)
         });
     }
-    let mut results: Vec<Option<TargetResult>> = settings.targets.iter().map(|_| None).collect();
+    let mut results = Vec::new();
     while let Some(joined) = set.join_next().await {
         let Ok((i, desired, r)) = joined else {
             continue;
@@ -188,13 +203,17 @@ pub async fn write_all(
         if r.is_ok() {
             record(state, target, &desired, tokens);
         }
-        results[i] = Some(TargetResult {
-            name: target.name.clone(),
-            path: target.path.clone(),
-            result: r,
-        });
+        results.push((
+            i,
+            TargetResult {
+                name: target.name.clone(),
+                path: target.path.clone(),
+                result: r,
+            },
+        ));
     }
-    results.into_iter().flatten().collect()
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// A whole round: every group fetched once, every target written.

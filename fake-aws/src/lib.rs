@@ -463,6 +463,12 @@ impl FakeAws {
         self.shared.reset_calls();
     }
 
+    /// When the token holding this password expires, as the fake said in `expiresAt`.
+    pub fn expiry_of(&self, password: &str) -> Option<std::time::SystemTime> {
+        let at = self.shared.expiry_of(password)?;
+        std::time::UNIX_EPOCH.checked_add(std::time::Duration::try_from_secs_f64(at).ok()?)
+    }
+
     /// Every ECR / ECR Public password issued in a valid `AWS:` token, oldest first.
     pub fn issued_passwords(&self) -> Vec<String> {
         self.shared.issued_passwords()

@@ -350,17 +350,18 @@ fn ecr_success(
             Some(json!((at * 1000.0).round() / 1000.0))
         }
     };
+    let expiry = expires_at.as_ref().and_then(Value::as_f64);
     let entry = |account: Option<&str>| -> Value {
         let mut m = Map::new();
         let token = match fault {
             Fault::MissingFields => None,
             Fault::NotBase64 => Some("%%% fake-aws: not base64 %%%".to_string()),
             Fault::NoAwsPrefix => {
-                let pw = shared.issue_password(false);
+                let pw = shared.issue_password(false, expiry);
                 Some(BASE64.encode(format!("user:{pw}")))
             }
             _ => {
-                let pw = shared.issue_password(true);
+                let pw = shared.issue_password(true, expiry);
                 Some(BASE64.encode(format!("AWS:{pw}")))
             }
         };

@@ -101,6 +101,8 @@ struct State {
     imds_account: String,
     imds_region: String,
     passwords: Vec<String>,
+    /// Password -> the expiresAt (epoch seconds) it was issued with.
+    expiries: std::collections::HashMap<String, f64>,
     secrets: Vec<String>,
     /// IMDS session tokens and when they expire.
     imds_tokens: HashMap<String, Instant>,
@@ -138,6 +140,7 @@ impl Shared {
                 imds_account: DEFAULT_ACCOUNT.to_string(),
                 imds_region: DEFAULT_REGION.to_string(),
                 passwords: Vec::new(),
+                expiries: std::collections::HashMap::new(),
                 secrets: Vec::new(),
                 imds_tokens: HashMap::new(),
                 assumed: HashMap::new(),
@@ -253,6 +256,10 @@ impl Shared {
         lock(&self.state).calls.clear();
     }
 
+    pub(crate) fn expiry_of(&self, password: &str) -> Option<f64> {
+        lock(&self.state).expiries.get(password).copied()
+    }
+
     pub(crate) fn issued_passwords(&self) -> Vec<String> {
         lock(&self.state).passwords.clone()
     }
@@ -295,7 +302,7 @@ impl Shared {
 
     /// Issues a new ECR password. `valid` passwords (in a well-formed `AWS:` token) are listed by
     /// `issued_passwords` and passed to the hook; all are listed by `secrets`.
-    pub(crate) fn issue_password(&self, valid: bool) -> String {
+    pub(crate) fn issue_password(&self, valid: bool, expires_at: Option<f64>) -> String {
         let pw = {
             let mut st = lock(&self.state);
             let (_, hex) = Self::next_unique(&mut st);
@@ -305,6 +312,9 @@ impl Shared {
             st.secrets.push(pw.clone());
             if valid {
                 st.passwords.push(pw.clone());
+                if let Some(at) = expires_at {
+                    st.expiries.insert(pw.clone(), at);
+                }
             }
             pw
         };

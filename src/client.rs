@@ -1,0 +1,125 @@
+//! The client commands (`status`, `refresh`, `reload`): find the socket, ask the daemon, print.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use crate::cli::{Cli, SocketArg};
+use crate::config;
+use crate::control::{self, ACTION_TIMEOUT, Request, Response};
+use crate::status::{self, EXIT_UNKNOWN};
+
+/// `--socket`, else the socket named in a readable config, else the default. Never IMDS, and the
+/// config need not be valid: only `[daemon] socket` is read.
+pub fn socket_path(cli: &Cli, arg: &SocketArg) -> PathBuf {
+    if let Some(p) = &arg.socket {
+        return p.clone();
+    }
+    #[derive(Deserialize)]
+    struct Partial {
+        daemon: Option<PartialDaemon>,
+    }
+    #[derive(Deserialize)]
+    struct PartialDaemon {
+        socket: Option<PathBuf>,
+    }
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| toml::from_str::<Partial>(&text).ok())
+        .and_then(|p| p.daemon)
+        .and_then(|d| d.socket)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
+}
+
+async fn ask(socket: &Path, req: Request) -> Result<Response, u8> {
+    match control::request(socket, &req, ACTION_TIMEOUT).await {
+        Ok(Response::Error { message }) => {
+            eprintln!("ecr-refresherd: the daemon says: {message}");
+            Err(EXIT_UNKNOWN)
+        }
+        Ok(r) => Ok(r),
+        Err(e) => {
+            eprintln!("ecr-refresherd: {e}");
+            Err(EXIT_UNKNOWN)
+        }
+    }
+}
+
+/// `status`: the table (or JSON); exit 0 ok, 1 failing, 2 no valid token, 3 no daemon.
+pub async fn status(cli: &Cli, arg: &SocketArg, json: bool) -> u8 {
+    let socket = socket_path(cli, arg);
+    let st = match ask(&socket, Request::Status).await {
+        Ok(Response::Status { status }) => status,
+        Ok(_) => {
+            eprintln!("ecr-refresherd: unexpected answer");
+            return EXIT_UNKNOWN;
+        }
+        Err(code) => return code,
+    };
+    let now = SystemTime::now();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+    } else {
+        print!("{}", status::render(&st, now));
+    }
+    status::exit_code(&st, now)
+}
+
+/// `refresh [HOST]`: one line per registry; exit 0 when all succeeded, 1 otherwise, 3 no daemon.
+pub async fn refresh(cli: &Cli, arg: &SocketArg, host: Option<&str>) -> u8 {
+    let socket = socket_path(cli, arg);
+    let results = match ask(
+        &socket,
+        Request::Refresh {
+            host: host.map(str::to_string),
+        },
+    )
+    .await
+    {
+        Ok(Response::Refresh { results }) => results,
+        Ok(_) => return EXIT_UNKNOWN,
+        Err(code) => return code,
+    };
+    let mut code = 0;
+    for r in &results {
+        if r.ok {
+            println!(
+                "registry {}: ok, token expires {}",
+                r.host,
+                r.expires_at.as_deref().unwrap_or("?")
+            );
+        } else {
+            println!(
+                "registry {}: FAILED: {}",
+                r.host,
+                r.error.as_deref().unwrap_or("unknown error")
+            );
+            code = 1;
+        }
+    }
+    code
+}
+
+/// `reload`: waits for the daemon's verdict; exit 0 applied, 1 the new config is invalid, 3 no daemon.
+pub async fn reload(cli: &Cli, arg: &SocketArg) -> u8 {
+    let socket = socket_path(cli, arg);
+    match ask(&socket, Request::Reload).await {
+        Ok(Response::Reload { ok: true, message }) => {
+            println!("{message}");
+            0
+        }
+        Ok(Response::Reload { ok: false, message }) => {
+            eprintln!(
+                "ecr-refresherd: the new config was rejected; the daemon keeps the previous one:\n{message}"
+            );
+            1
+        }
+        Ok(_) => EXIT_UNKNOWN,
+        Err(code) => code,
+    }
+}

@@ -1,0 +1,298 @@
+//! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh, reload).
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::status::Status;
+
+/// A request line is small; anything longer is a hostile or broken client.
+const MAX_REQUEST: u64 = 4096;
+/// A client gets this long to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// ... and this long to take our answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 128;
+/// How long a `refresh` or `reload` may take before the client is told so.
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Refresh {
+        #[serde(default)]
+        host: Option<String>,
+    },
+    Reload,
+}
+
+/// The outcome of refreshing one registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshResult {
+    pub host: String,
+    pub ok: bool,
+    pub expires_at: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Response {
+    Status { status: Box<Status> },
+    Refresh { results: Vec<RefreshResult> },
+    Reload { ok: bool, message: String },
+    Error { message: String },
+}
+
+/// What the server asks of the daemon's main loop.
+#[derive(Debug)]
+pub enum Action {
+    Refresh {
+        host: Option<String>,
+        reply: oneshot::Sender<Result<Vec<RefreshResult>, String>>,
+    },
+    Reload {
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{}: another ecr-refresherd is already answering on this socket; stop it first", .0.display())]
+    InUse(PathBuf),
+    #[error("{}: exists and is not a socket; remove it or choose another `socket`", .0.display())]
+    NotASocket(PathBuf),
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the control socket with its final owner, group and mode (0660 root:group, group root when
+/// none is configured), replacing a
+/// stale socket file but refusing to steal one a live daemon answers on.
+pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
+    let io = |op: &'static str| {
+        move |source| BindError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(io("create directory"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod directory"))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(BindError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+        }
+        Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat")(e)),
+    }
+    // The socket is born 0600 (umask), so no one connects before its group and mode are final.
+    // This runs at startup, before the daemon creates any other file.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.map_err(io("bind"))?;
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::lchown(path, Some(0), Some(group.unwrap_or(0))).map_err(io("chown"))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("chmod"))?;
+    Ok(listener)
+}
+
+/// Serves the socket until `shutdown` flips to true.
+pub async fn serve(
+    listener: UnixListener,
+    status: watch::Receiver<Status>,
+    actions: mpsc::Sender<Action>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = shutdown.changed() => return,
+        };
+        let stream = match conn {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                // Out of file descriptors, say: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let status = status.clone();
+        let actions = actions.clone();
+        tokio::spawn(async move {
+            handle(stream, status, actions).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    status: watch::Receiver<Status>,
+    actions: mpsc::Sender<Action>,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
+    let response = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Response::Error {
+            message: "no request line within 3 s".into(),
+        },
+        Ok(Err(e)) => Response::Error {
+            message: format!("cannot read the request: {e}"),
+        },
+        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST || !line.ends_with('\n') => Response::Error {
+            message: "the request must be one JSON line of at most 4096 bytes".into(),
+        },
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+            Ok(req) => answer(req, &status, &actions).await,
+        },
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+}
+
+async fn answer(
+    req: Request,
+    status: &watch::Receiver<Status>,
+    actions: &mpsc::Sender<Action>,
+) -> Response {
+    match req {
+        Request::Status => Response::Status {
+            status: Box::new(status.borrow().clone()),
+        },
+        Request::Refresh { host } => {
+            let (reply, rx) = oneshot::channel();
+            if actions.send(Action::Refresh { host, reply }).await.is_err() {
+                return Response::Error {
+                    message: "the daemon is stopping".into(),
+                };
+            }
+            match tokio::time::timeout(ACTION_TIMEOUT, rx).await {
+                Ok(Ok(Ok(results))) => Response::Refresh { results },
+                Ok(Ok(Err(message))) => Response::Error { message },
+                Ok(Err(_)) => Response::Error {
+                    message: "the daemon is stopping".into(),
+                },
+                Err(_) => Response::Error {
+                    message: "the refresh did not finish in time".into(),
+                },
+            }
+        }
+        Request::Reload => {
+            let (reply, rx) = oneshot::channel();
+            if actions.send(Action::Reload { reply }).await.is_err() {
+                return Response::Error {
+                    message: "the daemon is stopping".into(),
+                };
+            }
+            match tokio::time::timeout(ACTION_TIMEOUT, rx).await {
+                Ok(Ok(Ok(message))) => Response::Reload { ok: true, message },
+                Ok(Ok(Err(message))) => Response::Reload { ok: false, message },
+                Ok(Err(_)) => Response::Error {
+                    message: "the daemon is stopping".into(),
+                },
+                Err(_) => Response::Error {
+                    message: "the reload did not finish in time".into(),
+                },
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no ecr-refresherd answers on {}: {source}", path.display())]
+    NoDaemon {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon's answer: {0}")]
+    Protocol(String),
+}
+
+/// Sends one request and reads the answer.
+pub async fn request(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let no_daemon = |source| ClientError::NoDaemon {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(socket))
+        .await
+        .map_err(|_| no_daemon(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(no_daemon)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(no_daemon)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    tokio::time::timeout(timeout, reader.read_line(&mut answer))
+        .await
+        .map_err(|_| ClientError::Protocol("no answer in time".into()))?
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    serde_json::from_str(answer.trim())
+        .map_err(|e| ClientError::Protocol(format!("not understood: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"refresh"}"#).unwrap(),
+            Request::Refresh { host: None }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"refresh","host":"public.ecr.aws"}"#)
+                .unwrap(),
+            Request::Refresh {
+                host: Some("public.ecr.aws".into())
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The daemon's status snapshot: what `status` shows, what systemd's STATUS= says, and exit codes.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// A registry's state, as shown by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryState {
+    /// No token yet (starting, or never obtained).
+    Pending,
+    /// A valid token, refreshes succeeding.
+    Fresh,
+    /// A fetch is in flight.
+    Refreshing,
+    /// The last refresh failed; the token held (if any) is still valid.
+    Failing,
+    /// The token expired and no new one could be had.
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    pub host: String,
+    pub state: RegistryState,
+    /// RFC 3339 times, UTC.
+    pub expires_at: Option<String>,
+    pub next_refresh: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    Pending,
+    Ok,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub path: String,
+    /// Who the file is written as (user name, or uid).
+    pub owner: Option<String>,
+    pub state: TargetState,
+    pub last_write: Option<String>,
+    pub last_error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub path: Option<String>,
+    pub loaded_at: Option<String>,
+    /// Why the last edit or reload was rejected (the running config is the previous one).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: Option<String>,
+    pub registries: Vec<RegistryStatus>,
+    pub targets: Vec<TargetStatus>,
+    pub config: ConfigStatus,
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// `status` exit codes, as monitoring plugins use them.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_WARNING: u8 = 1;
+pub const EXIT_CRITICAL: u8 = 2;
+pub const EXIT_UNKNOWN: u8 = 3;
+
+/// 0: every registry holds an unexpired token and none is failing; 1: some refresh is failing but
+/// every token is still valid; 2: some registry has no valid token (expired, or not obtained yet).
+pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
+    let mut code = EXIT_OK;
+    for r in &status.registries {
+        let valid = r
+            .expires_at
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|t| t > now);
+        if !valid {
+            return EXIT_CRITICAL;
+        }
+        if r.consecutive_failures > 0 || r.state == RegistryState::Failing {
+            code = EXIT_WARNING;
+        }
+    }
+    code
+}
+
+/// One short line for systemd's STATUS=, e.g. `3/3 registries fresh, next refresh 14:05 UTC`.
+pub fn summary(status: &Status, now: SystemTime) -> String {
+    let total = status.registries.len();
+    let valid = status
+        .registries
+        .iter()
+        .filter(|r| {
+            r.expires_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_some_and(|t| t > now)
+        })
+        .count();
+    let failing = status
+        .registries
+        .iter()
+        .filter(|r| r.consecutive_failures > 0)
+        .count();
+    let bad_targets = status
+        .targets
+        .iter()
+        .filter(|t| t.state == TargetState::Error)
+        .count();
+    let mut line = format!("{valid}/{total} registries fresh");
+    if failing > 0 {
+        line += &format!(", {failing} failing");
+    }
+    if bad_targets > 0 {
+        line += &format!(", {bad_targets} target(s) in error");
+    }
+    if status.config.error.is_some() {
+        line += ", config edit rejected";
+    }
+    let next = status
+        .registries
+        .iter()
+        .filter_map(|r| r.next_refresh.as_deref().and_then(parse_time))
+        .min();
+    if let Some(next) = next {
+        let hhmm = rfc3339(next);
+        line += &format!(", next refresh {} UTC", hhmm.get(11..16).unwrap_or(&hhmm));
+    }
+    line
+}
+
+/// "5h 3m", "42s": a rough human duration.
+pub fn rough(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `in 5h 3m` / `3m 2s ago` relative to `now`.
+pub fn relative(t: SystemTime, now: SystemTime) -> String {
+    match t.duration_since(now) {
+        Ok(d) => format!("in {}", rough(d)),
+        Err(e) => format!("{} ago", rough(e.duration())),
+    }
+}
+
+/// The readable table `ecr-refresherd status` prints.
+pub fn render(status: &Status, now: SystemTime) -> String {
+    let mut rows = vec![[
+        "REGISTRY".to_string(),
+        "STATE".into(),
+        "EXPIRES".into(),
+        "NEXT REFRESH".into(),
+        "LAST ERROR".into(),
+    ]];
+    for r in &status.registries {
+        let when = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(parse_time)
+                .map_or("-".to_string(), |t| relative(t, now))
+        };
+        rows.push([
+            r.host.clone(),
+            format!("{:?}", r.state).to_lowercase(),
+            when(&r.expires_at),
+            when(&r.next_refresh),
+            r.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut out = table(&rows);
+    out.push('\n');
+    let mut rows = vec![[
+        "TARGET".to_string(),
+        "OWNER".into(),
+        "STATE".into(),
+        "LAST WRITE".into(),
+        "LAST ERROR".into(),
+    ]];
+    for t in &status.targets {
+        rows.push([
+            t.path.clone(),
+            t.owner.clone().unwrap_or_else(|| "-".into()),
+            format!("{:?}", t.state).to_lowercase(),
+            t.last_write
+                .as_deref()
+                .and_then(parse_time)
+                .map_or("-".into(), |x| relative(x, now)),
+            t.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out += &table(&rows);
+    for t in &status.targets {
+        for w in &t.warnings {
+            out += &format!("warning: {}: {w}\n", t.path);
+        }
+    }
+    out += &format!(
+        "\nconfig {}: loaded {}",
+        status
+            .config
+            .path
+            .as_deref()
+            .unwrap_or("(instance default)"),
+        status.config.loaded_at.as_deref().unwrap_or("-")
+    );
+    if let Some(e) = &status.config.error {
+        out += &format!("\nconfig edit rejected, still running the previous config:\n{e}");
+    }
+    out.push('\n');
+    out
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line += cell;
+            } else {
+                line += &format!("{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(expires_in: Option<i64>, failures: u32, now: SystemTime) -> RegistryStatus {
+        RegistryStatus {
+            host: "h".into(),
+            state: if failures > 0 {
+                RegistryState::Failing
+            } else {
+                RegistryState::Fresh
+            },
+            expires_at: expires_in.map(|s| {
+                rfc3339(if s >= 0 {
+                    now + Duration::from_secs(s as u64)
+                } else {
+                    now - Duration::from_secs((-s) as u64)
+                })
+            }),
+            next_refresh: None,
+            last_success: None,
+            last_error: None,
+            consecutive_failures: failures,
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let st = |regs: Vec<RegistryStatus>| Status {
+            registries: regs,
+            ..Default::default()
+        };
+        assert_eq!(exit_code(&st(vec![reg(Some(100), 0, now)]), now), 0);
+        assert_eq!(
+            exit_code(
+                &st(vec![reg(Some(100), 0, now), reg(Some(100), 2, now)]),
+                now
+            ),
+            1
+        );
+        assert_eq!(
+            exit_code(
+                &st(vec![reg(Some(100), 0, now), reg(Some(-5), 0, now)]),
+                now
+            ),
+            2
+        );
+        assert_eq!(exit_code(&st(vec![reg(None, 0, now)]), now), 2);
+        assert_eq!(
+            exit_code(&st(vec![reg(Some(100), 3, now), reg(None, 3, now)]), now),
+            2
+        );
+    }
+
+    #[test]
+    fn summary_line() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut a = reg(Some(100), 0, now);
+        a.next_refresh = Some(rfc3339(now + Duration::from_secs(60)));
+        let s = Status {
+            registries: vec![a, reg(Some(100), 1, now), reg(None, 1, now)],
+            ..Default::default()
+        };
+        assert_eq!(
+            summary(&s, now),
+            "2/3 registries fresh, 2 failing, next refresh 08:01 UTC"
+        );
+    }
+
+    #[test]
+    fn rough_durations() {
+        assert_eq!(rough(Duration::from_secs(42)), "42s");
+        assert_eq!(rough(Duration::from_secs(125)), "2m 5s");
+        assert_eq!(rough(Duration::from_secs(5 * 3600 + 180)), "5h 3m");
+    }
+}
