@@ -24,7 +24,9 @@ pub const EXIT_CONFIG: u8 = 2;
 pub async fn load_settings(cli: &Cli) -> Result<Settings, String> {
     let accounts = SystemAccounts;
     if let Some(path) = &cli.config {
-        return config::load(path, &accounts).map_err(|e| e.to_string());
+        // Absolute, so the daemon can watch its directory and reload it after a chdir.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        return config::load(&path, &accounts).map_err(|e| e.to_string());
     }
     let default = Path::new(config::DEFAULT_CONFIG);
     match config::load(default, &accounts) {

@@ -203,3 +203,160 @@ pub fn chmod(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A fake systemd notify socket: every datagram the daemon sends, in order.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    messages: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    pub fn bind(world: &World) -> NotifySocket {
+        let path = world.path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        let messages = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let m = std::sync::Arc::clone(&messages);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                m.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Index of the first datagram after `from` for which `pred` holds.
+    pub fn find(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<usize> {
+        self.messages()
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, m)| pred(m))
+            .map(|(i, _)| i)
+    }
+}
+
+/// The daemon (`run`) as a child process; its stderr goes to a file that is scanned for secrets.
+pub struct Daemon<'w> {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    world: &'w World,
+}
+
+impl World {
+    /// The socket path tests use (set by `daemon_config`).
+    pub fn socket(&self) -> PathBuf {
+        self.path("ctl.sock")
+    }
+
+    /// A `[daemon]` section for fast tests: short intervals, socket and state in the temp dir.
+    pub fn daemon_section(&self) -> String {
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\nmin_interval = \"1s\"\nretry_min = \"1s\"\nretry_max = \"3s\"\n",
+            self.path("state").display(),
+            self.socket().display()
+        )
+    }
+
+    pub fn spawn_daemon(&self, extra_env: &[(&str, &str)]) -> Daemon<'_> {
+        let log = self.path(&format!("daemon-{}.log", rand::random::<u32>()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut c = self.cmd();
+        c.arg("--config").arg(self.path("config.toml")).arg("run");
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.stdout(std::process::Stdio::null()).stderr(file);
+        let child = c.spawn().expect("spawn daemon");
+        Daemon {
+            child,
+            log,
+            world: self,
+        }
+    }
+
+    /// `ecr-refresherd <args> --socket <ctl.sock>`.
+    pub fn client(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.args(args).arg("--socket").arg(self.socket());
+        self.capture(c.output().expect("run client"))
+    }
+
+    /// The daemon's status as JSON.
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        let out = self.client(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Daemon<'_> {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits until the control socket answers.
+    pub fn wait_ready(&self) {
+        assert!(
+            wait_for(std::time::Duration::from_secs(20), || self
+                .world
+                .status_json()
+                .is_some()),
+            "the daemon never answered on its socket:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the daemon did not stop within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.world.capture_text(self.log_text());
+    }
+}
