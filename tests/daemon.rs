@@ -43,7 +43,9 @@ fn registry_state(w: &World, host: &str) -> Option<(String, serde_json::Value)> 
 fn short_tokens_are_refreshed_on_schedule_and_never_lapse() {
     let w = World::new();
     w.fake.set_token_lifetime(Duration::from_secs(4));
-    let target = single(&w, &[H1], "");
+    // A second group that hangs on every call must not delay the first.
+    w.fake.set_fault(Service::EcrPublic, Fault::Blackhole);
+    let target = single(&w, &[H1, PUBLIC], "");
     let d = w.spawn_daemon(&[]);
     assert!(
         wait_for(Duration::from_secs(20), || entry(&w, &target, H1).is_some()),
@@ -556,4 +558,37 @@ fn a_second_daemon_on_the_same_socket_refuses_and_a_stale_socket_is_replaced() {
         std::fs::metadata(w.socket()).unwrap().permissions().mode() & 0o777,
         0o660
     );
+}
+
+#[test]
+fn a_hung_first_round_does_not_block_ready() {
+    let w = World::new();
+    let notify = NotifySocket::bind(&w);
+    w.fake.set_fault(Service::Ecr, Fault::Blackhole);
+    single(&w, &[H1], "");
+    let log = w.path("daemon.log");
+    let mut c = w.cmd();
+    c.env("NOTIFY_SOCKET", &notify.path)
+        .arg("--config")
+        .arg(w.path("config.toml"))
+        .args(["run", "--start-timeout", "2s"])
+        .stderr(std::fs::File::create(&log).unwrap());
+    let t = Instant::now();
+    let mut child = c.spawn().unwrap();
+    assert!(wait_for(Duration::from_secs(15), || notify
+        .find(0, |m| m.contains("READY=1"))
+        .is_some()));
+    let waited = t.elapsed();
+    let msg = &notify.messages()[notify.find(0, |m| m.contains("READY=1")).unwrap()];
+    assert!(
+        msg.contains("STATUS=starting: the first round is still running"),
+        "{msg}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "READY before the first round or the timeout: {waited:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    w.capture_text(std::fs::read_to_string(&log).unwrap_or_default());
 }
