@@ -1,6 +1,6 @@
 //! The one-shot commands (`once`, `check`): load settings, act, print one line per item, exit code.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::atomic::Outcome;
@@ -23,19 +23,23 @@ pub const EXIT_CONFIG: u8 = 2;
 /// from instance metadata.
 pub async fn load_settings(cli: &Cli) -> Result<Settings, String> {
     let accounts = SystemAccounts;
-    if let Some(path) = &cli.config {
-        // Absolute, so the daemon can watch its directory and reload it after a chdir.
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-        return config::load(&path, &accounts).map_err(|e| e.to_string());
-    }
-    let default = Path::new(config::DEFAULT_CONFIG);
+    // Absolute, so the daemon can watch its directory and reload it after a chdir.
+    let default = match &cli.config {
+        Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+        None => PathBuf::from(config::DEFAULT_CONFIG),
+    };
+    let default = default.as_path();
     match config::load(default, &accounts) {
-        Err(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        // A missing default file, or any file with every line commented out (as packaged), means
+        // "this instance's own registry"; an explicitly named file must exist.
+        Err(ConfigError::Read { source, .. })
+            if cli.config.is_none() && source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(ConfigError::Empty { .. }) => {}
         other => return other.map_err(|e| e.to_string()),
     }
     let (account, region) = token::instance_identity().await.map_err(|e| {
         format!(
-            "no config file at {} and no instance identity to fall back on ({e}); write a config file (see config.example.toml)",
+            "no settings in {} and no instance identity to fall back on ({e}); write a config file (see config.example.toml)",
             default.display()
         )
     })?;
@@ -43,7 +47,7 @@ pub async fn load_settings(cli: &Cli) -> Result<Settings, String> {
     tracing::info!(
         registry = %settings.registries[0].host,
         target = config::DEFAULT_TARGET,
-        "no config file at {}: using this instance's own registry",
+        "no settings in {}: using this instance's own registry",
         default.display()
     );
     Ok(settings)

@@ -122,6 +122,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file holds no setting at all (every line commented out, as packaged).
+    #[error("{}: holds no settings", path.display())]
+    Empty { path: PathBuf },
     #[error("{}", render(path, diagnostics))]
     Invalid {
         path: PathBuf,
@@ -225,6 +228,11 @@ pub fn load(path: &Path, accounts: &dyn Accounts) -> Result<Settings, ConfigErro
         path: path.to_path_buf(),
         source,
     })?;
+    if text.parse::<toml::Table>().is_ok_and(|t| t.is_empty()) {
+        return Err(ConfigError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     parse(&text, Some(path), accounts).map_err(|diagnostics| ConfigError::Invalid {
         path: path.to_path_buf(),
         diagnostics,

@@ -108,7 +108,13 @@ struct Daemon<S: TokenSource> {
 fn watch_set(settings: &Settings) -> WatchSet {
     WatchSet {
         targets: settings.targets.iter().map(|t| t.path.clone()).collect(),
-        config: settings.source.clone(),
+        // Without a config (instance default), watch for one being written.
+        config: Some(
+            settings
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG)),
+        ),
     }
 }
 
@@ -521,6 +527,11 @@ impl<S: TokenSource> Daemon<S> {
                     && source.kind() == std::io::ErrorKind::NotFound =>
             {
                 return Ok("no config file; still using this instance's registry".into());
+            }
+            Err(config::ConfigError::Empty { .. }) if self.settings.source.is_none() => {
+                return Ok(
+                    "the config holds no settings; still using this instance's registry".into(),
+                );
             }
             Err(e) => return Err(e.to_string()),
         };

@@ -47,9 +47,10 @@ pub fn stderr_is_journal() -> bool {
 pub fn init(level: &str, journal: bool) {
     let (layer, handle) = reload::Layer::new(filter(level));
     let journald = if journal {
-        tracing_journald::layer()
-            .ok()
-            .map(|l| l.with_syslog_identifier("ecr-refresherd".into()))
+        tracing_journald::layer().ok().map(|l| {
+            l.with_syslog_identifier("ecr-refresherd".into())
+                .with_field_prefix(None)
+        })
     } else {
         None
     };

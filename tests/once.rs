@@ -499,7 +499,7 @@ fn twenty_malformed_configs_exit_2_with_line_and_column() {
             "[[registry]]\nhost = \"example.com\"\n".into(),
             ":2:8: invalid registry host",
         ),
-        ("".into(), ":1:1: no [[registry]]"),
+        ("[daemon]\n".into(), ":1:1: no [[registry]]"),
         (
             format!("{reg}[[target]]\npath = \"relative.json\"\n"),
             ":4:8: path must be an absolute path",
@@ -620,7 +620,24 @@ fn zero_config_uses_the_instance_identity() {
         "token + identity document"
     );
 
-    w.fake.set_fault(Service::Imds, Fault::Unavailable);
+    // A config whose every line is commented out (as packaged) means the same.
+    w.config("# [[registry]]\n# host = \"123456789012.dkr.ecr.us-east-1.amazonaws.com\"\n");
+    let mut c = w.cmd();
+    c.env_remove("AWS_EC2_METADATA_DISABLED")
+        .arg("--config")
+        .arg(w.path("config.toml"))
+        .arg("check");
+    let out = w.capture(c.output().unwrap());
+    assert!(
+        stdout(&out).contains(
+            "using this instance's registry 333333333333.dkr.ecr.ap-south-1.amazonaws.com"
+        ),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    w.fake.set_fault(Service::Imds, Fault::DropConnection);
     let mut c = w.cmd();
     c.env_remove("AWS_EC2_METADATA_DISABLED").arg("check");
     let out = w.capture(c.output().unwrap());

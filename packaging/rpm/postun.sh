@@ -1,0 +1,7 @@
+# $1 >= 1: upgrade: restart the running daemon on the new binary.
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+fi
+if [ "$1" -ge 1 ]; then
+    systemctl try-restart ecr-refresherd.service >/dev/null 2>&1 || :
+fi

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# System test under a real systemd 252 (as on Amazon Linux 2023): install the .deb into a minimal
+# Debian root, boot it with systemd-nspawn, run the fake ECR on the host's loopback, and check the
+# hardened unit end to end. Each step is printed. The root file system is built once and cached
+# outside the repo. Skips (exit 0, with the reason) only where nspawn cannot run.
+#
+# Usage: tests/system/nspawn.sh   (after packaging/build.sh; as root)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+cache=${ECR_REFRESHERD_ROOTFS:-/var/cache/ecr-refresherd-ci/rootfs-bookworm}
+H1=111111111111.dkr.ecr.us-east-1.amazonaws.com
+H3=111111111111.dkr.ecr.eu-west-1.amazonaws.com
+PUBLIC=public.ecr.aws
+
+step() { echo "== system: $*"; }
+fail() { echo "FAILED system test: $*" >&2; exit 1; }
+skip() { echo "SKIPPED system test: $*"; exit 0; }
+
+[ "$(id -u)" = 0 ] || skip "needs root"
+command -v systemd-nspawn >/dev/null || skip "systemd-nspawn is not installed (apt-get install systemd-container)"
+command -v debootstrap >/dev/null || skip "debootstrap is not installed"
+deb=$(ls target/packages/ecr-refresherd_*.deb 2>/dev/null | head -n1)
+rpm_file=$(ls target/packages/ecr-refresherd-*.rpm 2>/dev/null | head -n1)
+[ -n "$deb" ] && [ -n "$rpm_file" ] || fail "no packages in target/packages: run packaging/build.sh first"
+[ -x target/debug/fake-aws ] || cargo build --quiet --locked -p fake-aws
+
+step "the RPM lists the expected files"
+rpm -qip "$rpm_file" | sed -n '1,6p'
+rpm_files=$(rpm -qlp "$rpm_file")
+for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service /etc/ecr-refresherd/config.toml \
+    /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
+    /usr/share/man/man1/ecr-refresherd-status.1.gz /usr/share/bash-completion/completions/ecr-refresherd \
+    /usr/share/zsh/site-functions/_ecr-refresherd /usr/share/fish/vendor_completions.d/ecr-refresherd.fish; do
+    grep -qx "$f" <<<"$rpm_files" || fail "the RPM lacks $f"
+done
+rpm -qp --configfiles "$rpm_file" | grep -qx /etc/ecr-refresherd/config.toml || fail "config.toml is not %config in the RPM"
+rpm -qp --scripts "$rpm_file" | grep -q 'enable ecr-refresherd.service' || fail "the RPM does not enable the unit"
+
+step "the .deb lists the expected files"
+deb_files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|')
+for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service /etc/ecr-refresherd/config.toml \
+    /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
+    /usr/share/bash-completion/completions/ecr-refresherd /usr/share/zsh/vendor-completions/_ecr-refresherd \
+    /usr/share/fish/vendor_completions.d/ecr-refresherd.fish; do
+    grep -qx "$f" <<<"$deb_files" || fail "the .deb lacks $f"
+done
+dpkg-deb -f "$deb" Package Version Depends
+
+if [ ! -x "$cache/usr/lib/systemd/systemd" ]; then
+    step "building the Debian root once into $cache"
+    rm -rf "$cache.tmp"
+    mkdir -p "$(dirname "$cache")"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,procps,man-db,passwd \
+        bookworm "$cache.tmp" http://deb.debian.org/debian >"$cache.log" 2>&1 || { tail -20 "$cache.log"; fail "debootstrap"; }
+    mv "$cache.tmp" "$cache"
+fi
+
+work=$(mktemp -d /var/tmp/ecr-refresherd-system.XXXXXX)
+fake_pid=
+nspawn_pid=
+cleanup() {
+    [ -n "$nspawn_pid" ] && kill "$nspawn_pid" 2>/dev/null && wait "$nspawn_pid" 2>/dev/null
+    [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+root="$work/root"
+cp -a "$cache" "$root"
+
+target/debug/fake-aws --listen 127.0.0.1:0 >"$work/fake.out" 2>"$work/fake.err" &
+fake_pid=$!
+for _ in $(seq 200); do grep -q '^listening ' "$work/fake.out" 2>/dev/null && break; sleep 0.05; done
+endpoint=$(sed -n 's/^listening //p' "$work/fake.out")
+[ -n "$endpoint" ] || fail "the fake ECR did not start"
+step "fake ECR on the host's loopback: $endpoint"
+
+step "installing the .deb into the root"
+chroot "$root" useradd --create-home --shell /bin/sh portainer
+cp "$deb" "$root/var/tmp/ecr-refresherd.deb"
+chroot "$root" dpkg -i /var/tmp/ecr-refresherd.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "dpkg -i"; }
+write_config() {
+    cat >"$root/etc/ecr-refresherd/config.toml" <<TOML
+[daemon]
+retry_min = "1s"
+retry_max = "5s"
+
+[[registry]]
+host = "$H1"
+[[registry]]
+host = "$PUBLIC"
+$1
+[[target]]
+name = "root"
+path = "/root/.docker/config.json"
+[[target]]
+name = "portainer"
+path = "/home/portainer/.docker/config.json"
+[[target]]
+name = "podman"
+path = "/run/containers/0/auth.json"
+TOML
+}
+write_config ""
+mkdir -p "$root/etc/systemd/system/ecr-refresherd.service.d"
+cat >"$root/etc/systemd/system/ecr-refresherd.service.d/test.conf" <<CONF
+[Service]
+Environment=AWS_ACCESS_KEY_ID=FAKEACCESSKEY AWS_SECRET_ACCESS_KEY=fake-secret-key-do-not-use
+Environment=AWS_ENDPOINT_URL_ECR=$endpoint AWS_ENDPOINT_URL_ECR_PUBLIC=$endpoint AWS_EC2_METADATA_DISABLED=true
+WatchdogSec=4s
+CONF
+
+step "the package enabled the unit (it starts at the next boot) without starting it"
+[ -L "$root/etc/systemd/system/multi-user.target.wants/ecr-refresherd.service" ] || fail "not enabled"
+grep -q "deb-systemd-invoke start" "$work/dpkg.log" && fail "started by the package"
+
+step "booting the root with systemd-nspawn"
+systemd-nspawn -D "$root" --register=no --keep-unit --boot --machine="ecr-ci-$$" --quiet >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+leader=
+for _ in $(seq 300); do
+    leader=$(pgrep -P "$nspawn_pid" -x systemd 2>/dev/null | head -n1 || true)
+    [ -n "$leader" ] && break
+    kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log"; skip "systemd-nspawn cannot boot a container here"; }
+    sleep 0.1
+done
+[ -n "$leader" ] || { cat "$work/console.log"; skip "the container's systemd never appeared"; }
+inside() { nsenter --target "$leader" --mount --uts --ipc --net --pid -- "$@"; }
+for _ in $(seq 300); do
+    state=$(inside systemctl is-system-running 2>/dev/null || true)
+    case "$state" in running|degraded) break ;; esac
+    sleep 0.1
+done
+echo "container systemd: $(inside systemctl --version | head -n1), state $state"
+
+step "systemd-analyze verify prints nothing"
+out=$(inside systemd-analyze verify /usr/lib/systemd/system/ecr-refresherd.service 2>&1 || true)
+[ -z "$out" ] || fail "systemd-analyze verify: $out"
+
+step "enabled, it started at boot"
+[ "$(inside systemctl is-enabled ecr-refresherd.service)" = enabled ] || fail "not enabled"
+for _ in $(seq 200); do inside systemctl is-active --quiet ecr-refresherd.service && break; sleep 0.1; done
+inside systemctl is-active --quiet ecr-refresherd.service || { inside journalctl -u ecr-refresherd --no-pager | tail -30; fail "not started at boot"; }
+
+step "systemctl start returns only after READY (the first round is done by then)"
+inside systemctl stop ecr-refresherd.service
+inside rm -f /root/.docker/config.json /home/portainer/.docker/config.json /run/containers/0/auth.json
+inside systemctl start ecr-refresherd.service || { inside journalctl -u ecr-refresherd --no-pager | tail -30; fail "start"; }
+inside systemctl is-active --quiet ecr-refresherd.service || fail "not active"
+for f in /root/.docker/config.json /home/portainer/.docker/config.json /run/containers/0/auth.json; do
+    inside grep -q "\"$H1\"" "$f" || fail "$f has no entry right after start"
+done
+
+step "files written with the right owner and 0600 under the hardened unit"
+check_stat() {
+    got=$(inside stat -c '%U:%G %a' "$1")
+    [ "$got" = "$2" ] || fail "$1 is $got, want $2"
+    echo "$1: $got"
+}
+check_stat /root/.docker/config.json "root:root 600"
+check_stat /home/portainer/.docker/config.json "portainer:portainer 600"
+check_stat /home/portainer/.docker "portainer:portainer 700"
+check_stat /run/containers/0/auth.json "root:root 600"
+
+step "ecr-refresherd status answers"
+inside ecr-refresherd status || fail "status exit $?"
+
+step "systemctl reload applies a config change, and fails on a bad one"
+write_config "[[registry]]
+host = \"$H3\""
+inside systemctl reload ecr-refresherd.service || fail "reload"
+for _ in $(seq 100); do inside grep -q "\"$H3\"" /root/.docker/config.json && break; sleep 0.1; done
+inside grep -q "\"$H3\"" /root/.docker/config.json || fail "the reloaded config was not applied"
+cp "$root/etc/ecr-refresherd/config.toml" "$work/good.toml"
+printf '[[registry]]\nhost = "nope"\n' >>"$root/etc/ecr-refresherd/config.toml"
+if inside systemctl reload ecr-refresherd.service 2>"$work/reload.err"; then fail "reload of a bad config succeeded"; fi
+echo "systemctl reload of a bad config failed, as it should"
+inside systemctl is-active --quiet ecr-refresherd.service || fail "a bad config stopped the daemon"
+cp "$work/good.toml" "$root/etc/ecr-refresherd/config.toml"
+inside systemctl reload ecr-refresherd.service || fail "reload after the fix"
+
+step "the journal has the daemon's structured lines and no secret"
+journal=$(inside journalctl -u ecr-refresherd.service -o json --no-pager)
+grep -q '"MESSAGE":"token refreshed"' <<<"$journal" || fail "no 'token refreshed' line"
+grep -q '"REGISTRY":' <<<"$journal" || fail "no REGISTRY field"
+grep -q '"TARGET_PATH":"/home/portainer/.docker/config.json"' <<<"$journal" || fail "no TARGET_PATH field"
+inside journalctl -u ecr-refresherd.service --no-pager | tail -n 8
+secrets=$(python3 -c 'import json,sys,urllib.request; print("\n".join(json.load(urllib.request.urlopen(sys.argv[1] + "/_fake/secrets"))))' "$endpoint")
+[ -n "$secrets" ] || fail "the fake issued no secret?"
+while IFS= read -r s; do
+    [ -z "$s" ] && continue
+    if grep -qF -- "$s" <<<"$journal"; then fail "a secret is in the journal"; fi
+done <<<"$secrets"
+echo "no secret among $(wc -l <<<"$secrets") issued ones"
+
+step "a watchdog timeout restarts a daemon that stops pinging"
+pid=$(inside systemctl show -p MainPID --value ecr-refresherd.service)
+restarts=$(inside systemctl show -p NRestarts --value ecr-refresherd.service)
+inside kill -STOP "$pid"
+for _ in $(seq 300); do
+    now=$(inside systemctl show -p NRestarts --value ecr-refresherd.service)
+    [ "$now" -gt "$restarts" ] && break
+    sleep 0.1
+done
+[ "$now" -gt "$restarts" ] || fail "no restart after the watchdog timeout"
+for _ in $(seq 300); do inside systemctl is-active --quiet ecr-refresherd.service && break; sleep 0.1; done
+new_pid=$(inside systemctl show -p MainPID --value ecr-refresherd.service)
+[ "$new_pid" != "$pid" ] && [ "$new_pid" != 0 ] || fail "not running again"
+inside journalctl -u ecr-refresherd.service --no-pager | grep -m1 -i watchdog || true
+echo "restarted: pid $pid -> $new_pid"
+
+step "systemctl stop is clean"
+inside systemctl stop ecr-refresherd.service
+! inside systemctl is-active --quiet ecr-refresherd.service || fail "still active"
+result=$(inside systemctl show -p Result --value ecr-refresherd.service)
+[ "$result" = success ] || fail "Result=$result"
+inside test ! -e /run/ecr-refresherd/status.sock || fail "socket left behind"
+
+step "installing the .deb again (upgrade) keeps the edited config"
+echo "# edited by the operator" >>"$root/etc/ecr-refresherd/config.toml"
+inside dpkg -i /var/tmp/ecr-refresherd.deb >"$work/dpkg2.log" 2>&1 || { cat "$work/dpkg2.log"; fail "second dpkg -i"; }
+grep -q "edited by the operator" "$root/etc/ecr-refresherd/config.toml" || fail "the upgrade replaced the edited config"
+
+echo "== system: all checks passed"
