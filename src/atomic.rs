@@ -85,7 +85,8 @@ fn refused(path: &Path, reason: impl Into<String>) -> FileError {
     }
 }
 
-fn user_name(uid: u32) -> String {
+/// The user name of `uid`, or the number when it has no passwd entry.
+pub fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()

@@ -118,13 +118,6 @@ fn watch_set(settings: &Settings) -> WatchSet {
     }
 }
 
-fn user_label(uid: u32) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |u| u.name)
-}
-
 /// Owner and `check` warnings of each target (blocking: reads the files).
 fn diagnose_targets(
     settings: &Settings,
@@ -135,7 +128,7 @@ fn diagnose_targets(
         .map(|d| {
             let mut notes = d.warnings;
             notes.extend(d.errors);
-            (d.owner.map(user_label), notes)
+            (d.owner.map(crate::atomic::user_name), notes)
         })
         .collect()
 }
