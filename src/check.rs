@@ -127,7 +127,7 @@ fn unreachable_dirs(path: &Path, owner: Owner) -> Vec<String> {
         if !can {
             out.push(format!(
                 "user {} cannot enter {} (mode {:04o}), so their docker/podman cannot read this file",
-                owner.uid,
+                atomic::user_name(owner.uid),
                 d.display(),
                 mode & 0o7777
             ));
