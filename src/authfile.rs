@@ -79,6 +79,8 @@ fn syntax_reason(e: &serde_json::Error) -> String {
 pub fn merge(existing: Option<&[u8]>, desired: &Desired) -> Result<Option<Vec<u8>>, FormatError> {
     let original = match existing {
         Some(bytes) => Some(parse(bytes)?),
+        // Nothing to write into a file that does not exist: do not create an empty one.
+        None if desired.set.is_empty() => return Ok(None),
         None => None,
     };
     let mut root = original.clone().unwrap_or_default();
@@ -206,6 +208,15 @@ mod tests {
                 "{{\n\t\"auths\": {{\n\t\t\"{H}\": {{\n\t\t\t\"auth\": \"QVdTOnB3\"\n\t\t}}\n\t}}\n}}"
             )
         );
+    }
+
+    #[test]
+    fn no_file_and_nothing_to_set_creates_nothing() {
+        let d = Desired {
+            set: BTreeMap::new(),
+            remove: [H.to_string()].into(),
+        };
+        assert_eq!(merge(None, &d).unwrap(), None);
     }
 
     #[test]

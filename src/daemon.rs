@@ -227,6 +227,10 @@ impl<S: TokenSource> Daemon<S> {
                     g.skewed += 1;
                     g.next = schedule::after_failure(now, g.skewed, None, &policy, rand::random());
                     let skew = now.duration_since(token.expires_at).unwrap_or_default();
+                    g.last_error = Some(format!(
+                        "ECR returned a token that had already expired ({} ago): check the clock",
+                        status::rough(skew)
+                    ));
                     tracing::warn!(
                         registry = %hosts,
                         expires_at = %status::rfc3339(token.expires_at),

@@ -77,6 +77,9 @@ impl fmt::Display for GroupKey {
     }
 }
 
+/// How long ECR tokens are valid.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
 /// A validated ECR token. Its value never appears in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
@@ -106,6 +109,17 @@ impl Token {
             ));
         }
         Ok(Token { auth, expires_at })
+    }
+
+    /// ECR tokens live 12 hours; an expiry claimed much later than that (a broken clock or
+    /// endpoint) would postpone the refresh past the real expiry, so it is capped at 12 hours.
+    pub fn capped(mut self, now: SystemTime) -> (Token, bool) {
+        let cap = now + MAX_LIFETIME;
+        if self.expires_at > cap + Duration::from_secs(300) {
+            self.expires_at = cap;
+            return (self, true);
+        }
+        (self, false)
     }
 
     /// The value for the `auth` key of a docker auth entry. Handle with care: it is a secret.
@@ -161,9 +175,9 @@ enum Client {
 fn timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
-        .read_timeout(Duration::from_secs(15))
-        .operation_attempt_timeout(Duration::from_secs(20))
-        .operation_timeout(Duration::from_secs(45))
+        .read_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(30))
         .build()
 }
 
@@ -274,6 +288,17 @@ fn expiry(t: Option<&aws_smithy_types::DateTime>) -> Result<SystemTime, TokenErr
 
 impl TokenSource for AwsTokenSource {
     async fn fetch(&self, key: &GroupKey) -> Result<Token, TokenError> {
+        let token = self.fetch_uncapped(key).await?;
+        let (token, capped) = token.capped(SystemTime::now());
+        if capped {
+            tracing::warn!(group = %key, "ECR claimed a token lifetime beyond 12 hours; assuming 12 hours");
+        }
+        Ok(token)
+    }
+}
+
+impl AwsTokenSource {
+    async fn fetch_uncapped(&self, key: &GroupKey) -> Result<Token, TokenError> {
         match self.client(key).await {
             Client::Private(c) => {
                 let out = c
@@ -365,6 +390,17 @@ mod tests {
             let e = Token::new(bad, t).expect_err(why).to_string();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn absurd_expiry_is_capped_at_12_hours() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let t = Token::new(b64("AWS:x"), now + Duration::from_secs(10 * 365 * 86400)).unwrap();
+        let (t, capped) = t.capped(now);
+        assert!(capped);
+        assert_eq!(t.expires_at, now + MAX_LIFETIME);
+        let t = Token::new(b64("AWS:x"), now + MAX_LIFETIME).unwrap();
+        assert!(!t.capped(now).1, "a normal 12 h token is kept");
     }
 
     #[test]
