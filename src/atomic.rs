@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::authfile::MAX_FILE_SIZE;
@@ -460,7 +460,7 @@ fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Locat
 }
 
 /// Reads the target as `owner`, checking what it is. `None` when it does not exist.
-fn read_target(loc: &Located, path: &Path) -> Result<Option<(Vec<u8>, Stat)>, FileError> {
+fn read_target(loc: &Located, path: &Path) -> Result<Option<Current>, FileError> {
     let st = match rustix::fs::statat(&loc.dir.fd, loc.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
     {
         Err(Errno::NOENT) => return Ok(None),
@@ -489,7 +489,8 @@ fn read_target(loc: &Located, path: &Path) -> Result<Option<(Vec<u8>, Stat)>, Fi
     }
     check_file(&opened, loc.owner, path)?;
     let mut bytes = Vec::new();
-    File::from(fd)
+    let file = File::from(fd);
+    (&file)
         .take(MAX_FILE_SIZE as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| FileError::Io {
@@ -497,7 +498,20 @@ fn read_target(loc: &Located, path: &Path) -> Result<Option<(Vec<u8>, Stat)>, Fi
             op: "read",
             source,
         })?;
-    Ok(Some((bytes, opened)))
+    Ok(Some(Current {
+        bytes,
+        stat: opened,
+        _held: file,
+    }))
+}
+
+/// A target as we read it. The open file is held until our rename is done: while it is open its
+/// inode number cannot be reused by another writer's new file, so "the same inode" really means
+/// the same file (no ABA between our read and our rename).
+struct Current {
+    bytes: Vec<u8>,
+    stat: Stat,
+    _held: File,
 }
 
 /// Refuses a target that is not a plain file of its owner with a single link.
@@ -578,18 +592,18 @@ pub fn update<E: std::fmt::Display>(
             Err(FileError::Busy { .. }) => continue,
             other => other?,
         };
-        let seen = current.as_ref().map(|(_, st)| Seen::of(st));
-        let new = change(current.as_ref().map(|(b, _)| b.as_slice())).map_err(|e| {
+        let seen = current.as_ref().map(|c| Seen::of(&c.stat));
+        let new = change(current.as_ref().map(|c| c.bytes.as_slice())).map_err(|e| {
             FileError::Content {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             }
         })?;
-        let existing_mode = current.as_ref().map(|(_, st)| st.st_mode & 0o777);
+        let existing_mode = current.as_ref().map(|c| c.stat.st_mode & 0o777);
         let target_mode = mode.or(existing_mode).unwrap_or(0o600);
         let Some(new) = new else {
             // Content is right; still enforce a configured mode.
-            if let (Some(m), Some((_, st))) = (mode, &current)
+            if let (Some(m), Some(Current { stat: st, .. })) = (mode, &current)
                 && st.st_mode & 0o777 != m
             {
                 let fd = rustix::fs::openat(
@@ -607,7 +621,7 @@ pub fn update<E: std::fmt::Display>(
             }
             return Ok(Outcome::Unchanged);
         };
-        let gid = current.as_ref().map_or(loc.owner.gid, |(_, st)| st.st_gid);
+        let gid = current.as_ref().map_or(loc.owner.gid, |c| c.stat.st_gid);
         match replace(&loc, path, &new, target_mode, gid, seen)? {
             true => return Ok(Outcome::Written),
             false => continue,
@@ -639,8 +653,18 @@ fn replace(
         Mode::from_raw_mode(0o600),
     )
     .map_err(|e| io_err(path, "create temp file", e))?;
+    let ours = rustix::fs::fstat(&fd).map(|st| (st.st_dev, st.st_ino)).ok();
+    // Removes the temp name only while it is still our file (after a swap-back race it may not be).
+    let remove_ours = || {
+        let at_tmp = rustix::fs::statat(&loc.dir.fd, tmp.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| (st.st_dev, st.st_ino))
+            .ok();
+        if at_tmp.is_some() && (at_tmp == ours || ours.is_none()) {
+            let _ = rustix::fs::unlinkat(&loc.dir.fd, tmp.as_os_str(), AtFlags::empty());
+        }
+    };
     let cleanup = |e: FileError| {
-        let _ = rustix::fs::unlinkat(&loc.dir.fd, tmp.as_os_str(), AtFlags::empty());
+        remove_ours();
         e
     };
     let result = (|| {
@@ -678,24 +702,62 @@ fn replace(
         if now != seen {
             return Ok(false);
         }
-        rustix::fs::renameat(
-            &loc.dir.fd,
-            tmp.as_os_str(),
-            &loc.dir.fd,
-            loc.name.as_os_str(),
-        )
-        .map_err(|e| io_err(path, "rename", e))?;
+        if !install(loc, &tmp, seen, path)? {
+            return Ok(false);
+        }
         rustix::fs::fsync(&loc.dir.fd).map_err(|e| io_err(&loc.dir.path, "fsync directory", e))?;
         Ok(true)
     })();
     match result {
         Ok(true) => Ok(true),
         Ok(false) => {
-            let _ = rustix::fs::unlinkat(&loc.dir.fd, tmp.as_os_str(), AtFlags::empty());
+            remove_ours();
             Ok(false)
         }
         Err(e) => Err(cleanup(e)),
     }
+}
+
+/// Puts the temp file in place of the target, but only over the very file we read.
+///
+/// A plain rename after a check leaves a window in which another writer's rename is overwritten.
+/// So: swap the two names atomically (`RENAME_EXCHANGE`) and look at what came out; if it is not
+/// the file we read, swap back at once and report `false` (redo). A target that did not exist is
+/// created with `RENAME_NOREPLACE`. Where the file system has neither, a plain rename is used.
+/// On success the temp name is gone.
+fn install(loc: &Located, tmp: &OsStr, seen: Option<Seen>, path: &Path) -> Result<bool, FileError> {
+    let (dir, name) = (&loc.dir.fd, loc.name.as_os_str());
+    let plain = || {
+        rustix::fs::renameat(dir, tmp, dir, name)
+            .map(|()| true)
+            .map_err(|e| io_err(path, "rename", e))
+    };
+    let Some(seen) = seen else {
+        return match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(Errno::INVAL | Errno::NOSYS) => plain(),
+            Err(e) => Err(io_err(path, "rename", e)),
+        };
+    };
+    match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(false), // deleted meanwhile
+        Err(Errno::INVAL | Errno::NOSYS) => return plain(),
+        Err(e) => return Err(io_err(path, "rename", e)),
+    }
+    let out = rustix::fs::statat(dir, tmp, AtFlags::SYMLINK_NOFOLLOW).map(|st| Seen::of(&st));
+    if out
+        .as_ref()
+        .is_ok_and(|o| (o.dev, o.ino) == (seen.dev, seen.ino))
+    {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        return Ok(true);
+    }
+    // Another writer replaced the file after our check: give its version back its name.
+    rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE)
+        .map_err(|e| io_err(path, "rename back", e))?;
+    Ok(false)
 }
 
 /// Reads a target as its writer would, with the same checks, without creating anything.
@@ -705,7 +767,7 @@ pub fn read(path: &Path, policy: OwnerPolicy) -> Result<Option<Vec<u8>>, FileErr
         return Ok(None);
     };
     let _id = FsIdentity::become_user(loc.owner);
-    Ok(read_target(&loc, path)?.map(|(b, _)| b))
+    Ok(read_target(&loc, path)?.map(|c| c.bytes))
 }
 
 /// Who a target would be written as (resolving `Inherit`), with the path checks applied.
