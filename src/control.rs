@@ -161,28 +161,33 @@ async fn handle(
     actions: mpsc::Sender<Action>,
 ) {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
-    let response = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
-        Err(_) => Response::Error {
-            message: "no request line within 3 s".into(),
-        },
-        Ok(Err(e)) => Response::Error {
-            message: format!("cannot read the request: {e}"),
-        },
-        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST || !line.ends_with('\n') => Response::Error {
-            message: "the request must be one JSON line of at most 4096 bytes".into(),
-        },
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-            Err(e) => Response::Error {
-                message: format!("bad request: {e}"),
+    let mut line = Vec::new();
+    let response =
+        match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+            Err(_) => Response::Error {
+                message: "no request line within 3 s".into(),
             },
-            Ok(req) => answer(req, &status, &actions).await,
-        },
-    };
+            Ok(Err(e)) => Response::Error {
+                message: format!("cannot read the request: {e}"),
+            },
+            Ok(Ok(_)) => match parse_request(&line) {
+                Err(message) => Response::Error { message },
+                Ok(req) => answer(req, &status, &actions).await,
+            },
+        };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+}
+
+/// Parses one request line as read from a client (at most 4096 bytes, ending in a newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() as u64 > MAX_REQUEST || line.last() != Some(&b'\n') {
+        return Err("the request must be one JSON line of at most 4096 bytes".into());
+    }
+    let text = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_string())?;
+    serde_json::from_str(text.trim()).map_err(|e| format!("bad request: {e}"))
 }
 
 async fn answer(
@@ -294,5 +299,16 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"status\"}\n"),
+            Ok(Request::Status)
+        );
+        assert!(
+            parse_request(b"{\"cmd\":\"status\"}")
+                .unwrap_err()
+                .contains("one JSON line")
+        );
+        assert!(parse_request(&[b' '; 5000]).is_err());
+        assert!(parse_request(b"\xff\n").unwrap_err().contains("UTF-8"));
     }
 }

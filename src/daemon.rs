@@ -459,6 +459,9 @@ impl<S: TokenSource> Daemon<S> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             started_at: Some(status::rfc3339(self.started_at)),
+            tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
             registries,
             targets,
             config: self.config.clone(),

@@ -65,6 +65,9 @@ pub struct Status {
     pub version: String,
     pub pid: u32,
     pub started_at: Option<String>,
+    /// Tasks alive in the daemon's runtime (steady when nothing leaks).
+    #[serde(default)]
+    pub tasks: usize,
     pub registries: Vec<RegistryStatus>,
     pub targets: Vec<TargetStatus>,
     pub config: ConfigStatus,
