@@ -9,7 +9,7 @@ use fake_aws::{FakeAws, Service};
 
 const USAGE: &str = "\
 usage: fake-aws [--listen 127.0.0.1:0] [--lifetime 12h|SECS] [--account A] [--region R]
-                [--rate R --burst B] [--latency-ms N] [--verbose]
+                [--rate R --burst B] [--latency-ms N] [--htpasswd FILE] [--verbose]
 
 Serves fake ECR, ECR Public, STS and IMDSv2 on one loopback port, prints
 `listening http://127.0.0.1:PORT` and serves until killed.
@@ -20,6 +20,8 @@ Serves fake ECR, ECR Public, STS and IMDSv2 on one loopback port, prints
   --rate R          token-bucket limit per second for ECR and ECR Public (each), needs --burst
   --burst B         token-bucket size
   --latency-ms N    delay before every response of every service
+  --htpasswd FILE   after each issued ECR password, write FILE as `AWS:<bcrypt>` (a registry
+                    that re-reads it then accepts exactly the newest token's password)
   --verbose         one line per request on stderr
 Control plane: GET /_fake/calls, POST /_fake/fault?service=ecr&fault=throttle[&count=N], ...";
 
@@ -32,6 +34,7 @@ struct Args {
     rate: Option<f64>,
     burst: Option<u32>,
     latency: Option<Duration>,
+    htpasswd: Option<std::path::PathBuf>,
     verbose: bool,
 }
 
@@ -63,6 +66,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         rate: None,
         burst: None,
         latency: None,
+        htpasswd: None,
         verbose: false,
     };
     while let Some(arg) = it.next() {
@@ -79,6 +83,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
             "-v" | "--verbose" => a.verbose = true,
+            "--htpasswd" => a.htpasswd = Some(value("--htpasswd")?.into()),
             "--listen" => {
                 let v = value("--listen")?;
                 let addr: SocketAddr = v
@@ -146,6 +151,9 @@ fn main() -> ExitCode {
         }
     };
     aws.set_verbose(args.verbose);
+    if let Some(file) = args.htpasswd.clone() {
+        aws.on_issue(move |password| write_htpasswd(&file, password));
+    }
     if let Some(d) = args.lifetime {
         aws.set_token_lifetime(d);
     }
@@ -217,5 +225,20 @@ mod tests {
         assert!(parse(&["--rate", "5"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());
+    }
+}
+
+/// Replaces `file` (atomically) with one htpasswd line for user `AWS`.
+fn write_htpasswd(file: &std::path::Path, password: &str) {
+    let Ok(hash) = bcrypt::hash(password, 4) else {
+        eprintln!("fake-aws: cannot hash a password");
+        return;
+    };
+    let tmp = file.with_extension("fake-aws-tmp");
+    if std::fs::write(&tmp, format!("AWS:{hash}\n"))
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .is_err()
+    {
+        eprintln!("fake-aws: cannot write {}", file.display());
     }
 }
