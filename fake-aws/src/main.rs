@@ -185,6 +185,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Replaces `file` (atomically) with one htpasswd line for user `AWS`.
+fn write_htpasswd(file: &std::path::Path, password: &str) {
+    let Ok(hash) = bcrypt::hash(password, 4) else {
+        eprintln!("fake-aws: cannot hash a password");
+        return;
+    };
+    let tmp = file.with_extension("fake-aws-tmp");
+    if std::fs::write(&tmp, format!("AWS:{hash}\n"))
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .is_err()
+    {
+        eprintln!("fake-aws: cannot write {}", file.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,20 +240,5 @@ mod tests {
         assert!(parse(&["--rate", "5"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());
-    }
-}
-
-/// Replaces `file` (atomically) with one htpasswd line for user `AWS`.
-fn write_htpasswd(file: &std::path::Path, password: &str) {
-    let Ok(hash) = bcrypt::hash(password, 4) else {
-        eprintln!("fake-aws: cannot hash a password");
-        return;
-    };
-    let tmp = file.with_extension("fake-aws-tmp");
-    if std::fs::write(&tmp, format!("AWS:{hash}\n"))
-        .and_then(|()| std::fs::rename(&tmp, file))
-        .is_err()
-    {
-        eprintln!("fake-aws: cannot write {}", file.display());
     }
 }
