@@ -97,7 +97,7 @@ pub async fn once(cli: &Cli) -> u8 {
     if let Some(w) = warning {
         tracing::warn!("{w}");
     }
-    let source = Arc::new(AwsTokenSource::new());
+    let source = Arc::new(AwsTokenSource::new(3));
     let report = refresh::round(&settings, &source, &mut state).await;
     for r in &report.registries {
         match &r.result {

@@ -811,7 +811,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         vec![TargetRt::default(); settings.targets.len()]
     };
     let daemon = Daemon {
-        source: Arc::new(AwsTokenSource::new()),
+        source: Arc::new(AwsTokenSource::new(1)),
         policy: Policy::from(&settings.daemon),
         config: ConfigStatus {
             path: settings.source.as_ref().map(|p| p.display().to_string()),

@@ -160,8 +160,10 @@ pub trait TokenSource: Send + Sync + 'static {
 
 /// Tokens from ECR through the AWS SDK. Clients are cached per group, so credentials (and assumed
 /// roles) are cached between refreshes.
-#[derive(Default)]
 pub struct AwsTokenSource {
+    /// Attempts per call inside the SDK (transient errors, throttling).
+    attempts: u32,
+    bases: tokio::sync::Mutex<HashMap<Option<String>, aws_config::SdkConfig>>,
     clients: tokio::sync::Mutex<HashMap<GroupKey, Client>>,
 }
 
@@ -182,21 +184,31 @@ fn timeouts() -> TimeoutConfig {
 }
 
 impl AwsTokenSource {
-    pub fn new() -> AwsTokenSource {
-        AwsTokenSource::default()
+    /// `attempts`: how often the SDK itself tries one call. `once` lets it retry (3); the daemon
+    /// uses 1, because its own schedule retries with full-jitter backoff, and SDK retries of a
+    /// throttled call only deepen ECR's throttling when a fleet boots together.
+    pub fn new(attempts: u32) -> AwsTokenSource {
+        AwsTokenSource {
+            attempts: attempts.max(1),
+            bases: Default::default(),
+            clients: Default::default(),
+        }
     }
 
-    async fn client(&self, key: &GroupKey) -> Client {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(key) {
-            return c.clone();
+    /// The shared SDK config of one profile (credentials chain, identity cache, endpoint
+    /// variables), loaded once: every group with that profile reuses it with its own region.
+    async fn base(&self, profile: &Option<String>) -> aws_config::SdkConfig {
+        let mut bases = self.bases.lock().await;
+        if let Some(b) = bases.get(profile) {
+            return b.clone();
         }
-        let region = Region::new(key.region.clone());
+        // A region here only keeps the loader from asking instance metadata for one; each
+        // client sets its group's region.
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region.clone())
+            .region(Region::from_static(crate::registry::PUBLIC_REGION))
             .timeout_config(timeouts())
-            .retry_config(RetryConfig::standard().with_max_attempts(3));
-        if let Some(p) = &key.credentials.profile {
+            .retry_config(RetryConfig::standard().with_max_attempts(self.attempts));
+        if let Some(p) = profile {
             // A named profile means exactly that profile: not the env credentials that come first
             // in the default chain.
             loader = loader.profile_name(p).credentials_provider(
@@ -206,6 +218,16 @@ impl AwsTokenSource {
             );
         }
         let base = loader.load().await;
+        bases.insert(profile.clone(), base.clone());
+        base
+    }
+
+    async fn client(&self, key: &GroupKey) -> Client {
+        if let Some(c) = self.clients.lock().await.get(key) {
+            return c.clone();
+        }
+        let region = Region::new(key.region.clone());
+        let base = self.base(&key.credentials.profile).await;
         let assumed = match &key.credentials.role_arn {
             None => None,
             Some(arn) => {
@@ -225,7 +247,7 @@ impl AwsTokenSource {
             }
         };
         let client = if key.public {
-            let mut conf = aws_sdk_ecrpublic::config::Builder::from(&base);
+            let mut conf = aws_sdk_ecrpublic::config::Builder::from(&base).region(region.clone());
             if let Some(u) = &key.endpoint_url {
                 conf = conf.endpoint_url(u);
             }
@@ -235,6 +257,7 @@ impl AwsTokenSource {
             Client::Public(aws_sdk_ecrpublic::Client::from_conf(conf.build()))
         } else {
             let mut conf = aws_sdk_ecr::config::Builder::from(&base)
+                .region(region.clone())
                 .use_fips(key.fips)
                 .use_dual_stack(key.dual_stack);
             if let Some(u) = &key.endpoint_url {
@@ -245,8 +268,12 @@ impl AwsTokenSource {
             }
             Client::Private(aws_sdk_ecr::Client::from_conf(conf.build()))
         };
-        clients.insert(key.clone(), client.clone());
-        client
+        self.clients
+            .lock()
+            .await
+            .entry(key.clone())
+            .or_insert(client)
+            .clone()
     }
 }
 

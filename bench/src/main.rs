@@ -15,16 +15,36 @@ use fake_aws::{FakeAws, Service};
 use notify::Watcher as _;
 
 const REGIONS: [&str; 20] = [
-    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-west-2", "eu-west-3",
-    "eu-central-1", "eu-north-1", "eu-south-1", "ap-south-1", "ap-southeast-1", "ap-southeast-2",
-    "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ca-central-1", "sa-east-1", "me-south-1",
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "eu-south-1",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ca-central-1",
+    "sa-east-1",
+    "me-south-1",
     "af-south-1",
 ];
 
 type Result<T> = std::result::Result<T, String>;
 
 fn host(i: usize) -> String {
-    format!("{:012}.dkr.ecr.{}.amazonaws.com", 100_000_000_000u64 + (i / 20) as u64, REGIONS[i % 20])
+    format!(
+        "{:012}.dkr.ecr.{}.amazonaws.com",
+        100_000_000_000u64 + (i / 20) as u64,
+        REGIONS[i % 20]
+    )
 }
 
 struct Bench {
@@ -50,10 +70,18 @@ impl Bench {
     }
 
     /// A run directory with a config for `hosts` x `targets` (every registry to every target).
-    fn setup(&self, name: &str, hosts: &[String], targets: usize, extra: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+    fn setup(
+        &self,
+        name: &str,
+        hosts: &[String],
+        targets: usize,
+        extra: &str,
+    ) -> Result<(PathBuf, Vec<PathBuf>)> {
         let d = self.dir.path().join(name);
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        let targets: Vec<PathBuf> = (0..targets).map(|i| d.join(format!("t{i}/config.json"))).collect();
+        let targets: Vec<PathBuf> = (0..targets)
+            .map(|i| d.join(format!("t{i}/config.json")))
+            .collect();
         let mut cfg = format!(
             "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n{extra}\n",
             d.join("state").display(),
@@ -108,13 +136,20 @@ fn wait_event(rx: &mpsc::Receiver<()>, timeout: Duration, mut cond: impl FnMut()
     }
 }
 
-fn watcher(dir: &Path, recursive: bool) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+fn watcher(
+    dir: &Path,
+    recursive: bool,
+) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
     let (tx, rx) = mpsc::channel();
     let mut w = notify::recommended_watcher(move |_ev| {
         let _ = tx.send(());
     })
     .map_err(|e| e.to_string())?;
-    let mode = if recursive { notify::RecursiveMode::Recursive } else { notify::RecursiveMode::NonRecursive };
+    let mode = if recursive {
+        notify::RecursiveMode::Recursive
+    } else {
+        notify::RecursiveMode::NonRecursive
+    };
     w.watch(dir, mode).map_err(|e| e.to_string())?;
     Ok((w, rx))
 }
@@ -125,11 +160,18 @@ fn cold_start(b: &Bench, regs: usize, targets: usize, runs: usize) -> Result<Vec
     let hosts: Vec<String> = (0..regs).map(host).collect();
     let mut out = Vec::new();
     for run in 0..runs {
-        let (cfg, tfiles) = b.setup(&format!("cold-{regs}-{targets}-{run}"), &hosts, targets, "")?;
+        let (cfg, tfiles) =
+            b.setup(&format!("cold-{regs}-{targets}-{run}"), &hosts, targets, "")?;
         let dir = cfg.parent().ok_or("no dir")?.to_path_buf();
         let (_w, rx) = watcher(&dir, true)?;
         let t0 = Instant::now();
-        let child = b.cmd(&fake).arg("--config").arg(&cfg).arg("run").spawn().map_err(|e| e.to_string())?;
+        let child = b
+            .cmd(&fake)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .spawn()
+            .map_err(|e| e.to_string())?;
         let ok = wait_event(&rx, Duration::from_secs(30), || {
             tfiles.iter().any(|t| hosts.iter().all(|h| has_entry(t, h)))
         });
@@ -160,11 +202,18 @@ fn cpu_and_switches(pid: u32) -> (u64, u64) {
         for t in tasks.flatten() {
             let p = t.path();
             if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
-                cpu += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                cpu += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
             if let Ok(s) = std::fs::read_to_string(p.join("status")) {
                 for l in s.lines() {
-                    if let Some(v) = l.strip_prefix("voluntary_ctxt_switches:").or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:")) {
+                    if let Some(v) = l
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    {
                         sw += v.trim().parse::<u64>().unwrap_or(0);
                     }
                 }
@@ -172,6 +221,16 @@ fn cpu_and_switches(pid: u32) -> (u64, u64) {
         }
     }
     (cpu, sw)
+}
+
+/// utime + stime of the whole process (exited threads included), in 10 ms clock ticks.
+fn proc_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After "pid (comm)": state is field 3; utime and stime are fields 14 and 15.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 struct Idle {
@@ -211,15 +270,21 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // tokio's blocking threads (file writes) retire 10 s after their last job; start the window
+    // after that, so the per-thread counters cover the same threads at both ends.
+    std::thread::sleep(Duration::from_secs(12));
     let (cpu0, sw0) = cpu_and_switches(pid);
+    let ticks0 = proc_ticks(pid);
     std::thread::sleep(Duration::from_secs(secs));
     let (cpu1, sw1) = cpu_and_switches(pid);
+    let ticks1 = proc_ticks(pid);
     let r = Idle {
         peak_kb: proc_kb(pid, "VmHWM:"),
         steady_kb: proc_kb(pid, "VmRSS:"),
-        cpu: Duration::from_nanos(cpu1 - cpu0),
-        wakeups: sw1 - sw0,
+        // Per-thread nanoseconds; the process's tick count (exited threads included) as a floor.
+        cpu: Duration::from_nanos(cpu1.saturating_sub(cpu0))
+            .max(Duration::from_millis(10 * ticks1.saturating_sub(ticks0))),
+        wakeups: sw1.saturating_sub(sw0),
         secs,
     };
     kill(child);
@@ -232,7 +297,13 @@ fn heal(b: &Bench, trials: usize) -> Result<(Vec<Duration>, usize)> {
     let h = host(0);
     let (cfg, tfiles) = b.setup("heal", std::slice::from_ref(&h), 1, "")?;
     let target = tfiles[0].clone();
-    let child = b.cmd(&fake).arg("--config").arg(&cfg).arg("run").spawn().map_err(|e| e.to_string())?;
+    let child = b
+        .cmd(&fake)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .spawn()
+        .map_err(|e| e.to_string())?;
     let end = Instant::now() + Duration::from_secs(30);
     while !has_entry(&target, &h) {
         if Instant::now() > end {
@@ -254,7 +325,8 @@ fn heal(b: &Bench, trials: usize) -> Result<(Vec<Duration>, usize)> {
             t0
         } else {
             let tmp = dir.join(".bench.tmp");
-            std::fs::write(&tmp, "{\"auths\": {\"other.example\": {}}}").map_err(|e| e.to_string())?;
+            std::fs::write(&tmp, "{\"auths\": {\"other.example\": {}}}")
+                .map_err(|e| e.to_string())?;
             let t0 = Instant::now();
             std::fs::rename(&tmp, &target).map_err(|e| e.to_string())?;
             t0
@@ -294,13 +366,21 @@ fn scale(b: &Bench) -> Result<Scale> {
         .map_err(|e| e.to_string())?;
     let wall = t0.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
-    let written = text.lines().filter(|l| l.starts_with("target ") && l.contains(": written (1000 entries set")).count();
+    let written = text
+        .lines()
+        .filter(|l| l.starts_with("target ") && l.contains(": written (1000 entries set"))
+        .count();
     for t in &tfiles {
         if !hosts.iter().all(|h| has_entry(t, h)) {
             return Err(format!("scale: {} lacks entries", t.display()));
         }
     }
-    Ok(Scale { calls: fake.count(Service::Ecr), written, targets: tfiles.len(), wall })
+    Ok(Scale {
+        calls: fake.count(Service::Ecr),
+        written,
+        targets: tfiles.len(),
+        wall,
+    })
 }
 
 struct Storm {
@@ -324,7 +404,14 @@ fn storm(b: &Bench, n: usize) -> Result<Storm> {
     let t0 = Instant::now();
     let mut children = Vec::new();
     for (cfg, _) in &runs {
-        children.push(b.cmd(&fake).arg("--config").arg(cfg).arg("run").spawn().map_err(|e| e.to_string())?);
+        children.push(
+            b.cmd(&fake)
+                .arg("--config")
+                .arg(cfg)
+                .arg("run")
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        );
     }
     let mut pending: BTreeSet<usize> = (0..n).collect();
     let end = Instant::now() + Duration::from_secs(300);
@@ -340,11 +427,20 @@ fn storm(b: &Bench, n: usize) -> Result<Storm> {
         }
     }
     let calls = fake.calls();
-    let throttled = calls.iter().filter(|c| c.fault == fake_aws::Fault::Throttle).count();
+    let throttled = calls
+        .iter()
+        .filter(|c| c.fault == fake_aws::Fault::Throttle)
+        .count();
     for c in children {
         kill(c);
     }
-    Ok(Storm { daemons: n, all_after, calls: calls.len(), throttled, gave_up })
+    Ok(Storm {
+        daemons: n,
+        all_after,
+        calls: calls.len(),
+        throttled,
+        gave_up,
+    })
 }
 
 struct Peer {
@@ -355,18 +451,30 @@ struct Peer {
     runs: usize,
 }
 
-/// GNU time's elapsed seconds and max RSS (kB) of a command.
+/// Wall time (measured here: GNU time prints only 10 ms steps) and GNU time's max RSS (kB).
 fn timed(mut c: Command) -> Result<(Duration, u64)> {
-    let out = c.stdout(Stdio::null()).stderr(Stdio::piped()).output().map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let out = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let wall = t0.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().rev().find(|l| l.starts_with("BENCH ")).ok_or_else(|| format!("no timing in: {err}"))?;
-    let mut it = last.split_whitespace().skip(1);
-    let secs: f64 = it.next().and_then(|v| v.parse().ok()).ok_or("bad time")?;
-    let kb: u64 = it.next().and_then(|v| v.parse().ok()).ok_or("bad rss")?;
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BENCH "))
+        .ok_or_else(|| format!("no timing in: {err}"))?;
+    let kb: u64 = last
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or("bad rss")?;
     if !out.status.success() {
         return Err(format!("command failed: {err}"));
     }
-    Ok((Duration::from_secs_f64(secs), kb))
+    Ok((wall, kb))
 }
 
 /// 6. Per refresh: our `once` vs `aws ecr get-login-password | skopeo login --password-stdin`.
@@ -383,10 +491,20 @@ fn peer(b: &Bench, aws: &Path, runs: usize) -> Result<Peer> {
         .spawn()
         .map_err(|e| format!("{}: {e}", fake_bin.display()))?;
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(fake.stdout.take().ok_or("no stdout")?), &mut line)
-        .map_err(|e| e.to_string())?;
-    let endpoint = line.trim().strip_prefix("listening ").ok_or("fake-aws did not start")?.to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fake.stdout.take().ok_or("no stdout")?),
+        &mut line,
+    )
+    .map_err(|e| e.to_string())?;
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening ")
+        .ok_or("fake-aws did not start")?
+        .to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
     let reg_cfg = d.join("registry.yml");
     std::fs::write(
         &reg_cfg,
@@ -407,7 +525,15 @@ fn peer(b: &Bench, aws: &Path, runs: usize) -> Result<Peer> {
     std::thread::sleep(Duration::from_millis(500));
     let env = |c: &mut Command| {
         c.env_clear()
-            .env("PATH", format!("{}:/usr/bin:/bin", aws.parent().map(|p| p.display().to_string()).unwrap_or_default()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/bin:/bin",
+                    aws.parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+            )
             .env("HOME", &d)
             .env("AWS_ACCESS_KEY_ID", fake_aws::FAKE_ACCESS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", fake_aws::FAKE_SECRET_ACCESS_KEY)
@@ -429,13 +555,17 @@ fn peer(b: &Bench, aws: &Path, runs: usize) -> Result<Peer> {
     for _ in 0..runs {
         let mut c = Command::new("/usr/bin/time");
         env(&mut c);
-        c.args(["-f", "BENCH %e %M"]).arg(&b.bin).arg("--config").arg(&cfg).arg("once");
+        c.args(["-f", "BENCH %M"])
+            .arg(&b.bin)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("once");
         let (t, k) = timed(c)?;
         ot.push(t);
         ok.push(k);
         let mut c = Command::new("/usr/bin/time");
         env(&mut c);
-        c.args(["-f", "BENCH %e %M", "sh", "-c"]).arg(format!(
+        c.args(["-f", "BENCH %M", "sh", "-c"]).arg(format!(
             "aws ecr get-login-password --region us-east-1 | skopeo login --tls-verify=false --authfile {} --username AWS --password-stdin 127.0.0.1:{port}",
             d.join("peer-auth.json").display()
         ));
@@ -459,21 +589,41 @@ fn peer(b: &Bench, aws: &Path, runs: usize) -> Result<Peer> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let rustc = Command::new("rustc").arg("-V").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    format!("{cores} cores ({cpu}), {mem} memory, Linux {}, {rustc}", kernel.trim())
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {mem} memory, Linux {}, {rustc}",
+        kernel.trim()
+    )
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let bin = PathBuf::from(arg("--bin").unwrap_or_else(|| "target/release/ecr-refresherd".into()));
     let out = arg("--out").map(PathBuf::from);
     let aws = arg("--aws").map(PathBuf::from);
@@ -483,7 +633,10 @@ fn main() {
         eprintln!("ecr-bench: cannot create a temp dir");
         std::process::exit(2);
     };
-    let b = Bench { bin: std::path::absolute(&bin).unwrap_or(bin), dir };
+    let b = Bench {
+        bin: std::path::absolute(&bin).unwrap_or(bin),
+        dir,
+    };
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut row = |what: &str, target: &str, got: String, pass: Option<bool>| {
@@ -493,7 +646,12 @@ fn main() {
             None => "-",
         };
         eprintln!("{what}: {got} ({verdict})");
-        rows.push([what.to_string(), target.to_string(), got, verdict.to_string()]);
+        rows.push([
+            what.to_string(),
+            target.to_string(),
+            got,
+            verdict.to_string(),
+        ]);
     };
 
     for (regs, targets, goal) in [(1, 1, Some(Duration::from_millis(25))), (50, 20, None)] {
@@ -501,8 +659,11 @@ fn main() {
             Ok(mut v) => {
                 let (med, p95) = (percentile(&mut v, 0.5), percentile(&mut v, 0.95));
                 row(
-                    &format!("cold start to first target written, {regs} registries / {targets} targets (30 runs)"),
-                    goal.map_or("-".into(), |g| format!("median ≤ {}", ms(g))).as_str(),
+                    &format!(
+                        "cold start to first target written, {regs} registries / {targets} targets (30 runs)"
+                    ),
+                    goal.map_or("-".into(), |g| format!("median ≤ {}", ms(g)))
+                        .as_str(),
                     format!("median {}, p95 {}", ms(med), ms(p95)),
                     goal.map(|g| med <= g),
                 );
@@ -512,18 +673,43 @@ fn main() {
     }
     match idle(&b, idle_secs) {
         Ok(i) => {
-            row("peak RSS of `run`, 10 registries / 10 targets", "≤ 12 MiB", format!("{:.1} MiB", i.peak_kb as f64 / 1024.0), Some(i.peak_kb <= 12 * 1024));
-            row("steady RSS of `run`, 10 / 10", "-", format!("{:.1} MiB", i.steady_kb as f64 / 1024.0), None);
+            row(
+                "peak RSS of `run`, 10 registries / 10 targets",
+                "≤ 12 MiB",
+                format!("{:.1} MiB", i.peak_kb as f64 / 1024.0),
+                Some(i.peak_kb <= 12 * 1024),
+            );
+            row(
+                "steady RSS of `run`, 10 / 10",
+                "-",
+                format!("{:.1} MiB", i.steady_kb as f64 / 1024.0),
+                None,
+            );
             let per_min = i.cpu.as_secs_f64() * 60.0 / i.secs as f64;
-            row(&format!("CPU while idle (watchdog on), over {} s", i.secs), "≤ 10 ms per minute", format!("{:.2} ms per minute", per_min * 1000.0), Some(per_min <= 0.010));
-            row("wakeups while idle (context switches, all threads)", "-", format!("{:.0} per minute", i.wakeups as f64 * 60.0 / i.secs as f64), None);
+            row(
+                &format!("CPU while idle (watchdog on), over {} s", i.secs),
+                "≤ 10 ms per minute",
+                format!("{:.2} ms per minute", per_min * 1000.0),
+                Some(per_min <= 0.010),
+            );
+            row(
+                "wakeups while idle (context switches, all threads)",
+                "-",
+                format!("{:.0} per minute", i.wakeups as f64 * 60.0 / i.secs as f64),
+                None,
+            );
         }
         Err(e) => notes.push(e),
     }
     match heal(&b, 100) {
         Ok((mut v, extra)) => {
             let (med, p99) = (percentile(&mut v, 0.5), percentile(&mut v, 0.99));
-            row("heal: target deleted or entry removed -> restored (100 trials)", "p99 ≤ 300 ms", format!("median {}, p99 {}, {extra} API calls", ms(med), ms(p99)), Some(p99 <= Duration::from_millis(300) && extra == 0));
+            row(
+                "heal: target deleted or entry removed -> restored (100 trials)",
+                "p99 ≤ 300 ms",
+                format!("median {}, p99 {}, {extra} API calls", ms(med), ms(p99)),
+                Some(p99 <= Duration::from_millis(300) && extra == 0),
+            );
         }
         Err(e) => notes.push(e),
     }
@@ -531,14 +717,23 @@ fn main() {
         Ok(s) => row(
             "one round: 1,000 registries / 20 regions / 100 targets, 50 ms API latency",
             "20 calls, each target written once, < 1 s",
-            format!("{} API calls, {} of {} targets written once, {}", s.calls, s.written, s.targets, ms(s.wall)),
+            format!(
+                "{} API calls, {} of {} targets written once, {}",
+                s.calls,
+                s.written,
+                s.targets,
+                ms(s.wall)
+            ),
             Some(s.calls == 20 && s.written == s.targets && s.wall < Duration::from_secs(1)),
         ),
         Err(e) => notes.push(e),
     }
     match storm(&b, 300) {
         Ok(s) => row(
-            &format!("fleet boot storm: {} daemons, ECR limited to 20/s, burst 200", s.daemons),
+            &format!(
+                "fleet boot storm: {} daemons, ECR limited to 20/s, burst 200",
+                s.daemons
+            ),
             "≤ 1.3x minimum calls, nobody gives up",
             format!(
                 "all hold credentials after {:.1} s; {} API calls ({:.2}x the minimum {}), {} throttled; {} gave up",
@@ -558,7 +753,10 @@ fn main() {
             let speed = p.peer_time.as_secs_f64() / p.ours_time.as_secs_f64().max(1e-6);
             let mem = p.peer_kb as f64 / p.ours_kb.max(1) as f64;
             row(
-                &format!("per refresh, median of {}: `ecr-refresherd once` vs `aws ecr get-login-password | skopeo login`", p.runs),
+                &format!(
+                    "per refresh, median of {}: `ecr-refresherd once` vs `aws ecr get-login-password | skopeo login`",
+                    p.runs
+                ),
                 "≥ 20x faster, ≥ 5x less memory",
                 format!(
                     "{} / {:.1} MiB vs {} / {:.1} MiB: {speed:.0}x faster, {mem:.1}x less memory",
@@ -574,7 +772,12 @@ fn main() {
         None => notes.push("peer comparison skipped: no --aws PATH given".into()),
     }
     let size = std::fs::metadata(&b.bin).map_or(0, |m| m.len());
-    row("release binary size (stripped)", "-", format!("{:.1} MiB", size as f64 / (1024.0 * 1024.0)), None);
+    row(
+        "release binary size (stripped)",
+        "-",
+        format!("{:.1} MiB", size as f64 / (1024.0 * 1024.0)),
+        None,
+    );
 
     let mut md = String::new();
     md += &format!("Machine: {}.\n\n", machine());

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every benchmark against the fake ECR on loopback and writes the table, with the machine
+# description, into docs/BENCHMARKS.md (between its bench markers). Installs the peer tools it
+# compares against: awscli (PyPI, in target/bench-venv), skopeo, docker-registry and GNU time (Debian).
+# Usage: bench/run.sh [--quick]    (--quick: a 10 s idle window instead of 60 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=
+for p in time skopeo docker-registry python3-venv; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+        echo "bench: please install:$missing" >&2
+        exit 2
+    fi
+fi
+if [ ! -x target/bench-venv/bin/aws ]; then
+    python3 -m venv target/bench-venv
+    target/bench-venv/bin/pip install --quiet awscli
+fi
+cargo build --release --locked -p ecr-refresherd -p fake-aws -p ecr-bench
+target/release/ecr-bench --bin target/release/ecr-refresherd --aws "$PWD/target/bench-venv/bin/aws" \
+    --out docs/BENCHMARKS.md "$@"
