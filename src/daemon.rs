@@ -200,7 +200,24 @@ impl<S: TokenSource> Daemon<S> {
         }
     }
 
+    /// Records fetch results (this one and any others already waiting) and writes the affected
+    /// targets once: at startup many groups finish together, and each target is written once for
+    /// all of them rather than once per group.
     async fn on_fetched(&mut self, key: GroupKey, result: Result<Token, TokenError>) {
+        let mut which = self.record_fetch(key, result);
+        while let Ok((key, result)) = self.fetch_rx.try_recv() {
+            which.extend(self.record_fetch(key, result));
+        }
+        self.write(&which).await;
+        self.check_ready();
+    }
+
+    /// Takes one group's result into its state; returns the targets to write.
+    fn record_fetch(
+        &mut self,
+        key: GroupKey,
+        result: Result<Token, TokenError>,
+    ) -> BTreeSet<usize> {
         let now = SystemTime::now();
         let hosts: Vec<String> = self
             .settings
@@ -211,7 +228,7 @@ impl<S: TokenSource> Daemon<S> {
             .collect();
         let policy = self.policy;
         let Some(g) = self.groups.get_mut(&key) else {
-            return; // the group was removed by a reload meanwhile
+            return BTreeSet::new(); // the group was removed by a reload meanwhile
         };
         g.in_flight = None;
         g.attempted = true;
@@ -266,10 +283,10 @@ impl<S: TokenSource> Daemon<S> {
             let _ = w.send(result.clone());
         }
         if result.is_ok() {
-            let which = self.targets_of(&key);
-            self.write(&which).await;
+            self.targets_of(&key)
+        } else {
+            BTreeSet::new()
         }
-        self.check_ready();
     }
 
     fn check_ready(&mut self) {
