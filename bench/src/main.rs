@@ -783,7 +783,8 @@ fn main() {
     md += &format!("Machine: {}.\n\n", machine());
     md += "| measurement | target | result | verdict |\n| --- | --- | --- | --- |\n";
     for r in &rows {
-        md += &format!("| {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3]);
+        let cell = |c: &String| c.replace('|', "\\|");
+        md += &format!("| {} | {} | {} | {} |\n", cell(&r[0]), cell(&r[1]), cell(&r[2]), cell(&r[3]));
     }
     for n in &notes {
         md += &format!("\nNot measured: {n}\n");
