@@ -784,7 +784,13 @@ fn main() {
     md += "| measurement | target | result | verdict |\n| --- | --- | --- | --- |\n";
     for r in &rows {
         let cell = |c: &String| c.replace('|', "\\|");
-        md += &format!("| {} | {} | {} | {} |\n", cell(&r[0]), cell(&r[1]), cell(&r[2]), cell(&r[3]));
+        md += &format!(
+            "| {} | {} | {} | {} |\n",
+            cell(&r[0]),
+            cell(&r[1]),
+            cell(&r[2]),
+            cell(&r[3])
+        );
     }
     for n in &notes {
         md += &format!("\nNot measured: {n}\n");
