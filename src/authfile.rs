@@ -317,6 +317,22 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_exact_value() {
+        // Found by fuzzing: without arbitrary precision a float like this came back one ulp off,
+        // and integers beyond 64 bits became floats.
+        let existing = r#"{"proths": {"a": 6644444444444444444444444444444444444444444444444444444444444444444444444444444}, "big": 123456789012345678901234567890, "f": 0.1, "e": 1e-7}"#;
+        let out = merged(existing, &set(H, "bmV3"));
+        for n in [
+            "6644444444444444444444444444444444444444444444444444444444444444444444444444444",
+            "123456789012345678901234567890",
+            "0.1",
+            "1e-7",
+        ] {
+            assert!(out.contains(n), "{n} lost in {out}");
+        }
+    }
+
+    #[test]
     fn auths_added_when_missing_or_null() {
         let out = merged("{\"credsStore\": \"\"}", &set(H, "bmV3"));
         let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
