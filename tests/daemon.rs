@@ -8,17 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use nix::sys::signal::Signal;
 
-fn single(w: &World, hosts: &[&str], extra_daemon: &str) -> std::path::PathBuf {
-    let target = w.path("d/config.json");
-    let mut cfg = w.daemon_section() + extra_daemon;
-    cfg += &format!("\n[[target]]\npath = \"{}\"\n", target.display());
-    for h in hosts {
-        cfg += &format!("[[registry]]\nhost = \"{h}\"\n");
-    }
-    w.config(&cfg);
-    target
-}
-
 /// The entry for `host` in `file`, if valid per the fake: (password, expiry).
 fn entry(w: &World, file: &std::path::Path, host: &str) -> Option<(String, SystemTime)> {
     let text = std::fs::read_to_string(file).ok()?;
@@ -45,7 +34,7 @@ fn short_tokens_are_refreshed_on_schedule_and_never_lapse() {
     w.fake.set_token_lifetime(Duration::from_secs(4));
     // A second group that hangs on every call must not delay the first.
     w.fake.set_fault(Service::EcrPublic, Fault::Blackhole);
-    let target = single(&w, &[H1, PUBLIC], "");
+    let target = w.one_target_config(&[H1, PUBLIC], "");
     let d = w.spawn_daemon(&[]);
     assert!(
         wait_for(Duration::from_secs(20), || entry(&w, &target, H1).is_some()),
@@ -91,7 +80,7 @@ fn short_tokens_are_refreshed_on_schedule_and_never_lapse() {
 fn faults_back_off_show_failing_and_recover() {
     let w = World::new();
     w.fake.set_token_lifetime(Duration::from_secs(6));
-    let target = single(&w, &[H1], "");
+    let target = w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(20), || entry(&w, &target, H1).is_some()));
@@ -139,7 +128,7 @@ fn faults_back_off_show_failing_and_recover() {
 #[test]
 fn config_edits_apply_and_a_broken_edit_keeps_the_old_config() {
     let w = World::new();
-    let target = single(&w, &[H1, H2], "");
+    let target = w.one_target_config(&[H1, H2], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(20), || entry(&w, &target, H1)
@@ -147,7 +136,7 @@ fn config_edits_apply_and_a_broken_edit_keeps_the_old_config() {
         && entry(&w, &target, H2).is_some()));
 
     // Add H3 (another region), remove H2.
-    single(&w, &[H1, H3], "");
+    w.one_target_config(&[H1, H3], "");
     assert!(
         wait_for(Duration::from_secs(10), || entry(&w, &target, H3).is_some()
             && !read_json(&target)["auths"]
@@ -184,7 +173,7 @@ fn config_edits_apply_and_a_broken_edit_keeps_the_old_config() {
     );
 
     // Fix it: the error clears and the new config applies.
-    single(&w, &[H1], "");
+    w.one_target_config(&[H1], "");
     assert!(wait_for(Duration::from_secs(10), || {
         w.status_json().is_some_and(|s| {
             s["config"]["error"].is_null()
@@ -202,7 +191,7 @@ fn config_edits_apply_and_a_broken_edit_keeps_the_old_config() {
 #[test]
 fn deleted_target_or_removed_entry_is_restored_quickly_without_an_api_call() {
     let w = World::new();
-    let target = single(&w, &[H1], "");
+    let target = w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(20), || entry(&w, &target, H1).is_some()));
@@ -272,7 +261,7 @@ fn a_target_directory_that_appears_later_is_picked_up() {
 fn systemd_notify_ready_status_watchdog_reload_stopping() {
     let w = World::new();
     let notify = NotifySocket::bind(&w);
-    let target = single(&w, &[H1], "");
+    let target = w.one_target_config(&[H1], "");
     let mut d = w.spawn_daemon(&[
         ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
         ("WATCHDOG_USEC", "400000"),
@@ -373,7 +362,7 @@ fn status_exit_codes_0_1_2_3() {
     // 2: no valid token yet (every call denied); `refresh` says so too.
     w.fake.set_fault(Service::Ecr, Fault::AccessDenied);
     w.fake.set_token_lifetime(Duration::from_secs(6));
-    single(&w, &[H1], "");
+    w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(10), || registry_state(&w, H1)
@@ -426,7 +415,7 @@ fn status_exit_codes_0_1_2_3() {
 #[test]
 fn many_clients_and_a_silent_one_do_not_stop_the_daemon() {
     let w = World::new();
-    single(&w, &[H1], "");
+    w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     // A client that never sends a newline, and one that sends a huge line.
@@ -472,7 +461,7 @@ fn many_clients_and_a_silent_one_do_not_stop_the_daemon() {
 fn refresh_requests_are_coalesced() {
     let w = World::new();
     w.fake.set_latency(Service::Ecr, Duration::from_millis(300));
-    single(&w, &[H1, H2], "");
+    w.one_target_config(&[H1, H2], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(10), || code(
@@ -508,7 +497,7 @@ fn refresh_requests_are_coalesced() {
 #[test]
 fn reload_command_reports_a_bad_config_and_applies_a_good_one() {
     let w = World::new();
-    let target = single(&w, &[H1], "");
+    let target = w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     // Write the bad config in a way the watcher may or may not have seen yet: `reload` must say.
@@ -523,7 +512,7 @@ fn reload_command_reports_a_bad_config_and_applies_a_good_one() {
         "{}",
         stderr(&out)
     );
-    single(&w, &[H1, H3], "");
+    w.one_target_config(&[H1, H3], "");
     let out = w.client(&["reload"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(wait_for(Duration::from_secs(10), || entry(&w, &target, H3).is_some()));
@@ -533,7 +522,7 @@ fn reload_command_reports_a_bad_config_and_applies_a_good_one() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_and_a_stale_socket_is_replaced() {
     let w = World::new();
-    single(&w, &[H1], "");
+    w.one_target_config(&[H1], "");
     // A stale socket file from a crash: nobody listens.
     drop(std::os::unix::net::UnixListener::bind(w.socket()).unwrap());
     assert!(w.socket().exists());
@@ -565,7 +554,7 @@ fn a_hung_first_round_does_not_block_ready() {
     let w = World::new();
     let notify = NotifySocket::bind(&w);
     w.fake.set_fault(Service::Ecr, Fault::Blackhole);
-    single(&w, &[H1], "");
+    w.one_target_config(&[H1], "");
     let log = w.path("daemon.log");
     let mut c = w.cmd();
     c.env("NOTIFY_SOCKET", &notify.path)

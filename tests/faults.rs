@@ -9,17 +9,6 @@ use common::*;
 
 const LIFETIME: Duration = Duration::from_secs(10);
 
-fn setup(w: &World, hosts: &[&str]) -> std::path::PathBuf {
-    let target = w.path("d/config.json");
-    let mut cfg = w.daemon_section();
-    cfg += &format!("[[target]]\npath = \"{}\"\n", target.display());
-    for h in hosts {
-        cfg += &format!("[[registry]]\nhost = \"{h}\"\n");
-    }
-    w.config(&cfg);
-    target
-}
-
 /// The `auth` of `host` in the file, if any; panics on a file that is not valid for docker.
 fn auth_in(file: &std::path::Path, host: &str) -> Option<String> {
     let text = std::fs::read_to_string(file).ok()?;
@@ -42,7 +31,7 @@ fn registry(w: &World, host: &str) -> Option<serde_json::Value> {
 fn survives(service: Service, fault: Fault, host: &str, error_word: &str, wait: Duration) {
     let w = World::new();
     w.fake.set_token_lifetime(LIFETIME);
-    let target = setup(&w, &[host]);
+    let target = w.one_target_config(&[host], "");
     let mut d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(
@@ -173,7 +162,7 @@ fn sts_denied_for_an_assumed_role() {
 #[test]
 fn imds_down_then_up_with_instance_role_credentials() {
     let w = World::new();
-    let target = setup(&w, &[H1]);
+    let target = w.one_target_config(&[H1], "");
     w.fake.set_fault(Service::Imds, Fault::DropConnection);
     let log = w.path("imds.log");
     let mut c = w.cmd();
@@ -228,7 +217,7 @@ fn imds_down_then_up_with_instance_role_credentials() {
 fn expires_at_in_the_past_is_written_with_a_warning_and_backs_off() {
     let w = World::new();
     w.fake.set_fault(Service::Ecr, Fault::ExpiresAtOffset(-120));
-    let target = setup(&w, &[H1]);
+    let target = w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(20), || auth_in(&target, H1).is_some()));
@@ -255,7 +244,7 @@ fn expires_at_absurdly_far_is_capped_at_12_hours() {
     let w = World::new();
     w.fake
         .set_fault(Service::Ecr, Fault::ExpiresAtOffset(100 * 365 * 86400));
-    let target = setup(&w, &[H1]);
+    let target = w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(20), || auth_in(&target, H1).is_some()));
@@ -279,7 +268,7 @@ fn expires_at_absurdly_far_is_capped_at_12_hours() {
 fn a_10_mib_response_does_not_hurt() {
     let w = World::new();
     w.fake.set_fault(Service::Ecr, Fault::HugeBody(10 << 20));
-    let target = setup(&w, &[H1]);
+    let target = w.one_target_config(&[H1], "");
     let mut d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(30), || registry(&w, H1)

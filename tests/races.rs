@@ -39,12 +39,7 @@ fn docker_style_rewrite(target: &Path, i: usize, window: usize, drop_host: Optio
 fn another_writers_entries_are_never_lost() {
     let w = World::new();
     w.fake.set_token_lifetime(Duration::from_secs(2));
-    let target = w.path("d/config.json");
-    w.config(&format!(
-        "{}[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\n",
-        w.daemon_section(),
-        target.display()
-    ));
+    let target = w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(wait_for(Duration::from_secs(20), || target.exists()));

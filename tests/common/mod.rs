@@ -280,6 +280,19 @@ impl World {
         )
     }
 
+    /// A daemon config with one target (`<dir>/d/config.json`, returned) and `hosts`;
+    /// `extra_daemon` adds `[daemon]` keys.
+    pub fn one_target_config(&self, hosts: &[&str], extra_daemon: &str) -> PathBuf {
+        let target = self.path("d/config.json");
+        let mut cfg = self.daemon_section() + extra_daemon;
+        cfg += &format!("\n[[target]]\npath = \"{}\"\n", target.display());
+        for h in hosts {
+            cfg += &format!("[[registry]]\nhost = \"{h}\"\n");
+        }
+        self.config(&cfg);
+        target
+    }
+
     pub fn spawn_daemon(&self, extra_env: &[(&str, &str)]) -> Daemon<'_> {
         let log = self.path(&format!("daemon-{}.log", rand::random::<u32>()));
         let file = std::fs::File::create(&log).expect("log file");
