@@ -581,3 +581,40 @@ fn a_hung_first_round_does_not_block_ready() {
     let _ = child.wait();
     w.capture_text(std::fs::read_to_string(&log).unwrap_or_default());
 }
+
+#[test]
+fn a_target_removed_from_the_config_loses_our_entries_only() {
+    let w = World::new();
+    let a = w.path("a/config.json");
+    let b = w.path("b/config.json");
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    std::fs::write(
+        &b,
+        "{\"auths\": {\"keep.example\": {\"auth\": \"a2VlcA==\"}}}",
+    )
+    .unwrap();
+    let cfg = |targets: &[&std::path::Path]| {
+        let mut c = w.daemon_section();
+        for t in targets {
+            c += &format!("[[target]]\npath = \"{}\"\n", t.display());
+        }
+        c + &format!("[[registry]]\nhost = \"{H1}\"\n")
+    };
+    w.config(&cfg(&[&a, &b]));
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(wait_for(Duration::from_secs(20), || entry(&w, &a, H1)
+        .is_some()
+        && entry(&w, &b, H1).is_some()));
+    w.config(&cfg(&[&a]));
+    assert!(
+        wait_for(Duration::from_secs(10), || read_json(&b)["auths"]
+            .get(H1)
+            .is_none()),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(read_json(&b)["auths"]["keep.example"]["auth"], "a2VlcA==");
+    assert!(entry(&w, &a, H1).is_some());
+    assert!(d.log_text().contains("target removed from the config"));
+}
