@@ -683,3 +683,17 @@ fn no_secret_in_any_output_even_at_trace_level() {
     assert!(!w.fake.secrets().is_empty());
     w.assert_no_secrets();
 }
+
+#[test]
+fn the_secret_scan_catches_a_leak() {
+    let w = World::new();
+    let target = w.path("config.json");
+    w.config(&format!("[daemon]\nstate_dir = \"{{dir}}/state\"\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\n", target.display()));
+    assert_eq!(code(&w.run(&["once"])), 0);
+    w.assert_no_secrets();
+    let pw = password_of(&assert_fresh_entry(&w, &target, H1));
+    w.capture_text(format!("a careless log line with {pw} in it"));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.assert_no_secrets()));
+    assert!(caught.is_err(), "the scan missed a leaked password");
+    w.clear_captured();
+}
