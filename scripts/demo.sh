@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --workspace --bins
+bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 fake_pid=
 cleanup() {
@@ -13,7 +14,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/debug/fake-aws --listen 127.0.0.1:0 >"$work/fake.out" &
+"$bin/fake-aws" --listen 127.0.0.1:0 >"$work/fake.out" &
 fake_pid=$!
 for _ in $(seq 200); do
     grep -q '^listening ' "$work/fake.out" 2>/dev/null && break
@@ -58,14 +59,14 @@ TOML
 echo
 echo "\$ ecr-refresherd --config config.toml check"
 env -i PATH=/usr/bin:/bin HOME="$work" AWS_EC2_METADATA_DISABLED=true \
-    target/debug/ecr-refresherd --config "$work/config.toml" check || true
+    "$bin/ecr-refresherd" --config "$work/config.toml" check || true
 
 echo
 echo "\$ ecr-refresherd --config config.toml once"
 env -i PATH=/usr/bin:/bin HOME="$work" AWS_EC2_METADATA_DISABLED=true \
     AWS_ACCESS_KEY_ID=FAKEACCESSKEY AWS_SECRET_ACCESS_KEY=fake-secret-key-do-not-use \
     AWS_ENDPOINT_URL_ECR="$endpoint" AWS_ENDPOINT_URL_ECR_PUBLIC="$endpoint" \
-    target/debug/ecr-refresherd --config "$work/config.toml" once
+    "$bin/ecr-refresherd" --config "$work/config.toml" once
 
 for f in root/.docker/config.json run/containers/0/auth.json; do
     echo
