@@ -61,8 +61,12 @@ impl State {
 
     /// Saves the state atomically (0600, root).
     pub fn save(&self, dir: &Path) -> Result<(), FileError> {
-        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         let path = dir.join(STATE_FILE);
+        // Never replace the state with an empty file: that would forget what we manage.
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| FileError::Content {
+            path: path.clone(),
+            reason: format!("cannot encode the state: {e}"),
+        })?;
         atomic::update(&path, root_policy(), Some(0o600), |old| {
             Ok::<_, String>((old != Some(bytes.as_slice())).then(|| bytes.clone()))
         })
