@@ -7,6 +7,7 @@
 //! final read/create/rename runs with the thread's filesystem uid and gid set to the target's owner,
 //! so the kernel itself denies anything that user could not do.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -48,10 +49,13 @@ pub struct Owner {
 }
 
 /// How to choose the owner of a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerPolicy {
-    /// This user (from the config).
+    /// This uid (a number in the config, or the daemon itself).
     User { uid: u32, gid: Option<u32> },
+    /// A user named in the config, looked up at each use: it may not exist yet (a `portainer`
+    /// user created after the daemon started is picked up then).
+    Named(String),
     /// The owner of the nearest existing ancestor directory.
     Inherit,
 }
@@ -197,6 +201,19 @@ fn walk_parent(path: &Path) -> Result<(Vec<Dir>, Vec<std::ffi::OsString>), FileE
                             shown.display(),
                             here.path.display(),
                             user_name(here.stat.st_uid)
+                        ),
+                    ));
+                }
+                // In a sticky directory others may write (like /tmp) anyone can plant a link: as
+                // the kernel's protected_symlinks rule, follow only a link root itself owns.
+                if st.st_uid != 0 {
+                    return Err(refused(
+                        path,
+                        format!(
+                            "{} is a symbolic link owned by {} in {}, where others can add entries; we follow only root's links there",
+                            shown.display(),
+                            user_name(st.st_uid),
+                            here.path.display()
                         ),
                     ));
                 }
@@ -371,25 +388,41 @@ struct Located {
     owner: Owner,
 }
 
-/// Resolves the owner and opens (creating if asked) the target's directory.
-fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Located>, FileError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| refused(path, "the path does not name a file"))?
-        .to_os_string();
-    let (mut chain, missing) = walk_parent(path)?;
-    let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
-    let owner = match policy {
+/// The home directory of `uid` in the passwd database.
+fn home_of(uid: u32) -> Option<PathBuf> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+}
+
+/// Who writes a target, by its policy. `last` is the nearest existing directory on the way.
+fn resolve(policy: &OwnerPolicy, last: &Dir, path: &Path) -> Result<Owner, FileError> {
+    Ok(match policy {
         OwnerPolicy::User { uid, gid } => Owner {
-            uid,
+            uid: *uid,
             gid: gid
-                .or_else(|| primary_gid(uid))
-                .unwrap_or(if last.stat.st_uid == uid {
+                .or_else(|| primary_gid(*uid))
+                .unwrap_or(if last.stat.st_uid == *uid {
                     last.stat.st_gid
                 } else {
-                    uid
+                    *uid
                 }),
         },
+        OwnerPolicy::Named(name) => {
+            let u = nix::unistd::User::from_name(name).ok().flatten().ok_or_else(|| {
+                refused(
+                    path,
+                    format!(
+                        "user {name:?} does not exist (yet); this target is written once it does"
+                    ),
+                )
+            })?;
+            Owner {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }
+        }
         OwnerPolicy::Inherit => {
             let uid = last.stat.st_uid;
             Owner {
@@ -397,63 +430,151 @@ fn locate(path: &Path, policy: OwnerPolicy, create: bool) -> Result<Option<Locat
                 gid: primary_gid(uid).unwrap_or(last.stat.st_gid),
             }
         }
+    })
+}
+
+/// The directories in which users' home directories live: `/home`, useradd's `HOME=` base, and the
+/// parent of every regular user's home. Root never creates a directory there: it may be the home
+/// of a user who does not exist yet, and `useradd -m` would then find a home it cannot write.
+fn home_bases() -> BTreeSet<PathBuf> {
+    let mut bases = BTreeSet::from([PathBuf::from("/home")]);
+    if let Ok(text) = std::fs::read_to_string("/etc/default/useradd") {
+        for line in text.lines() {
+            if let Some(v) = line.trim().strip_prefix("HOME=") {
+                bases.insert(PathBuf::from(v.trim().trim_matches('"')));
+            }
+        }
+    }
+    for home in passwd_homes(|uid| (1000..65534).contains(&uid)) {
+        if let Some(parent) = home.parent() {
+            bases.insert(parent.to_path_buf());
+        }
+    }
+    bases
+}
+
+/// The home directories of the passwd entries whose uid passes `keep`.
+fn passwd_homes(keep: impl Fn(u32) -> bool) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
+        return Vec::new();
     };
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let uid: u32 = f.get(2)?.parse().ok()?;
+            (keep(uid) && f.get(5).is_some_and(|h| h.starts_with('/'))).then(|| PathBuf::from(f[5]))
+        })
+        .collect()
+}
+
+/// Whether `owner` may have `dir` created, as a new directory in `parent`, for a target.
+///
+/// A user's directories are created by that user (fsuid), only inside a directory they own, so
+/// nothing is ever chowned. Root's are created by root in root-controlled directories, but never
+/// where home directories live (see [`home_bases`]).
+fn may_create(dir: &Path, parent: &Dir, owner: Owner, path: &Path) -> Result<(), FileError> {
+    let name = user_name(owner.uid);
+    if owner.uid != 0 {
+        if parent.stat.st_uid == owner.uid {
+            return Ok(());
+        }
+        let home = home_of(owner.uid);
+        if let Some(home) = home.filter(|h| h.starts_with(dir)) {
+            return Err(refused(
+                path,
+                format!(
+                    "the home directory {} of {name} does not exist; we never create a home (useradd -m does); the target is written once it exists",
+                    home.display()
+                ),
+            ));
+        }
+        return Err(refused(
+            path,
+            format!(
+                "{} does not exist, and {name} may not create it in {} (owned by {}); create it with: install -d -o {name} -m 0700 {}",
+                dir.display(),
+                parent.path.display(),
+                user_name(parent.stat.st_uid),
+                dir.display()
+            ),
+        ));
+    }
+    let is_home = passwd_homes(|uid| uid != 0).iter().any(|h| h == dir);
+    if is_home || home_bases().contains(&parent.path) {
+        return Err(refused(
+            path,
+            format!(
+                "{} does not exist, and it is where a user's home directory goes: we never create it as root (useradd -m would find a home its user cannot write); the target is written once the directory exists, or set `user` for it",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves the owner and opens (creating if asked) the target's directory.
+///
+/// Nothing is ever chowned: a missing directory is created by the owner itself (its filesystem
+/// uid), and the new directory is then accepted only if the owner owns it. A user who owns the
+/// parent may swap anything into that name between our mkdir and our open; whatever we then find
+/// must be theirs, which gives them nothing they did not already have.
+fn locate(path: &Path, policy: &OwnerPolicy, create: bool) -> Result<Option<Located>, FileError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "the path does not name a file"))?
+        .to_os_string();
+    let (mut chain, missing) = walk_parent(path)?;
+    let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
+    let owner = resolve(policy, last, path)?;
     check_chain(&chain, owner.uid, path)?;
-    if !missing.is_empty() {
+    if let Some(first) = missing.first() {
         if !create {
             return Ok(None);
         }
-        for part in missing {
-            let here = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
-            let shown = here.path.join(&part);
-            // Created by the user when we are inside their directory, else by root and then given away.
-            let as_user = here.stat.st_uid == owner.uid;
-            {
-                let _id = if as_user {
-                    Some(FsIdentity::become_user(owner))
-                } else {
-                    None
-                };
-                match rustix::fs::mkdirat(&here.fd, part.as_os_str(), Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(io_err(&shown, "create directory", e)),
-                }
+        may_create(&last.path.join(first), last, owner, path)?;
+    }
+    for part in missing {
+        let here = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
+        let shown = here.path.join(&part);
+        {
+            let _id = FsIdentity::become_user(owner);
+            match rustix::fs::mkdirat(&here.fd, part.as_os_str(), Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(io_err(&shown, "create directory", e)),
             }
-            let fd = rustix::fs::openat(
-                &here.fd,
-                part.as_os_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| io_err(&shown, "open new directory", e))?;
-            let mut stat = rustix::fs::fstat(&fd).map_err(|e| io_err(&shown, "stat", e))?;
-            if stat.st_uid != owner.uid {
-                if stat.st_uid != 0 || !rustix::process::geteuid().is_root() {
-                    return Err(refused(
-                        path,
-                        format!(
-                            "{} appeared with owner {}",
-                            shown.display(),
-                            user_name(stat.st_uid)
-                        ),
-                    ));
-                }
-                rustix::fs::fchown(
-                    &fd,
-                    Some(rustix::fs::Uid::from_raw(owner.uid)),
-                    Some(rustix::fs::Gid::from_raw(owner.gid)),
-                )
-                .map_err(|e| io_err(&shown, "chown new directory", e))?;
-                stat = rustix::fs::fstat(&fd).map_err(|e| io_err(&shown, "stat", e))?;
-            }
-            let dir = Dir {
-                fd,
-                stat,
-                path: shown,
-            };
-            check_chain(std::slice::from_ref(&dir), owner.uid, path)?;
-            chain.push(dir);
         }
+        let fd = rustix::fs::openat(
+            &here.fd,
+            part.as_os_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP | Errno::NOTDIR => refused(
+                path,
+                format!("{} changed while we created it", shown.display()),
+            ),
+            e => io_err(&shown, "open new directory", e),
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err(&shown, "stat", e))?;
+        if stat.st_uid != owner.uid {
+            return Err(refused(
+                path,
+                format!(
+                    "{} appeared with owner {} while we created it for {}; not touched",
+                    shown.display(),
+                    user_name(stat.st_uid),
+                    user_name(owner.uid)
+                ),
+            ));
+        }
+        let dir = Dir {
+            fd,
+            stat,
+            path: shown,
+        };
+        check_chain(std::slice::from_ref(&dir), owner.uid, path)?;
+        chain.push(dir);
     }
     let dir = chain.pop().ok_or_else(|| refused(path, "empty walk"))?;
     Ok(Some(Located { dir, name, owner }))
@@ -578,7 +699,7 @@ pub fn update<E: std::fmt::Display>(
     mut change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
 ) -> Result<Outcome, FileError> {
     let loc =
-        locate(path, policy, true)?.ok_or_else(|| refused(path, "parent directory missing"))?;
+        locate(path, &policy, true)?.ok_or_else(|| refused(path, "parent directory missing"))?;
     if !rustix::process::geteuid().is_root() && loc.owner.uid != rustix::process::geteuid().as_raw()
     {
         return Err(refused(
@@ -621,6 +742,16 @@ pub fn update<E: std::fmt::Display>(
             }
             return Ok(Outcome::Unchanged);
         };
+        // Never write what we would ourselves refuse to read back.
+        if new.len() > MAX_FILE_SIZE {
+            return Err(FileError::Content {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the new content would be larger than 4 MiB ({} bytes); not written",
+                    new.len()
+                ),
+            });
+        }
         let gid = current.as_ref().map_or(loc.owner.gid, |c| c.stat.st_gid);
         match replace(&loc, path, &new, target_mode, gid, seen)? {
             true => return Ok(Outcome::Written),
@@ -763,38 +894,187 @@ fn install(loc: &Located, tmp: &OsStr, seen: Option<Seen>, path: &Path) -> Resul
 /// Reads a target as its writer would, with the same checks, without creating anything.
 /// `Ok(None)` when the file or its directory does not exist.
 pub fn read(path: &Path, policy: OwnerPolicy) -> Result<Option<Vec<u8>>, FileError> {
-    let Some(loc) = locate(path, policy, false)? else {
-        return Ok(None);
-    };
-    let _id = FsIdentity::become_user(loc.owner);
-    Ok(read_target(&loc, path)?.map(|c| c.bytes))
+    Ok(inspect(path, policy)?.file.map(|f| f.bytes))
 }
 
-/// Who a target would be written as (resolving `Inherit`), with the path checks applied.
-pub fn resolve_owner(path: &Path, policy: OwnerPolicy) -> Result<Owner, FileError> {
-    let name_ok = path.file_name().is_some();
-    if !name_ok {
+/// One directory on the way to a target, as the write path opened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirInfo {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// The target file as the write path read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Permission bits.
+    pub mode: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// What the write path sees of a target: who writes it, the directories on the way, the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub owner: Owner,
+    /// Each existing directory from `/` to the target's own, as opened (links resolved).
+    pub dirs: Vec<DirInfo>,
+    /// `None` when the file (or a directory on the way) does not exist yet.
+    pub file: Option<FileInfo>,
+}
+
+/// Looks at a target exactly as [`update`] would (same descriptors, same checks, read as its
+/// owner), creating nothing. Diagnostics use this, never a lookup by path name, so a user who
+/// swaps a link into the path cannot make them report on a file that is not theirs.
+pub fn inspect(path: &Path, policy: OwnerPolicy) -> Result<Inspection, FileError> {
+    if path.file_name().is_none() {
         return Err(refused(path, "the path does not name a file"));
     }
-    let (chain, _) = walk_parent(path)?;
+    let (chain, missing) = walk_parent(path)?;
     let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
-    let owner = match policy {
-        OwnerPolicy::User { uid, gid } => Owner {
-            uid,
-            gid: gid.or_else(|| primary_gid(uid)).unwrap_or(uid),
-        },
-        OwnerPolicy::Inherit => Owner {
-            uid: last.stat.st_uid,
-            gid: primary_gid(last.stat.st_uid).unwrap_or(last.stat.st_gid),
-        },
-    };
+    let owner = resolve(&policy, last, path)?;
     check_chain(&chain, owner.uid, path)?;
-    Ok(owner)
+    let dirs = chain
+        .iter()
+        .map(|d| DirInfo {
+            path: d.path.clone(),
+            uid: d.stat.st_uid,
+            gid: d.stat.st_gid,
+            mode: d.stat.st_mode & 0o7777,
+        })
+        .collect();
+    let file = match missing.is_empty() {
+        false => None,
+        true => {
+            let mut chain = chain;
+            let dir = chain.pop().ok_or_else(|| refused(path, "empty walk"))?;
+            let loc = Located {
+                dir,
+                name: path.file_name().unwrap_or_default().to_os_string(),
+                owner,
+            };
+            let _id = FsIdentity::become_user(owner);
+            read_target(&loc, path)?.map(|c| FileInfo {
+                mode: c.stat.st_mode & 0o7777,
+                bytes: c.bytes,
+            })
+        }
+    };
+    Ok(Inspection { owner, dirs, file })
+}
+
+/// Reads a file that root acts on (the config): only root — or the daemon's own uid, when it
+/// does not run as root — may be able to change it or any directory above it, as sshd's
+/// StrictModes and sudo demand of their files. Links are followed only where `update` would.
+/// A missing file (or directory) is an `Io` error of kind `NotFound`.
+pub fn read_trusted(path: &Path, max: usize) -> Result<Vec<u8>, FileError> {
+    read_trusted_at(path, max, 0)
+}
+
+fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<Vec<u8>, FileError> {
+    let me = rustix::process::geteuid().as_raw();
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "the path does not name a file"))?;
+    let (chain, missing) = walk_parent(path)?;
+    if !missing.is_empty() {
+        return Err(io_err(path, "open", Errno::NOENT));
+    }
+    for d in &chain {
+        if (d.stat.st_uid != 0 && d.stat.st_uid != me) || writable_by_others(&d.stat) {
+            return Err(refused(
+                path,
+                format!(
+                    "{} can be changed by {} (owner {}, mode {:04o}); a config root acts on must sit in directories only root can write",
+                    d.path.display(),
+                    if writable_by_others(&d.stat) {
+                        "others"
+                    } else {
+                        "its owner"
+                    },
+                    user_name(d.stat.st_uid),
+                    d.stat.st_mode & 0o7777
+                ),
+            ));
+        }
+    }
+    let dir = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
+    // A link (e.g. from configuration management) is followed only if root owns it: its
+    // directory was just checked to be root's alone.
+    if let Ok(st) = rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+        && FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+    {
+        if st.st_uid != 0 || links >= MAX_SYMLINKS {
+            return Err(refused(
+                path,
+                "it is a symbolic link root does not own (or too many links); point --config at the file itself",
+            ));
+        }
+        let to = rustix::fs::readlinkat(&dir.fd, name, Vec::new())
+            .map_err(|e| io_err(path, "readlink", e))?;
+        let to = dir.path.join(OsStr::from_bytes(to.as_bytes()));
+        return read_trusted_at(&to, max, links + 1);
+    }
+    let fd = rustix::fs::openat(
+        &dir.fd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP => refused(path, "it changed into a symbolic link while we opened it"),
+        e => io_err(path, "open", e),
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft != FileType::RegularFile {
+        return Err(refused(
+            path,
+            format!("it is {}, not a regular file", describe(ft)),
+        ));
+    }
+    if st.st_uid != 0 && st.st_uid != me {
+        return Err(refused(
+            path,
+            format!(
+                "it belongs to {}, who could make root act on anything; fix with: chown root: {}",
+                user_name(st.st_uid),
+                path.display()
+            ),
+        ));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "it is writable by group or others (mode {:04o}); fix with: chmod go-w {}",
+                st.st_mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    File::from(fd)
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
+    if bytes.len() > max {
+        return Err(FileError::Content {
+            path: path.to_path_buf(),
+            reason: format!("larger than {max} bytes"),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Removes temp files a crashed run of ours left beside a target. Returns how many were removed.
 pub fn remove_stray_temp_files(path: &Path, policy: OwnerPolicy) -> Result<usize, FileError> {
-    let Some(loc) = locate(path, policy, false)? else {
+    let Some(loc) = locate(path, &policy, false)? else {
         return Ok(0);
     };
     let _id = FsIdentity::become_user(loc.owner);

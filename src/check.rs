@@ -1,7 +1,6 @@
 //! Diagnosis of each target without calling AWS: will docker and podman use what we write?
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::atomic::{self, Owner};
@@ -56,85 +55,63 @@ fn diagnose_target(
         d.warnings
             .push("no registry is written to this target".into());
     }
-    if let Ok(md) = std::fs::symlink_metadata(&target.path)
-        && md.file_type().is_symlink()
-    {
-        d.errors.push(
-            "the file is a symbolic link; it will not be written (we never follow links): replace it with a regular file".into(),
-        );
-        return d;
-    }
-    let owner = match atomic::resolve_owner(&target.path, owner_policy(target)) {
-        Ok(o) => o,
+    // Everything below comes from the write path's own checked descriptors: a link swapped into
+    // the path cannot make us report on (or read) a file that is not the owner's.
+    let seen = match atomic::inspect(&target.path, owner_policy(target)) {
+        Ok(s) => s,
         Err(e) => {
             d.errors.push(e.to_string());
             return d;
         }
     };
+    let owner = seen.owner;
     d.owner = Some(owner.uid);
-    match atomic::read(&target.path, owner_policy(target)) {
-        Err(e) => d.errors.push(e.to_string()),
-        Ok(None) => {}
-        Ok(Some(bytes)) => match authfile::parse(&bytes) {
+    let mode = seen.file.as_ref().map(|f| f.mode & 0o777);
+    if let Some(f) = &seen.file {
+        match authfile::parse(&f.bytes) {
             Err(e) => d.errors.push(format!("it will be left untouched: {e}")),
             Ok(map) => d.warnings.extend(authfile::diagnose(&map, &hosts)),
-        },
-    }
-    if let Ok(md) = std::fs::symlink_metadata(&target.path) {
-        let mode = md.mode() & 0o777;
-        let broad = target.mode.unwrap_or(mode) & 0o077 != 0;
-        if broad {
-            d.warnings.push(format!(
-                "mode {:04o} lets others read the credentials; set mode = \"0600\"",
-                target.mode.unwrap_or(mode)
-            ));
         }
-    } else if let Some(m) = target.mode
+    }
+    if let Some(m) = target.mode.or(mode)
         && m & 0o077 != 0
     {
         d.warnings.push(format!(
-            "mode {m:04o} lets others read the credentials; use \"0600\""
+            "mode {m:04o} lets others read the credentials; set mode = \"0600\""
         ));
     }
-    d.warnings.extend(unreachable_dirs(&target.path, owner));
+    d.warnings.extend(unreachable_dirs(&seen.dirs, owner));
     d.warnings
         .extend(podman_shadows(settings, target, owner, &hosts, run_dir));
     d
 }
 
 /// Directories on the way that the owner cannot enter, so their own tools cannot read the file.
-fn unreachable_dirs(path: &Path, owner: Owner) -> Vec<String> {
+fn unreachable_dirs(dirs: &[atomic::DirInfo], owner: Owner) -> Vec<String> {
     if owner.uid == 0 {
         return Vec::new();
     }
-    let mut out = Vec::new();
-    let mut dir = path.parent();
-    let mut dirs = Vec::new();
-    while let Some(d) = dir {
-        dirs.push(d.to_path_buf());
-        dir = d.parent();
-    }
-    for d in dirs.iter().rev() {
-        let Ok(md) = std::fs::metadata(d) else { break };
-        let mode = md.mode();
-        let can = if md.uid() == owner.uid {
-            mode & 0o100 != 0
-        } else if md.gid() == owner.gid {
-            mode & 0o010 != 0
+    let blocked = dirs.iter().find(|d| {
+        let bit = if d.uid == owner.uid {
+            0o100
+        } else if d.gid == owner.gid {
+            0o010
         } else {
-            mode & 0o001 != 0
+            0o001
         };
-        if !can {
-            out.push(format!(
+        d.mode & bit == 0
+    });
+    blocked
+        .map(|d| {
+            format!(
                 "user {} cannot enter {} (mode {:04o}), so their docker/podman cannot read this file",
                 atomic::user_name(owner.uid),
-                d.display(),
-                mode & 0o7777
-            ));
-            break;
-        }
-    }
-    out
+                d.path.display(),
+                d.mode
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 /// podman reads `/run/containers/<uid>/auth.json` (and `$XDG_RUNTIME_DIR/containers/auth.json`,

@@ -35,7 +35,11 @@ pub async fn load_settings(cli: &Cli) -> Result<Settings, String> {
         Err(ConfigError::Read { source, .. })
             if cli.config.is_none() && source.kind() == std::io::ErrorKind::NotFound => {}
         Err(ConfigError::Empty { .. }) => {}
-        other => return other.map_err(|e| e.to_string()),
+        Ok(settings) => {
+            config::log_warnings(&settings);
+            return Ok(settings);
+        }
+        Err(e) => return Err(e.to_string()),
     }
     let (account, region) = token::instance_identity().await.map_err(|e| {
         format!(

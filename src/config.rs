@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::atomic::{self, FileError};
 use crate::registry::{ACCEPTED_SHAPES, Registry};
 
 /// Where the daemon looks for its config when `--config` is not given.
@@ -16,6 +17,11 @@ pub const DEFAULT_CONFIG: &str = "/etc/ecr-refresherd/config.toml";
 pub const DEFAULT_SOCKET: &str = "/run/ecr-refresherd/status.sock";
 /// Where the daemon keeps what it wrote.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ecr-refresherd";
+/// Bounds of the `[daemon]` durations.
+pub const MAX_RETRY_MIN: Duration = Duration::from_secs(3600);
+pub const MAX_RETRY_MAX: Duration = Duration::from_secs(24 * 3600);
+/// An ECR token lives 12 hours: a longer floor would let every token lapse.
+pub const MAX_MIN_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 /// The one target used when the config lists none.
 pub const DEFAULT_TARGET: &str = "/root/.docker/config.json";
 
@@ -27,6 +33,8 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     pub registries: Vec<RegistrySettings>,
     pub targets: Vec<TargetSettings>,
+    /// Things that work but that an operator should hear about (located like errors).
+    pub warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,13 +97,13 @@ pub struct TargetSettings {
     pub mode: Option<u32>,
 }
 
-/// A user named in the config, resolved at load time.
+/// A target's user as the config names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSpec {
     pub name: String,
-    pub uid: u32,
-    /// The primary group, when the user has a passwd entry.
-    pub gid: Option<u32>,
+    /// Set when the config gives a number. A name is looked up at each write instead: the user
+    /// may not exist yet (created after the daemon started), and that target alone waits for it.
+    pub uid: Option<u32>,
 }
 
 /// A group named in the config, resolved at load time.
@@ -122,6 +130,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Someone but root could change the file (or a directory above it), or it is no plain file.
+    #[error("{0}")]
+    Untrusted(FileError),
     /// The file holds no setting at all (every line commented out, as packaged).
     #[error("{}: holds no settings", path.display())]
     Empty { path: PathBuf },
@@ -195,9 +206,8 @@ struct RawTarget {
     mode: Option<Spanned<String>>,
 }
 
-/// Resolves user and group names; a seam so tests do not depend on the machine's passwd.
+/// Resolves group names; a seam so tests do not depend on the machine's group database.
 pub trait Accounts {
-    fn user(&self, name: &str) -> Option<UserSpec>;
     fn group(&self, name: &str) -> Option<GroupSpec>;
 }
 
@@ -205,14 +215,6 @@ pub trait Accounts {
 pub struct SystemAccounts;
 
 impl Accounts for SystemAccounts {
-    fn user(&self, name: &str) -> Option<UserSpec> {
-        let u = nix::unistd::User::from_name(name).ok()??;
-        Some(UserSpec {
-            name: u.name,
-            uid: u.uid.as_raw(),
-            gid: Some(u.gid.as_raw()),
-        })
-    }
     fn group(&self, name: &str) -> Option<GroupSpec> {
         let g = nix::unistd::Group::from_name(name).ok()??;
         Some(GroupSpec {
@@ -222,11 +224,28 @@ impl Accounts for SystemAccounts {
     }
 }
 
-/// Reads and validates a config file.
+/// The largest config file read (a config of thousands of registries is well below).
+const MAX_CONFIG_SIZE: usize = 4 * 1024 * 1024;
+
+/// Reads and validates a config file. Only a file that root alone can change is read at all
+/// (see [`atomic::read_trusted`]).
 pub fn load(path: &Path, accounts: &dyn Accounts) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = atomic::read_trusted(path, MAX_CONFIG_SIZE).map_err(|e| match e {
+        FileError::Io { source, .. } => ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => ConfigError::Untrusted(other),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ),
     })?;
     if text.parse::<toml::Table>().is_ok_and(|t| t.is_empty()) {
         return Err(ConfigError::Empty {
@@ -237,6 +256,17 @@ pub fn load(path: &Path, accounts: &dyn Accounts) -> Result<Settings, ConfigErro
         path: path.to_path_buf(),
         diagnostics,
     })
+}
+
+/// Logs the config's warnings, each located.
+pub fn log_warnings(settings: &Settings) {
+    let name = settings
+        .source
+        .as_deref()
+        .map_or_else(|| "config".to_string(), |p| p.display().to_string());
+    for w in &settings.warnings {
+        tracing::warn!("{name}:{w}");
+    }
 }
 
 /// Settings for a host that has no config file: one registry, root's docker config.
@@ -259,6 +289,7 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, String> {
             user: None,
             mode: None,
         }],
+        warnings: Vec::new(),
     })
 }
 
@@ -342,26 +373,56 @@ fn unknown_key_message(message: &str, section: &str) -> Option<String> {
 struct Checker<'a> {
     text: &'a str,
     diagnostics: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+    fn located(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Diagnostic {
         let (line, column) = line_col(self.text, span.start);
-        self.diagnostics.push(Diagnostic {
+        Diagnostic {
             line,
             column,
             message: message.into(),
-        });
+        }
     }
 
-    fn duration(&mut self, key: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+    fn error(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        let d = self.located(span, message);
+        self.diagnostics.push(d);
+    }
+
+    fn warning(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        let d = self.located(span, message);
+        self.warnings.push(d);
+    }
+
+    /// A duration between zero (exclusive) and `max`: every time computation stays far from
+    /// overflow, and no setting can make the daemon wait longer than makes sense.
+    fn duration(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
+            Ok(d) if d.is_zero() => {
                 self.error(v.span(), format!("{key} must be longer than zero"));
                 default
             }
+            Ok(d) if d > max => {
+                self.error(
+                    v.span(),
+                    format!(
+                        "{key} must be at most {}, found {:?}",
+                        humantime::format_duration(max),
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+            Ok(d) => d,
             Err(e) => {
                 self.error(
                     v.span(),
@@ -434,6 +495,7 @@ pub fn parse(
     let mut c = Checker {
         text,
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
     };
     let defaults = DaemonSettings::default();
     let daemon = match &raw.daemon {
@@ -467,14 +529,21 @@ pub fn parse(
                 Some(v) => *v.get_ref(),
                 None => defaults.jitter,
             };
-            let retry_min = c.duration("retry_min", &d.retry_min, defaults.retry_min);
-            let retry_max = c.duration("retry_max", &d.retry_max, defaults.retry_max);
+            let retry_min =
+                c.duration("retry_min", &d.retry_min, defaults.retry_min, MAX_RETRY_MIN);
+            let retry_max =
+                c.duration("retry_max", &d.retry_max, defaults.retry_max, MAX_RETRY_MAX);
             if retry_max < retry_min
                 && let Some(v) = d.retry_max.as_ref().or(d.retry_min.as_ref())
             {
                 c.error(v.span(), "retry_max must not be shorter than retry_min");
             }
-            let min_interval = c.duration("min_interval", &d.min_interval, defaults.min_interval);
+            let min_interval = c.duration(
+                "min_interval",
+                &d.min_interval,
+                defaults.min_interval,
+                MAX_MIN_INTERVAL,
+            );
             let socket = d
                 .socket
                 .as_ref()
@@ -559,32 +628,35 @@ pub fn parse(
             );
         }
         let user = t.user.as_ref().and_then(|v| {
-            let s = v.get_ref();
-            let found = match s.parse::<u32>() {
-                Ok(uid) => Some(UserSpec {
-                    name: s.clone(),
-                    uid,
-                    gid: None,
-                }),
-                Err(_) => accounts.user(s),
-            };
-            if found.is_none() {
-                c.error(v.span(), format!("unknown user {s:?}"));
+            let s = v.get_ref().trim();
+            if s.is_empty() {
+                c.error(v.span(), "user must not be empty");
+                return None;
             }
-            found
+            Some(UserSpec {
+                name: s.to_string(),
+                uid: s.parse::<u32>().ok(),
+            })
         });
         let mode = t.mode.as_ref().and_then(|v| {
             let m = parse_mode(v.get_ref());
-            if m.is_none() {
-                c.error(
+            match m {
+                None => c.error(
                     v.span(),
                     format!(
                         "mode must be an octal string up to \"0777\", like \"0600\"; found {:?}",
                         v.get_ref()
                     ),
-                );
+                ),
+                Some(m) if m & 0o022 != 0 => c.error(
+                    v.span(),
+                    format!(
+                        "mode {m:04o} would let others replace the credentials (group or other write); use \"0600\", or \"0640\" to let a group read"
+                    ),
+                ),
+                Some(_) => {}
             }
-            m
+            m.filter(|m| m & 0o022 == 0)
         });
         targets.push(TargetSettings {
             name,
@@ -673,6 +745,15 @@ pub fn parse(
                 v.span(),
                 format!("endpoint_url must start with https:// (or http://), found {u:?}"),
             );
+        } else if let (Some(u), Some(v)) = (&endpoint_url, &r.endpoint_url)
+            && u.starts_with("http://")
+        {
+            c.warning(
+                v.span(),
+                format!(
+                    "endpoint_url {u:?} is plain http://: the token and the signed request travel unencrypted; use https:// outside tests"
+                ),
+            );
         }
         let target_names = match &r.targets {
             None => targets.iter().map(|t| t.name.clone()).collect(),
@@ -727,6 +808,7 @@ pub fn parse(
         daemon,
         registries,
         targets,
+        warnings: c.warnings,
     })
 }
 
@@ -736,13 +818,6 @@ mod tests {
 
     struct FakeAccounts;
     impl Accounts for FakeAccounts {
-        fn user(&self, name: &str) -> Option<UserSpec> {
-            (name == "portainer").then(|| UserSpec {
-                name: name.into(),
-                uid: 1000,
-                gid: Some(1000),
-            })
-        }
         fn group(&self, name: &str) -> Option<GroupSpec> {
             (name == "wheel").then(|| GroupSpec {
                 name: name.into(),
@@ -817,8 +892,12 @@ user = "portainer"
             Some("arn:aws:iam::123456789012:role/pull")
         );
         assert_eq!(s.targets[0].mode, Some(0o640));
-        assert_eq!(s.targets[0].user.as_ref().map(|u| u.uid), Some(0));
-        assert_eq!(s.targets[1].user.as_ref().map(|u| u.uid), Some(1000));
+        assert_eq!(s.targets[0].user.as_ref().and_then(|u| u.uid), Some(0));
+        let portainer = s.targets[1].user.as_ref().expect("a user");
+        assert_eq!(
+            (portainer.name.as_str(), portainer.uid),
+            ("portainer", None)
+        );
     }
 
     #[test]
@@ -880,9 +959,9 @@ user = "portainer"
             "absolute",
         ),
         (
-            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nuser = \"nosuchuser\"\n",
+            "[[registry]]\nhost = \"public.ecr.aws\"\n[[target]]\npath = \"/a/config.json\"\nuser = \" \"\n",
             5,
-            "unknown user",
+            "user must not be empty",
         ),
         (
             "[[registry]]\nhost = \"public.ecr.aws\"\nexternal_id = \"e\"\n",

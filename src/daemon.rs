@@ -552,6 +552,7 @@ impl<S: TokenSource> Daemon<S> {
             }
             Err(e) => return Err(e.to_string()),
         };
+        config::log_warnings(&new);
         let now = SystemTime::now();
         self.config = ConfigStatus {
             path: Some(path.display().to_string()),

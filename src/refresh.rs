@@ -54,9 +54,9 @@ impl RoundReport {
 /// How a target's owner is chosen, from its settings.
 pub fn owner_policy(t: &TargetSettings) -> OwnerPolicy {
     match &t.user {
-        Some(u) => OwnerPolicy::User {
-            uid: u.uid,
-            gid: u.gid,
+        Some(u) => match u.uid {
+            Some(uid) => OwnerPolicy::User { uid, gid: None },
+            None => OwnerPolicy::Named(u.name.clone()),
         },
         None => OwnerPolicy::Inherit,
     }

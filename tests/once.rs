@@ -504,9 +504,28 @@ fn twenty_malformed_configs_exit_2_with_line_and_column() {
             format!("{reg}[[target]]\npath = \"relative.json\"\n"),
             ":4:8: path must be an absolute path",
         ),
+        // A user that does not exist (yet) is no config error: that target waits for it (issue 9 #4).
         (
-            format!("{reg}[[target]]\npath = \"/x/config.json\"\nuser = \"no-such-user-here\"\n"),
-            ":5:8: unknown user",
+            format!("{reg}[[target]]\npath = \"/x/config.json\"\nuser = \"\"\n"),
+            ":5:8: user must not be empty",
+        ),
+        // Durations are bounded: a huge one used to pass `check` and crash `run` (issue 9 #8).
+        (
+            format!("[daemon]\nmin_interval = \"500000000000y\"\n{reg}"),
+            ":2:16: min_interval must be at most 12h",
+        ),
+        (
+            format!("[daemon]\nretry_max = \"10000000000000000000s\"\n{reg}"),
+            ":2:13: retry_max",
+        ),
+        // A mode that lets others write the credentials is refused (issue 9 #19).
+        (
+            format!("{reg}[[target]]\npath = \"/x/config.json\"\nmode = \"0666\"\n"),
+            ":5:8: mode 0666 would let others replace the credentials",
+        ),
+        (
+            format!("{reg}[[target]]\npath = \"/x/config.json\"\nmode = \"0620\"\n"),
+            ":5:8: mode 0620 would let others replace",
         ),
         (
             format!("{reg}targets = [\"nope\"]\n"),
