@@ -396,8 +396,9 @@ fn home_of(uid: u32) -> Option<PathBuf> {
         .map(|u| u.dir)
 }
 
-/// Who writes a target, by its policy. `last` is the nearest existing directory on the way.
-fn resolve(policy: &OwnerPolicy, last: &Dir, path: &Path) -> Result<Owner, FileError> {
+/// Who writes a target, by its policy, from the existing directories on the way.
+fn resolve(policy: &OwnerPolicy, chain: &[Dir], path: &Path) -> Result<Owner, FileError> {
+    let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
     Ok(match policy {
         OwnerPolicy::User { uid, gid } => Owner {
             uid: *uid,
@@ -425,12 +426,47 @@ fn resolve(policy: &OwnerPolicy, last: &Dir, path: &Path) -> Result<Owner, FileE
         }
         OwnerPolicy::Inherit => {
             let uid = last.stat.st_uid;
+            // A root-owned home is a home being made (`useradd -m` creates it as root, then
+            // chowns it) or made by hand: inferring "root" there would put root's files in
+            // the user's home.
+            let homes = (uid == 0).then(Homes::load);
+            if let Some(homes) = homes
+                && let Some(home) = chain.iter().find(|d| homes.is_home(&d.path))
+            {
+                return Err(refused(
+                    path,
+                    format!(
+                        "{} is where a user's home directory goes, but root owns it (a home being created, or made by hand): not written as root; chown it to its user, or set user = \"root\" for this target",
+                        home.path.display()
+                    ),
+                ));
+            }
             Owner {
                 uid,
                 gid: primary_gid(uid).unwrap_or(last.stat.st_gid),
             }
         }
     })
+}
+
+/// Where home directories are: [`home_bases`] and every non-root user's home.
+struct Homes {
+    bases: BTreeSet<PathBuf>,
+    homes: Vec<PathBuf>,
+}
+
+impl Homes {
+    fn load() -> Homes {
+        Homes {
+            bases: home_bases(),
+            homes: passwd_homes(|uid| uid != 0),
+        }
+    }
+
+    /// A non-root user's home, or a directory directly in a home base.
+    fn is_home(&self, dir: &Path) -> bool {
+        dir.parent().is_some_and(|p| self.bases.contains(p)) || self.homes.iter().any(|h| h == dir)
+    }
 }
 
 /// The directories in which users' home directories live: `/home`, useradd's `HOME=` base, and the
@@ -499,8 +535,7 @@ fn may_create(dir: &Path, parent: &Dir, owner: Owner, path: &Path) -> Result<(),
             ),
         ));
     }
-    let is_home = passwd_homes(|uid| uid != 0).iter().any(|h| h == dir);
-    if is_home || home_bases().contains(&parent.path) {
+    if Homes::load().is_home(dir) {
         return Err(refused(
             path,
             format!(
@@ -524,8 +559,8 @@ fn locate(path: &Path, policy: &OwnerPolicy, create: bool) -> Result<Option<Loca
         .ok_or_else(|| refused(path, "the path does not name a file"))?
         .to_os_string();
     let (mut chain, missing) = walk_parent(path)?;
+    let owner = resolve(policy, &chain, path)?;
     let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
-    let owner = resolve(policy, last, path)?;
     check_chain(&chain, owner.uid, path)?;
     if let Some(first) = missing.first() {
         if !create {
@@ -894,7 +929,7 @@ fn install(loc: &Located, tmp: &OsStr, seen: Option<Seen>, path: &Path) -> Resul
 /// Reads a target as its writer would, with the same checks, without creating anything.
 /// `Ok(None)` when the file or its directory does not exist.
 pub fn read(path: &Path, policy: OwnerPolicy) -> Result<Option<Vec<u8>>, FileError> {
-    Ok(inspect(path, policy)?.file.map(|f| f.bytes))
+    Ok(look(path, policy, false)?.file.map(|f| f.bytes))
 }
 
 /// One directory on the way to a target, as the write path opened it.
@@ -927,14 +962,23 @@ pub struct Inspection {
 /// Looks at a target exactly as [`update`] would (same descriptors, same checks, read as its
 /// owner), creating nothing. Diagnostics use this, never a lookup by path name, so a user who
 /// swaps a link into the path cannot make them report on a file that is not theirs.
+/// A target that does not exist yet is also refused here when `update` would refuse to create
+/// its directories (a missing home, a missing user).
 pub fn inspect(path: &Path, policy: OwnerPolicy) -> Result<Inspection, FileError> {
+    look(path, policy, true)
+}
+
+fn look(path: &Path, policy: OwnerPolicy, creatable: bool) -> Result<Inspection, FileError> {
     if path.file_name().is_none() {
         return Err(refused(path, "the path does not name a file"));
     }
     let (chain, missing) = walk_parent(path)?;
+    let owner = resolve(&policy, &chain, path)?;
     let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
-    let owner = resolve(&policy, last, path)?;
     check_chain(&chain, owner.uid, path)?;
+    if let Some(first) = missing.first().filter(|_| creatable) {
+        may_create(&last.path.join(first), last, owner, path)?;
+    }
     let dirs = chain
         .iter()
         .map(|d| DirInfo {
