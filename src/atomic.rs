@@ -449,7 +449,8 @@ fn resolve(policy: &OwnerPolicy, chain: &[Dir], path: &Path) -> Result<Owner, Fi
     })
 }
 
-/// Where home directories are: [`home_bases`] and every non-root user's home.
+/// Where home directories are: [`home_bases`] and every regular user's home (uid 1000 and up;
+/// system accounts have homes like `/bin` or `/`).
 struct Homes {
     bases: BTreeSet<PathBuf>,
     homes: Vec<PathBuf>,
@@ -459,13 +460,14 @@ impl Homes {
     fn load() -> Homes {
         Homes {
             bases: home_bases(),
-            homes: passwd_homes(|uid| uid != 0),
+            homes: passwd_homes(|uid| (1000..65534).contains(&uid)),
         }
     }
 
-    /// A non-root user's home, or a directory directly in a home base.
+    /// A regular user's home, or a directory directly in a home base (never `/` itself).
     fn is_home(&self, dir: &Path) -> bool {
-        dir.parent().is_some_and(|p| self.bases.contains(p)) || self.homes.iter().any(|h| h == dir)
+        dir.parent().is_some_and(|p| self.bases.contains(p))
+            || (dir != Path::new("/") && self.homes.iter().any(|h| h == dir))
     }
 }
 

@@ -40,7 +40,7 @@ pub fn diagnose(settings: &Settings, run_dir: &Path) -> Vec<TargetDiagnosis> {
         .collect()
 }
 
-fn diagnose_target(
+pub fn diagnose_target(
     settings: &Settings,
     target: &TargetSettings,
     run_dir: &Path,

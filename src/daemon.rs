@@ -13,9 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::atomic::Outcome;
+use crate::atomic::{FileError, Outcome};
+use crate::authfile::Desired;
 use crate::check;
 use crate::cli::Cli;
+use crate::clock;
 use crate::commands;
 use crate::config::{self, Settings, SystemAccounts, TargetSettings};
 use crate::control::{self, Action, RefreshResult};
@@ -33,8 +35,8 @@ use crate::watch::{self as files, Changes, WatchSet, WatcherHandle};
 /// The loop wakes at least this often, so deadlines follow the wall clock across a suspend or a
 /// clock jump (tokio's timers are monotonic and stand still while the machine sleeps).
 const TICK: Duration = Duration::from_secs(30);
-/// A refresh asked for within this long after a success is answered with that success.
-const COALESCE: Duration = Duration::from_secs(10);
+/// A target write running longer than this is shown as stuck (a hung file system, say).
+const STUCK: Duration = Duration::from_secs(10);
 
 /// One token group's state, owned by the loop.
 #[derive(Debug)]
@@ -83,11 +85,41 @@ struct TargetRt {
     last_error: Option<String>,
     warnings: Vec<String>,
     written: bool,
+    /// A write is running (on a blocking thread) since then; one target at a time, so a hung
+    /// file system holds one thread and delays nothing else.
+    writing: Option<Instant>,
+    /// Another write was asked for while one was running: do it when that one ends.
+    again: bool,
+    /// Failed writes in a row, and when to try again without any other reason.
+    failures: u32,
+    retry_at: Option<SystemTime>,
+    /// A diagnosis is running.
+    diagnosing: bool,
+}
+
+/// What a blocking task reports back to the loop.
+enum Done {
+    Write {
+        path: PathBuf,
+        desired: Desired,
+        tokens: BTreeMap<String, Result<Token, TokenError>>,
+        result: Result<refresh::Written, FileError>,
+    },
+    Diagnosed {
+        path: PathBuf,
+        owner: Option<String>,
+        notes: Vec<String>,
+    },
+    /// Entries removed from a target no longer in the config.
+    Unmanaged {
+        path: PathBuf,
+        result: Result<refresh::Written, FileError>,
+    },
 }
 
 struct Daemon<S: TokenSource> {
     source: Arc<S>,
-    settings: Settings,
+    settings: Arc<Settings>,
     policy: Policy,
     groups: BTreeMap<GroupKey, Group>,
     state: State,
@@ -98,6 +130,8 @@ struct Daemon<S: TokenSource> {
     status_tx: watch::Sender<Status>,
     fetch_tx: mpsc::UnboundedSender<(GroupKey, Result<Token, TokenError>)>,
     fetch_rx: mpsc::UnboundedReceiver<(GroupKey, Result<Token, TokenError>)>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
     watcher: Option<WatcherHandle>,
     ready: Option<oneshot::Sender<()>>,
     watchdog: Option<Duration>,
@@ -118,19 +152,16 @@ fn watch_set(settings: &Settings) -> WatchSet {
     }
 }
 
-/// Owner and `check` warnings of each target (blocking: reads the files).
-fn diagnose_targets(
+/// Owner and `check` warnings of one target (blocking: reads the file).
+fn diagnose_target(
     settings: &Settings,
+    target: &TargetSettings,
     run_dir: &std::path::Path,
-) -> Vec<(Option<String>, Vec<String>)> {
-    check::diagnose(settings, run_dir)
-        .into_iter()
-        .map(|d| {
-            let mut notes = d.warnings;
-            notes.extend(d.errors);
-            (d.owner.map(crate::atomic::user_name), notes)
-        })
-        .collect()
+) -> (Option<String>, Vec<String>) {
+    let d = check::diagnose_target(settings, target, run_dir);
+    let mut notes = d.warnings;
+    notes.extend(d.errors);
+    (d.owner.map(crate::atomic::user_name), notes)
 }
 
 impl<S: TokenSource> Daemon<S> {
@@ -161,26 +192,28 @@ impl<S: TokenSource> Daemon<S> {
     }
 
     /// What each host should get: the group's token while valid, or the one just fetched even if
-    /// it arrived expired (clock skew); otherwise the reason there is none.
+    /// it arrived expired (clock skew: written as ECR gave it, shown in status); otherwise the
+    /// reason there is none. An expired token held from before (a suspend, a stop) never is.
     fn tokens(&self, now: SystemTime) -> BTreeMap<String, Result<Token, TokenError>> {
         self.settings
             .registries
             .iter()
-            .map(|r| {
-                let g = self.groups.get(&GroupKey::of(r));
-                let t = g.and_then(|g| match &g.token {
-                    Some(t) if t.expires_at > now || g.failures == 0 => Some(t.clone()),
-                    _ => None,
-                });
-                let result = t.ok_or_else(|| {
-                    TokenError::Failed(
-                        g.and_then(|g| g.last_error.clone())
-                            .unwrap_or_else(|| "no token yet".into()),
-                    )
-                });
-                (r.host.clone(), result)
-            })
+            .map(|r| (r.host.clone(), self.token_for(&GroupKey::of(r), now)))
             .collect()
+    }
+
+    fn token_for(&self, key: &GroupKey, now: SystemTime) -> Result<Token, TokenError> {
+        let g = self.groups.get(key);
+        let t = g.and_then(|g| match &g.token {
+            Some(t) if t.expires_at > now || g.skewed > 0 => Some(t.clone()),
+            _ => None,
+        });
+        t.ok_or_else(|| {
+            TokenError::Failed(
+                g.and_then(|g| g.last_error.clone())
+                    .unwrap_or_else(|| "no token yet".into()),
+            )
+        })
     }
 
     fn start_due_fetches(&mut self, now: SystemTime) {
@@ -203,12 +236,12 @@ impl<S: TokenSource> Daemon<S> {
     /// Records fetch results (this one and any others already waiting) and writes the affected
     /// targets once: at startup many groups finish together, and each target is written once for
     /// all of them rather than once per group.
-    async fn on_fetched(&mut self, key: GroupKey, result: Result<Token, TokenError>) {
+    fn on_fetched(&mut self, key: GroupKey, result: Result<Token, TokenError>) {
         let mut which = self.record_fetch(key, result);
         while let Ok((key, result)) = self.fetch_rx.try_recv() {
             which.extend(self.record_fetch(key, result));
         }
-        self.write(&which).await;
+        self.write(&which);
         self.check_ready();
     }
 
@@ -240,7 +273,7 @@ impl<S: TokenSource> Daemon<S> {
                 g.failures = 0;
                 g.last_error = None;
                 g.expiry_handled = false;
-                if token.expires_at <= now + Duration::from_secs(1) {
+                if token.expires_at <= clock::add(now, Duration::from_secs(1)) {
                     g.skewed += 1;
                     g.next = schedule::after_failure(now, g.skewed, None, &policy, rand::random());
                     let skew = now.duration_since(token.expires_at).unwrap_or_default();
@@ -250,30 +283,39 @@ impl<S: TokenSource> Daemon<S> {
                     ));
                     tracing::warn!(
                         registry = %hosts,
-                        expires_at = %status::rfc3339(token.expires_at),
+                        expires_at = %clock::rfc3339(token.expires_at),
                         "ECR returned a token that expired {} ago (clock skew?); writing it anyway",
                         status::rough(skew)
                     );
                 } else {
                     g.skewed = 0;
                     g.next = schedule::next_refresh(now, token.expires_at, &policy, rand::random());
+                    if let Some(gap) = schedule::lapses(token.expires_at, g.next) {
+                        tracing::warn!(
+                            registry = %hosts,
+                            "tokens live {}, less than min_interval ({}): each lapses for {} before its refresh",
+                            status::rough(token.expires_at.duration_since(now).unwrap_or_default()),
+                            status::rough(policy.min_interval),
+                            status::rough(gap)
+                        );
+                    }
                     tracing::info!(
                         registry = %hosts,
-                        expires_at = %status::rfc3339(token.expires_at),
-                        next_refresh = %status::rfc3339(g.next),
+                        expires_at = %clock::rfc3339(token.expires_at),
+                        next_refresh = %clock::rfc3339(g.next),
                         "token refreshed"
                     );
                 }
             }
             Err(e) => {
-                g.failures += 1;
+                g.failures = g.failures.saturating_add(1);
                 g.last_error = Some(e.to_string());
                 let held = g.valid_token(now).map(|t| t.expires_at);
                 g.next = schedule::after_failure(now, g.failures, held, &policy, rand::random());
                 tracing::warn!(
                     registry = %hosts,
                     attempt = g.failures,
-                    retry_at = %status::rfc3339(g.next),
+                    retry_at = %clock::rfc3339(g.next),
                     error = %e,
                     "token refresh failed"
                 );
@@ -297,118 +339,277 @@ impl<S: TokenSource> Daemon<S> {
         }
     }
 
-    /// Writes the given targets with what we hold now, and records the outcome.
-    async fn write(&mut self, which: &BTreeSet<usize>) {
+    /// Starts writing the given targets with what we hold now, each on its own blocking thread.
+    /// A target still being written is marked to be written again when that write ends.
+    fn write(&mut self, which: &BTreeSet<usize>) {
         if which.is_empty() {
             return;
         }
         let now = SystemTime::now();
         let tokens = self.tokens(now);
-        let before = self.state.clone();
-        let results =
-            refresh::write_some(&self.settings, which, &tokens, &mut self.state, now).await;
-        let mut rediagnose = false;
-        for r in results {
-            let Some(i) = self.settings.targets.iter().position(|t| t.path == r.path) else {
+        for &i in which {
+            let (Some(target), Some(rt)) = (self.settings.targets.get(i), self.targets.get_mut(i))
+            else {
                 continue;
             };
-            let rt = &mut self.targets[i];
-            match r.result {
-                Ok(w) => {
-                    rediagnose |= rt.last_error.is_some();
-                    rt.last_error = None;
-                    if w.outcome == Outcome::Written || !rt.written {
-                        rt.last_write = Some(now);
-                    }
-                    if w.outcome == Outcome::Written {
-                        tracing::info!(
-                            target_path = %r.path.display(),
-                            set = w.set,
-                            removed = w.removed,
-                            "auth file written"
-                        );
-                    }
-                    rt.written = true;
+            if rt.writing.is_some() {
+                rt.again = true;
+                continue;
+            }
+            let desired = refresh::desired_for(
+                &self.settings,
+                target,
+                &tokens,
+                self.state.managed(&target.path),
+                now,
+            );
+            // Only this target's tokens travel with the write (to record their expiry).
+            let mine: BTreeMap<String, Result<Token, TokenError>> = desired
+                .set
+                .keys()
+                .filter_map(|h| tokens.get(h).map(|t| (h.clone(), t.clone())))
+                .collect();
+            rt.writing = Some(Instant::now());
+            rt.again = false;
+            let t = target.clone();
+            let tx = self.done_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = refresh::write_target(&t, &desired);
+                let _ = tx.send(Done::Write {
+                    path: t.path,
+                    desired,
+                    tokens: mine,
+                    result,
+                });
+            });
+        }
+    }
+
+    /// A blocking task finished: record its outcome.
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Write {
+                path,
+                desired,
+                tokens,
+                result,
+            } => self.on_written(path, desired, tokens, result),
+            Done::Diagnosed { path, owner, notes } => {
+                if let Some(i) = self.target_index(&path) {
+                    let rt = &mut self.targets[i];
+                    rt.diagnosing = false;
+                    rt.owner = owner;
+                    rt.warnings = notes;
+                }
+            }
+            Done::Unmanaged { path, result } => match result {
+                Ok(_) => {
+                    self.state.targets.remove(&path);
+                    self.save_state();
+                    tracing::info!(target_path = %path.display(), "target removed from the config; its entries were removed");
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    if rt.last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::error!(target_path = %r.path.display(), error = %msg, "cannot write auth file");
-                        rediagnose = true;
-                    }
-                    rt.last_error = Some(msg);
+                    tracing::error!(target_path = %path.display(), error = %e, "cannot remove entries from a target no longer configured")
                 }
+            },
+        }
+    }
+
+    fn target_index(&self, path: &std::path::Path) -> Option<usize> {
+        self.settings.targets.iter().position(|t| t.path == path)
+    }
+
+    fn on_written(
+        &mut self,
+        path: PathBuf,
+        desired: Desired,
+        tokens: BTreeMap<String, Result<Token, TokenError>>,
+        result: Result<refresh::Written, FileError>,
+    ) {
+        let now = SystemTime::now();
+        let Some(i) = self.target_index(&path) else {
+            return; // removed from the config meanwhile
+        };
+        let policy = self.policy;
+        let target = self.settings.targets[i].clone();
+        let rt = &mut self.targets[i];
+        rt.writing = None;
+        let mut rediagnose = false;
+        match result {
+            Ok(w) => {
+                rediagnose |= rt.last_error.is_some();
+                rt.last_error = None;
+                rt.failures = 0;
+                rt.retry_at = None;
+                if w.outcome == Outcome::Written || !rt.written {
+                    rt.last_write = Some(now);
+                }
+                if w.outcome == Outcome::Written {
+                    tracing::info!(
+                        target_path = %path.display(),
+                        set = w.set,
+                        removed = w.removed,
+                        "auth file written"
+                    );
+                }
+                rt.written = true;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if rt.last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(target_path = %path.display(), error = %msg, "cannot write auth file");
+                    rediagnose = true;
+                }
+                rt.last_error = Some(msg);
+                // Retried with backoff even when nothing else happens (a user created later,
+                // a disk that was full, a file system that came back).
+                rt.failures = rt.failures.saturating_add(1);
+                rt.retry_at = Some(clock::add(
+                    now,
+                    schedule::retry_delay(rt.failures, &policy, rand::random()),
+                ));
             }
         }
-        if self.state != before {
-            self.save_state().await;
+        let again = std::mem::take(&mut rt.again);
+        if rt.last_error.is_none() {
+            let before = self.state.managed(&path).cloned();
+            refresh::record(&mut self.state, &target, &desired, &tokens);
+            if self.state.managed(&path) != before.as_ref() {
+                self.save_state();
+            }
         }
         if rediagnose {
-            self.rediagnose().await;
+            self.rediagnose(i);
+        }
+        if again {
+            self.write(&BTreeSet::from([i]));
         }
     }
 
-    async fn rediagnose(&mut self) {
-        let s = self.settings.clone();
+    /// Diagnoses one target again, off the loop.
+    fn rediagnose(&mut self, i: usize) {
+        let (Some(target), Some(rt)) = (self.settings.targets.get(i), self.targets.get_mut(i))
+        else {
+            return;
+        };
+        if rt.diagnosing {
+            return;
+        }
+        rt.diagnosing = true;
+        let settings = Arc::clone(&self.settings);
+        let target = target.clone();
         let run_dir = self.run_dir.clone();
-        if let Ok(d) = tokio::task::spawn_blocking(move || diagnose_targets(&s, &run_dir)).await {
-            for (rt, (owner, warnings)) in self.targets.iter_mut().zip(d) {
-                rt.owner = owner;
-                rt.warnings = warnings;
-            }
-        }
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let (owner, notes) = diagnose_target(&settings, &target, &run_dir);
+            let _ = tx.send(Done::Diagnosed {
+                path: target.path,
+                owner,
+                notes,
+            });
+        });
     }
 
-    async fn save_state(&mut self) {
+    /// Saves the state in the background (a small root-owned file in the state directory).
+    fn save_state(&mut self) {
         let state = self.state.clone();
         let dir = self.settings.daemon.state_dir.clone();
-        match tokio::task::spawn_blocking(move || state.save(&dir)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot save state"),
-            Err(e) => tracing::error!(error = %e, "cannot save state"),
-        }
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = state.save(&dir) {
+                tracing::error!(error = %e, "cannot save state");
+            }
+        });
     }
 
-    /// Tokens that ran out with no new one: mark them, and with `remove_expired` remove the entries.
-    async fn handle_expiries(&mut self, now: SystemTime) {
-        let mut expired = Vec::new();
+    /// Enforces expiry from what the state records we wrote, whatever ECR does now: with
+    /// `remove_expired`, an entry whose token ran out and has no valid successor is removed (a
+    /// stale entry breaks even anonymous pulls). Also retries failed writes that are due.
+    fn handle_expiries(&mut self, now: SystemTime) {
         for (key, g) in self.groups.iter_mut() {
             if let Some(t) = &g.token
                 && t.expires_at <= now
                 && !g.expiry_handled
-                && (g.failures > 0 || g.in_flight.is_some())
+                && g.skewed == 0
             {
                 g.expiry_handled = true;
-                tracing::error!(group = %key, expires_at = %status::rfc3339(t.expires_at), "token expired and no new one could be had");
-                expired.push(key.clone());
+                tracing::error!(group = %key, expires_at = %clock::rfc3339(t.expires_at), "token expired and no new one could be had yet");
             }
         }
-        if self.settings.daemon.remove_expired {
-            let mut which = BTreeSet::new();
-            for key in &expired {
-                which.extend(self.targets_of(key));
+        let mut which = BTreeSet::new();
+        for (i, t) in self.settings.targets.iter().enumerate() {
+            let rt = &self.targets[i];
+            if rt.writing.is_some() {
+                continue;
             }
-            self.write(&which).await;
+            let retry_due = rt.retry_at.is_some_and(|at| at <= now);
+            let expired = self.settings.daemon.remove_expired
+                && rt.retry_at.is_none_or(|at| at <= now)
+                && self.state.managed(&t.path).is_some_and(|m| {
+                    m.iter().any(|(host, e)| {
+                        e.expires_at() <= now && self.host_token(host, now).is_none()
+                    })
+                });
+            if retry_due || expired {
+                which.insert(i);
+            }
         }
+        self.write(&which);
+    }
+
+    /// The valid token `host` would get now, if any.
+    fn host_token(&self, host: &str, now: SystemTime) -> Option<Token> {
+        self.group_of(host)
+            .and_then(|k| self.token_for(&k, now).ok())
     }
 
     fn next_wake(&self, now: SystemTime) -> Duration {
         let mut wake = TICK;
+        let mut until = |t: SystemTime| {
+            wake = wake.min(t.duration_since(now).unwrap_or_default());
+        };
         for g in self.groups.values() {
             if g.in_flight.is_none() {
-                wake = wake.min(g.next.duration_since(now).unwrap_or_default());
+                until(g.next);
             }
             if let Some(t) = &g.token
                 && !g.expiry_handled
                 && t.expires_at > now
             {
-                wake = wake.min(t.expires_at.duration_since(now).unwrap_or_default());
+                until(t.expires_at);
+            }
+        }
+        for rt in &self.targets {
+            if let Some(at) = rt.retry_at {
+                until(at);
+            }
+        }
+        if self.settings.daemon.remove_expired {
+            for m in self.state.targets.values() {
+                for e in m.values() {
+                    if e.expires_at() > now {
+                        until(e.expires_at());
+                    }
+                }
             }
         }
         if let Some(every) = self.watchdog {
             wake = wake.min(every.saturating_sub(self.last_ping.elapsed()));
         }
         wake.max(Duration::from_millis(5))
+    }
+
+    /// When `min_interval` holds the next refresh past the token's expiry.
+    fn lapse_warning(&self, g: &Group) -> Option<String> {
+        let t = g
+            .token
+            .as_ref()
+            .filter(|_| g.failures == 0 && g.skewed == 0)?;
+        let gap = schedule::lapses(t.expires_at, g.next)?;
+        Some(format!(
+            "the token runs out {} before its next refresh: tokens live less than min_interval ({}), which bounds calls to ECR; lower min_interval",
+            status::rough(gap),
+            status::rough(self.policy.min_interval)
+        ))
     }
 
     fn ping_watchdog(&mut self) {
@@ -448,6 +649,7 @@ impl<S: TokenSource> Daemon<S> {
                     last_success: g.and_then(|g| g.last_success).map(status::rfc3339),
                     last_error: g.and_then(|g| g.last_error.clone()),
                     consecutive_failures: g.map_or(0, |g| g.failures),
+                    warnings: g.and_then(|g| self.lapse_warning(g)).into_iter().collect(),
                 }
             })
             .collect();
@@ -460,7 +662,9 @@ impl<S: TokenSource> Daemon<S> {
                 name: t.name.clone(),
                 path: t.path.display().to_string(),
                 owner: rt.owner.clone(),
-                state: if rt.last_error.is_some() {
+                state: if rt.last_error.is_some()
+                    || rt.writing.is_some_and(|since| since.elapsed() >= STUCK)
+                {
                     TargetState::Error
                 } else if rt.written {
                     TargetState::Ok
@@ -468,7 +672,13 @@ impl<S: TokenSource> Daemon<S> {
                     TargetState::Pending
                 },
                 last_write: rt.last_write.map(status::rfc3339),
-                last_error: rt.last_error.clone(),
+                last_error: match rt.writing {
+                    Some(since) if since.elapsed() >= STUCK => Some(format!(
+                        "stuck: a write has been running for {} (a hung file system?); other targets go on",
+                        status::rough(since.elapsed())
+                    )),
+                    _ => rt.last_error.clone(),
+                },
                 warnings: rt.warnings.clone(),
             })
             .collect();
@@ -508,7 +718,7 @@ impl<S: TokenSource> Daemon<S> {
             .filter(|(_, t)| changes.targets.contains(&t.path))
             .map(|(i, _)| i)
             .collect();
-        self.write(&which).await;
+        self.write(&which);
     }
 
     /// Re-reads the config. An invalid one is reported and the running config stays.
@@ -559,14 +769,14 @@ impl<S: TokenSource> Daemon<S> {
             loaded_at: Some(status::rfc3339(now)),
             error: None,
         };
-        if new == self.settings {
+        if new == *self.settings {
             return Ok("config reloaded, unchanged".into());
         }
         if new.daemon.socket != self.settings.daemon.socket {
             tracing::warn!("a new control socket path takes effect at the next restart");
         }
         logging::set_level(&new.daemon.log_level);
-        let old = std::mem::replace(&mut self.settings, new);
+        let old = std::mem::replace(&mut self.settings, Arc::new(new));
         self.policy = Policy::from(&self.settings.daemon);
 
         // Groups: keep what still exists (tokens and schedules), start new ones now.
@@ -590,22 +800,19 @@ impl<S: TokenSource> Daemon<S> {
             let Some(managed) = self.state.managed(&t.path).cloned() else {
                 continue;
             };
-            let desired = crate::authfile::Desired {
+            let desired = Desired {
                 set: BTreeMap::new(),
                 remove: managed.keys().cloned().collect(),
             };
-            let tt: TargetSettings = t.clone();
-            let d = desired.clone();
-            match tokio::task::spawn_blocking(move || refresh::write_target(&tt, &d)).await {
-                Ok(Ok(_)) => {
-                    self.state.targets.remove(&t.path);
-                    tracing::info!(target_path = %t.path.display(), "target removed from the config; its entries were removed");
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(target_path = %t.path.display(), error = %e, "cannot remove entries from a target no longer configured")
-                }
-                Err(e) => tracing::error!(error = %e, "write task failed"),
-            }
+            let t: TargetSettings = t.clone();
+            let tx = self.done_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = refresh::write_target(&t, &desired);
+                let _ = tx.send(Done::Unmanaged {
+                    path: t.path,
+                    result,
+                });
+            });
         }
         let old_rt: BTreeMap<PathBuf, TargetRt> = old
             .targets
@@ -622,13 +829,13 @@ impl<S: TokenSource> Daemon<S> {
         if let Some(w) = &self.watcher {
             w.update(watch_set(&self.settings));
         }
-        let s = self.settings.clone();
-        tokio::task::spawn_blocking(move || commands::remove_stray_temp_files(&s))
-            .await
-            .ok();
-        self.rediagnose().await;
+        let s = Arc::clone(&self.settings);
+        tokio::task::spawn_blocking(move || commands::remove_stray_temp_files(&s));
+        for i in 0..self.settings.targets.len() {
+            self.rediagnose(i);
+        }
         let all: BTreeSet<usize> = (0..self.settings.targets.len()).collect();
-        self.write(&all).await;
+        self.write(&all);
         Ok(format!(
             "config reloaded: {} registries, {} targets",
             self.settings.registries.len(),
@@ -665,18 +872,41 @@ impl<S: TokenSource> Daemon<S> {
                 .map(|r| r.host.clone())
                 .collect();
             let (tx, rx) = oneshot::channel();
-            let recent = g
-                .last_success
-                .is_some_and(|t| now.duration_since(t).unwrap_or_default() < COALESCE);
+            // A client may move a refresh earlier, but not past the group's own limits: after
+            // a failure not before its backoff ends, after a success not within min_interval.
+            let earliest = if g.failures > 0 || g.skewed > 0 {
+                g.next
+            } else {
+                g.last_success
+                    .map_or(now, |t| clock::add(t, self.policy.min_interval))
+            };
             match (&g.in_flight, g.valid_token(now)) {
-                // Coalesce: a fetch is under way, or one just succeeded.
+                // Coalesce onto a fetch under way.
                 (Some(_), _) => g.waiters.push(tx),
-                (None, Some(t)) if recent => {
+                _ if earliest <= now => {
+                    g.next = now;
+                    g.waiters.push(tx);
+                }
+                (None, Some(t)) if g.failures == 0 => {
                     let _ = tx.send(Ok(t.clone()));
                 }
                 _ => {
-                    g.next = now;
-                    g.waiters.push(tx);
+                    let wait = status::rough(earliest.duration_since(now).unwrap_or_default());
+                    let why = match &g.last_error {
+                        Some(e) if g.failures > 0 => format!(
+                            "backing off after {} failed attempts (last: {e})",
+                            g.failures
+                        ),
+                        Some(e) => e.clone(),
+                        None => format!(
+                            "min_interval ({}) since the last token",
+                            status::rough(self.policy.min_interval)
+                        ),
+                    };
+                    let _ = tx.send(Err(TokenError::Failed(format!(
+                        "not refreshed now: the next attempt is at {} (in {wait}): {why}",
+                        clock::rfc3339(earliest)
+                    ))));
                 }
             }
             pending.push((hosts, rx));
@@ -714,10 +944,13 @@ impl<S: TokenSource> Daemon<S> {
         mut actions: mpsc::Receiver<Action>,
         mut signals: Signals,
     ) -> u8 {
+        for i in 0..self.settings.targets.len() {
+            self.rediagnose(i);
+        }
         loop {
             let now = SystemTime::now();
             self.start_due_fetches(now);
-            self.handle_expiries(now).await;
+            self.handle_expiries(now);
             self.publish(now);
             self.ping_watchdog();
             let wake = self.next_wake(SystemTime::now());
@@ -725,7 +958,8 @@ impl<S: TokenSource> Daemon<S> {
                 _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                 _ = signals.hup.recv() => { tracing::info!("SIGHUP: reloading"); let _ = self.reload().await; }
-                Some((key, r)) = self.fetch_rx.recv() => self.on_fetched(key, r).await,
+                Some((key, r)) = self.fetch_rx.recv() => self.on_fetched(key, r),
+                Some(done) = self.done_rx.recv() => self.on_done(done),
                 Some(c) = changes.recv() => self.on_changes(c).await,
                 Some(a) = actions.recv() => match a {
                     Action::Refresh { host, reply } => self.on_refresh(host, reply),
@@ -783,19 +1017,22 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         }
     };
     let now = SystemTime::now();
-    let s = settings.clone();
+    let settings = Arc::new(settings);
     let run_dir = cli.run_dir.clone();
-    let rd = run_dir.clone();
-    let (state, diagnoses) = tokio::task::spawn_blocking(move || {
-        commands::remove_stray_temp_files(&s);
-        let (state, warning) = State::load(&s.daemon.state_dir);
+    // The state is root's own small file; the targets are looked at off the loop (a hung file
+    // system in one must not hold the start).
+    let state_dir = settings.daemon.state_dir.clone();
+    let state = tokio::task::spawn_blocking(move || {
+        let (state, warning) = State::load(&state_dir);
         if let Some(w) = warning {
             tracing::warn!("{w}");
         }
-        (state, diagnose_targets(&s, &rd))
+        state
     })
     .await
     .unwrap_or_default();
+    let s = Arc::clone(&settings);
+    tokio::task::spawn_blocking(move || commands::remove_stray_temp_files(&s));
     let (changes_tx, changes_rx) = mpsc::channel(16);
     let watcher = match files::spawn(watch_set(&settings), changes_tx) {
         Ok(w) => Some(w),
@@ -815,19 +1052,8 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         .iter()
         .map(|r| (GroupKey::of(r), Group::new(now)))
         .collect();
-    let targets = diagnoses
-        .into_iter()
-        .map(|(owner, warnings)| TargetRt {
-            owner,
-            warnings,
-            ..Default::default()
-        })
-        .collect::<Vec<_>>();
-    let targets = if targets.len() == settings.targets.len() {
-        targets
-    } else {
-        vec![TargetRt::default(); settings.targets.len()]
-    };
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let targets = vec![TargetRt::default(); settings.targets.len()];
     let daemon = Daemon {
         source: Arc::new(AwsTokenSource::new(1)),
         policy: Policy::from(&settings.daemon),
@@ -836,7 +1062,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
             loaded_at: Some(status::rfc3339(now)),
             error: None,
         },
-        settings: settings.clone(),
+        settings: Arc::clone(&settings),
         groups,
         state,
         targets,
@@ -845,6 +1071,8 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         status_tx,
         fetch_tx,
         fetch_rx,
+        done_tx,
+        done_rx,
         watcher,
         ready: Some(ready_tx),
         watchdog: systemd::watchdog_interval(),

@@ -5,6 +5,7 @@ pub mod authfile;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::clock;
 use crate::config::DaemonSettings;
 
 /// The schedule's knobs, from `[daemon]`.
@@ -32,8 +33,9 @@ const LAST_CHANCE: Duration = Duration::from_secs(1);
 /// When to refresh a token obtained at `obtained` that expires at `expires_at`.
 ///
 /// At `refresh_at` of its lifetime, minus up to `jitter` of that interval (`rand` in `[0, 1)`),
-/// never sooner than `min_interval` after it was obtained — unless that would pass the expiry, since
-/// a token must never run out without an attempt.
+/// but never sooner than `min_interval` after it was obtained, even when the token expires first:
+/// `min_interval` bounds the successful calls against the account's ECR quota, and a token that
+/// lapses before it is shown as a warning ([`lapses`]), not fixed by calling faster.
 pub fn next_refresh(
     obtained: SystemTime,
     expires_at: SystemTime,
@@ -41,14 +43,20 @@ pub fn next_refresh(
     rand: f64,
 ) -> SystemTime {
     let lifetime = expires_at.duration_since(obtained).unwrap_or_default();
-    let interval = lifetime.mul_f64(policy.refresh_at.clamp(0.0, 1.0));
-    let jitter = interval.mul_f64(policy.jitter.clamp(0.0, 1.0) * rand.clamp(0.0, 1.0));
-    let at = obtained + (interval - jitter).max(policy.min_interval);
-    let latest = expires_at
-        .checked_sub(LAST_CHANCE)
-        .unwrap_or(expires_at)
-        .max(obtained);
-    at.min(latest)
+    let interval = scale(lifetime, policy.refresh_at);
+    let jitter = scale(interval, unit(policy.jitter) * unit(rand));
+    clock::add(
+        obtained,
+        interval.saturating_sub(jitter).max(policy.min_interval),
+    )
+}
+
+/// How long a token is missing before its next refresh when the schedule (`min_interval`) puts
+/// that refresh past its expiry; `None` when it is refreshed in time.
+pub fn lapses(expires_at: SystemTime, next: SystemTime) -> Option<Duration> {
+    next.duration_since(expires_at)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 /// The delay before retry number `failures` (1 for the first): the first is `retry_min`, later
@@ -61,7 +69,25 @@ pub fn retry_delay(failures: u32, policy: &Policy, rand: f64) -> Duration {
         .saturating_mul(1u32 << exp.min(31))
         .min(policy.retry_max)
         .max(policy.retry_min);
-    policy.retry_min + (cap - policy.retry_min).mul_f64(rand.clamp(0.0, 1.0))
+    policy
+        .retry_min
+        .saturating_add(scale(cap.saturating_sub(policy.retry_min), rand))
+}
+
+/// `f` clamped into `[0, 1]`; anything not finite counts as 0.
+fn unit(f: f64) -> f64 {
+    if f.is_finite() {
+        f.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// `d × f` for `f` in `[0, 1]` (clamped), without the panics of `Duration::mul_f64`.
+fn scale(d: Duration, f: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * unit(f))
+        .unwrap_or(d)
+        .min(d)
 }
 
 /// When to try again after `failures` consecutive failures at `now`, given the token still held (if
@@ -73,10 +99,10 @@ pub fn after_failure(
     policy: &Policy,
     rand: f64,
 ) -> SystemTime {
-    let at = now + retry_delay(failures, policy, rand);
+    let at = clock::add(now, retry_delay(failures, policy, rand));
     match held_expiry {
         Some(exp) => {
-            let last = exp.checked_sub(LAST_CHANCE).unwrap_or(exp);
+            let last = clock::sub(exp, LAST_CHANCE);
             if last > now { at.min(last) } else { at }
         }
         None => at,
@@ -136,18 +162,73 @@ mod tests {
     }
 
     #[test]
-    fn never_past_expiry_even_with_min_interval() {
-        let p = policy();
-        let exp = T0 + Duration::from_secs(4); // 4-second tokens, min_interval 1 m
-        assert_eq!(next_refresh(T0, exp, &p, 0.0), T0 + Duration::from_secs(3));
-        let exp = T0 + Duration::from_millis(500);
+    fn min_interval_is_a_floor_even_past_expiry() {
+        let p = policy(); // min_interval 1 m
+        // Tokens that live 4 s, 30 s, 59 s: refreshed 1 m after they were obtained, not sooner.
+        for life in [4, 30, 59] {
+            let exp = T0 + Duration::from_secs(life);
+            for r in [0.0, 0.5, 0.999] {
+                let at = next_refresh(T0, exp, &p, r);
+                assert_eq!(at, T0 + Duration::from_secs(60), "{life} s token, rand {r}");
+                assert_eq!(
+                    lapses(exp, at),
+                    (life < 60).then(|| Duration::from_secs(60 - life))
+                );
+            }
+        }
+        // A token that lives long enough does not lapse.
+        let exp = T0 + 12 * H;
+        assert_eq!(lapses(exp, next_refresh(T0, exp, &p, 0.5)), None);
+        // Already expired (clock skew): still no sooner than the floor.
         assert_eq!(
-            next_refresh(T0, exp, &p, 0.0),
-            T0,
-            "already at its last chance"
+            next_refresh(T0 + H, T0, &p, 0.3),
+            T0 + H + Duration::from_secs(60)
         );
-        // Already expired (clock skew): refresh right away, subject to no floor below `obtained`.
-        assert_eq!(next_refresh(T0 + H, T0, &p, 0.3), T0 + H);
+    }
+
+    #[test]
+    fn extremes_never_panic_and_stay_in_range() {
+        let far = clock::far_future();
+        let huge = Duration::from_secs(u64::MAX);
+        let policies = [
+            policy(),
+            Policy {
+                refresh_at: 0.999,
+                jitter: 0.999,
+                retry_min: Duration::from_nanos(1),
+                retry_max: huge,
+                min_interval: huge,
+            },
+            Policy {
+                refresh_at: f64::NAN,
+                jitter: f64::INFINITY,
+                retry_min: huge,
+                retry_max: Duration::ZERO,
+                min_interval: Duration::ZERO,
+            },
+        ];
+        let times = [
+            T0,
+            T0 + Duration::from_nanos(1),
+            T0 + 12 * H,
+            far,
+            far - Duration::from_secs(1),
+        ];
+        for p in &policies {
+            for &a in &times {
+                for &b in &times {
+                    for r in [0.0, 0.5, 1.0, f64::NAN, -1.0, 2.0] {
+                        let at = next_refresh(a, b, p, r);
+                        assert!(clock::in_range(at), "{a:?} {b:?} {r}");
+                        for n in [0, 1, 2, 31, 32, 33, 1000, u32::MAX] {
+                            let at = after_failure(a, n, Some(b), p, r);
+                            assert!(clock::in_range(at), "{a:?} {b:?} {n} {r}");
+                            let _ = retry_delay(n, p, r);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct RegistryStatus {
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+    /// What works but will not hold (e.g. a token that lapses before its refresh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,8 +76,9 @@ pub struct Status {
     pub config: ConfigStatus,
 }
 
+/// RFC 3339, UTC; never panics (see [`crate::clock::rfc3339`]).
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    crate::clock::rfc3339(t)
 }
 
 pub fn parse_time(s: &str) -> Option<SystemTime> {
@@ -282,6 +286,7 @@ mod tests {
             last_success: None,
             last_error: None,
             consecutive_failures: failures,
+            warnings: Vec::new(),
         }
     }
 

@@ -77,6 +77,9 @@ impl fmt::Display for GroupKey {
     }
 }
 
+/// The largest authorization token accepted (ECR's are 2-3 KB).
+pub const MAX_TOKEN_SIZE: usize = 64 * 1024;
+
 /// How long ECR tokens are valid.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
@@ -90,6 +93,19 @@ pub struct Token {
 impl Token {
     /// Validates a token as ECR returns it: base64 of `AWS:<password>`.
     pub fn new(auth: String, expires_at: SystemTime) -> Result<Token, TokenError> {
+        // ECR's tokens are 2-3 KB; a huge one would make the file too large to read back.
+        if auth.len() > MAX_TOKEN_SIZE {
+            return Err(TokenError::Invalid(format!(
+                "the authorization token is {} bytes; ECR's are a few KB (at most {MAX_TOKEN_SIZE} accepted)",
+                auth.len()
+            )));
+        }
+        if !crate::clock::in_range(expires_at) {
+            return Err(TokenError::Invalid(format!(
+                "expiresAt {} is not a time a token can expire at",
+                crate::clock::rfc3339(expires_at)
+            )));
+        }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .map_err(|_| TokenError::Invalid("the authorization token is not base64".into()))?;
@@ -114,8 +130,8 @@ impl Token {
     /// ECR tokens live 12 hours; an expiry claimed much later than that (a broken clock or
     /// endpoint) would postpone the refresh past the real expiry, so it is capped at 12 hours.
     pub fn capped(mut self, now: SystemTime) -> (Token, bool) {
-        let cap = now + MAX_LIFETIME;
-        if self.expires_at > cap + Duration::from_secs(300) {
+        let cap = crate::clock::add(now, MAX_LIFETIME);
+        if self.expires_at > crate::clock::add(cap, Duration::from_secs(300)) {
             self.expires_at = cap;
             return (self, true);
         }
@@ -132,10 +148,7 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("auth", &"<redacted>")
-            .field(
-                "expires_at",
-                &humantime::format_rfc3339_seconds(self.expires_at),
-            )
+            .field("expires_at", &crate::clock::rfc3339(self.expires_at))
             .finish()
     }
 }
@@ -417,6 +430,28 @@ mod tests {
             let e = Token::new(bad, t).expect_err(why).to_string();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn huge_tokens_and_impossible_expiries_are_failed_fetches() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let huge = b64(&format!("AWS:{}", "x".repeat(4_000_000)));
+        let e = Token::new(huge, t).expect_err("4 MB token").to_string();
+        assert!(e.contains("a few KB") && !e.contains("xxxx"), "{e}");
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(86400);
+        let e = Token::new(b64("AWS:x"), before_1970)
+            .expect_err("1969")
+            .to_string();
+        assert!(e.contains("before 1970"), "{e}");
+        let after_9999 = crate::clock::far_future() + Duration::from_secs(1);
+        assert!(Token::new(b64("AWS:x"), after_9999).is_err());
+        let (t, capped) = Token::new(b64("AWS:x"), crate::clock::far_future())
+            .unwrap()
+            .capped(crate::clock::far_future());
+        assert!(
+            !capped && crate::clock::in_range(t.expires_at),
+            "no overflow at the edge"
+        );
     }
 
     #[test]
