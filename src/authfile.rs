@@ -1,8 +1,11 @@
 //! The docker/podman auth-file format: a pure merge of managed `auths` entries, and its diagnosis.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
 
 use serde::Serialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::registry::key_host;
@@ -27,6 +30,22 @@ pub enum FormatError {
     NotObject,
     #[error("\"auths\" is not a JSON object")]
     AuthsNotObject,
+    /// Readers disagree on such a file (docker merges two `"auths"` objects, we would keep one).
+    #[error(
+        "duplicate key {key:?} at line {line} column {column}: readers disagree on which value counts; remove one of them"
+    )]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
+    /// serde_json (arbitrary_precision) would read this object back as a number.
+    #[error("reserved key {key:?} at line {line} column {column}: it cannot be kept as written")]
+    ReservedKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
 }
 
 /// What we want a file to say for the hosts we manage.
@@ -52,12 +71,184 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, FormatError> {
         column: e.column(),
         message: syntax_reason(&e),
     })?;
+    check_keys(text)?;
     let Value::Object(map) = value else {
         return Err(FormatError::NotObject);
     };
     match map.get("auths") {
         None | Some(Value::Object(_)) | Some(Value::Null) => Ok(map),
         Some(_) => Err(FormatError::AuthsNotObject),
+    }
+}
+
+/// Refuses a document in which any object, at any depth, has a key twice (after unescaping), or a
+/// key serde_json reserves for numbers.
+///
+/// serde_json keeps the last of duplicate keys, so re-serialising would change content we do not own
+/// (docker merges two `"auths"` objects; a foreign entry would lose a field). `text` is valid JSON.
+fn check_keys(text: &str) -> Result<(), FormatError> {
+    let found = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let result = KeyCheck { found: &found }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    match (result, found.into_inner()) {
+        (Ok(()), _) => Ok(()),
+        (Err(e), Some(Ambiguity::Duplicate(key))) => Err(FormatError::DuplicateKey {
+            key: shorten(key),
+            line: e.line(),
+            column: e.column(),
+        }),
+        (Err(e), Some(Ambiguity::Reserved(key))) => Err(FormatError::ReservedKey {
+            key: shorten(key),
+            line: e.line(),
+            column: e.column(),
+        }),
+        // The first parse accepted it; should this one not, refuse all the same.
+        (Err(e), None) => Err(FormatError::Syntax {
+            line: e.line(),
+            column: e.column(),
+            message: syntax_reason(&e),
+        }),
+    }
+}
+
+/// A key short enough for one log line.
+fn shorten(mut key: String) -> String {
+    if key.len() > 80 {
+        let mut end = 80;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
+        key.push('…');
+    }
+    key
+}
+
+/// The key serde_json's `arbitrary_precision` uses to hand a number over as a one-entry map
+/// (`serde_json::number::TOKEN`, private).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+enum Ambiguity {
+    Duplicate(String),
+    Reserved(String),
+}
+
+/// Walks a JSON document, checking every object's keys; records what it found before failing.
+#[derive(Clone, Copy)]
+struct KeyCheck<'a> {
+    found: &'a RefCell<Option<Ambiguity>>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyCheck<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyCheck<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == NUMBER_TOKEN {
+                // A number arrives as {TOKEN: <owned String>}; a JSON object spelling that key has a
+                // JSON value (strings come borrowed or copied, never owned), and Value would turn
+                // it into a number.
+                let owned = map.next_value_seed(OwnedString)?;
+                if owned && seen.is_empty() {
+                    seen.insert(key);
+                    continue;
+                }
+                *self.found.borrow_mut() = Some(Ambiguity::Reserved(key));
+                return Err(de::Error::custom("reserved key"));
+            }
+            if seen.contains(&key) {
+                *self.found.borrow_mut() = Some(Ambiguity::Duplicate(key));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(self)?;
+            seen.insert(key);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a value arrives as an owned `String` (serde_json's number handover), skipping it.
+struct OwnedString;
+
+impl<'de> DeserializeSeed<'de> for OwnedString {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OwnedString {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_string<E>(self, _: String) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(false)
     }
 }
 
@@ -400,5 +591,137 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.get(H).map(String::as_str), Some("x"));
+    }
+
+    fn parse_str(text: &str) -> Result<Map<String, Value>, FormatError> {
+        parse(text.as_bytes())
+    }
+
+    #[test]
+    fn duplicate_keys_anywhere_are_refused_with_key_and_position() {
+        let cases: &[(&str, &str, usize, usize)] = &[
+            // (document, duplicated key, line, column)
+            (r#"{"auths": {}, "auths": {}}"#, "auths", 1, 21),
+            (
+                "{\n\t\"auths\": {\"ghcr.io\": {}},\n\t\"auths\": {\"quay.io\": {}}\n}",
+                "auths",
+                3,
+                8,
+            ),
+            (r#"{"a": 1, "b": 2, "a": 3}"#, "a", 1, 20),
+            (r#"{"auths": {"h": {}, "h": {}}}"#, "h", 1, 23),
+            (
+                r#"{"auths": {"h": {"auth": "a", "auth": "b"}}}"#,
+                "auth",
+                1,
+                36,
+            ),
+            (r#"{"x": {"y": {"z": {"k": 1, "k": 1}}}}"#, "k", 1, 30),
+            (r#"{"x": [1, {"k": 1}, [{"k": 2, "k": 3}]]}"#, "k", 1, 33),
+            (r#"{"x": [{"k": [{"j": null, "j": null}]}]}"#, "j", 1, 29),
+            // Escapes are compared after decoding, as every reader does.
+            (r#"{"a": 1, "\u0061": 2}"#, "a", 1, 17),
+            (r#"{"auths": {}, "\u0061uths": {}}"#, "auths", 1, 26),
+            (r#"{"\ud83d\ude00": 1, "😀": 2}"#, "😀", 1, 26),
+            (r#"{"a\/b": 1, "a/b": 2}"#, "a/b", 1, 17),
+            (r#"{"": 1, "": 2}"#, "", 1, 10),
+            // Numbers and big numbers as values do not confuse the check.
+            (
+                r#"{"n": 123456789012345678901234567890, "n": 1e400}"#,
+                "n",
+                1,
+                41,
+            ),
+        ];
+        for (doc, key, line, column) in cases {
+            let err = parse_str(doc).expect_err(doc);
+            assert_eq!(
+                err,
+                FormatError::DuplicateKey {
+                    key: key.to_string(),
+                    line: *line,
+                    column: *column
+                },
+                "{doc}"
+            );
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "duplicate key {key:?} at line {line} column {column}"
+                )),
+                "{err}"
+            );
+            // merge refuses too.
+            assert_eq!(
+                merge(Some(doc.as_bytes()), &set(H, "bmV3")),
+                Err(err.clone())
+            );
+        }
+    }
+
+    #[test]
+    fn equal_keys_in_different_objects_are_not_duplicates() {
+        for doc in [
+            r#"{"auths": {"a": {"auth": "x"}, "b": {"auth": "y"}}}"#,
+            r#"{"a": {"a": {"a": 1}}, "b": {"a": 2}}"#,
+            r#"{"x": [{"k": 1}, {"k": 2}, {"k": [{"k": 3}]}]}"#,
+            r#"{"auths": {}, "Auths": {}, "auths ": {}, "auth\u0073x": {}}"#,
+            r#"{"a": "a", "b": "a", "c": ["a", "a"]}"#,
+            r#"{"n": [1, 1, 1.5, -0, 1e999, 123456789012345678901234567890]}"#,
+            "{}",
+            "",
+        ] {
+            parse_str(doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_long_duplicate_key_is_shortened_in_the_message() {
+        let key = "é".repeat(100);
+        let err = parse_str(&format!(r#"{{"{key}": 1, "{key}": 2}}"#)).unwrap_err();
+        let FormatError::DuplicateKey { key: shown, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            shown.len() <= 80 + '…'.len_utf8() && shown.ends_with('…'),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_number_token_as_a_key_is_refused() {
+        // Value would silently read these as numbers: {"x": 1} for the first.
+        for (doc, column) in [
+            (r#"{"x": {"$serde_json::private::Number": "1"}}"#, 43),
+            (r#"{"$serde_json::private::Number": "1"}"#, 37),
+            (r#"{"x": {"\u0024serde_json::private::Number": "12"}}"#, 49),
+            (
+                r#"{"x": {"a": 1, "$serde_json::private::Number": "1"}}"#,
+                51,
+            ),
+        ] {
+            assert_eq!(
+                parse_str(doc),
+                Err(FormatError::ReservedKey {
+                    key: NUMBER_TOKEN.into(),
+                    line: 1,
+                    column
+                }),
+                "{doc}"
+            );
+        }
+        // Value refuses these itself (not a number string).
+        for doc in [
+            r#"{"$serde_json::private::Number": {"a": 1}}"#,
+            r#"[{"$serde_json::private::Number": [1, "2"]}]"#,
+        ] {
+            assert!(
+                matches!(parse_str(doc), Err(FormatError::Syntax { .. })),
+                "{doc}"
+            );
+        }
+        // Real numbers of every kind still pass.
+        let m = parse_str(r#"{"a": 1, "b": -1, "c": 1.5, "d": 1e999, "e": 123456789012345678901234567890, "f": -0}"#)
+            .unwrap();
+        assert_eq!(m.len(), 6);
     }
 }
