@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::path::Path;
 
 use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -46,6 +47,43 @@ pub enum FormatError {
         line: usize,
         column: usize,
     },
+}
+
+/// Which program's lookup rules an auth file follows; it decides which keys name "the same host".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// docker's `config.json` (docker/cli `credentials.fileStore.Get`): the exact key first, then any
+    /// key whose host part is H (`https://H`, `H/v2/`, `H/team-a`) as a fallback for H.
+    Docker,
+    /// containers/image's `auth.json` (`findCredentialsInFile`): `H/ns` keys are per-namespace
+    /// credentials, more specific than `H` (containers-auth.json(5)); only URL keys with a scheme
+    /// (`https://H/v1/`) are normalised to H.
+    Podman,
+}
+
+impl Format {
+    /// docker only ever reads a file named `config.json` (in `$DOCKER_CONFIG` or `~/.docker`); any
+    /// other name (`auth.json`, a `REGISTRY_AUTH_FILE`) is read by containers/image alone.
+    pub fn of_path(path: &Path) -> Format {
+        if path.file_name().is_some_and(|n| n == "config.json") {
+            Format::Docker
+        } else {
+            Format::Podman
+        }
+    }
+
+    /// Whether this format's readers take `key` as a credential for exactly `host`.
+    pub fn names_host(self, key: &str, host: &str) -> bool {
+        if key == host {
+            return true;
+        }
+        match self {
+            Format::Docker => key_host(key) == host,
+            Format::Podman => {
+                (key.starts_with("http://") || key.starts_with("https://")) && key_host(key) == host
+            }
+        }
+    }
 }
 
 /// What we want a file to say for the hosts we manage.
@@ -261,13 +299,17 @@ fn syntax_reason(e: &serde_json::Error) -> String {
     }
 }
 
-/// Merges `desired` into an auth file's content.
+/// Merges `desired` into an auth file's content, by the lookup rules of `format`.
 ///
 /// Returns `Ok(None)` when the file already says what we want (nothing to write). Every key we do not
 /// manage is kept, in order; for each managed host the bare-host key is set (in place if present) and any
-/// other key naming the same host (`https://H`, `H/v2/`, ...) is removed, since docker picks among such
-/// keys at random.
-pub fn merge(existing: Option<&[u8]>, desired: &Desired) -> Result<Option<Vec<u8>>, FormatError> {
+/// other key `format`'s readers take for the same host is removed (docker picks among such keys at
+/// random; containers/image falls back to them when the bare key is gone).
+pub fn merge(
+    existing: Option<&[u8]>,
+    desired: &Desired,
+    format: Format,
+) -> Result<Option<Vec<u8>>, FormatError> {
     let original = match existing {
         Some(bytes) => Some(parse(bytes)?),
         // Nothing to write into a file that does not exist: do not create an empty one.
@@ -286,8 +328,9 @@ pub fn merge(existing: Option<&[u8]>, desired: &Desired) -> Result<Option<Vec<u8
         .map(String::as_str)
         .collect();
     auths.retain(|key, _| {
+        // A key names at most one host (its host part), so a lookup by that host suffices.
         let host = key_host(key);
-        if !touched.contains(host) {
+        if !touched.contains(host) || !format.names_host(key, host) {
             return true;
         }
         // Keep only the bare key of a host we set; drop variants and removed hosts.
@@ -382,17 +425,28 @@ mod tests {
     }
 
     fn merged(existing: &str, d: &Desired) -> String {
+        merged_as(existing, d, Format::Docker)
+    }
+
+    fn merged_as(existing: &str, d: &Desired, format: Format) -> String {
         String::from_utf8(
-            merge(Some(existing.as_bytes()), d)
+            merge(Some(existing.as_bytes()), d, format)
                 .unwrap()
                 .expect("a change"),
         )
         .unwrap()
     }
 
+    fn auth_keys(out: &str) -> Vec<String> {
+        let v: Map<String, Value> = serde_json::from_str(out).unwrap();
+        v["auths"].as_object().unwrap().keys().cloned().collect()
+    }
+
     #[test]
     fn new_file() {
-        let out = merge(None, &set(H, "QVdTOnB3")).unwrap().unwrap();
+        let out = merge(None, &set(H, "QVdTOnB3"), Format::Docker)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(
@@ -407,7 +461,7 @@ mod tests {
             set: BTreeMap::new(),
             remove: [H.to_string()].into(),
         };
-        assert_eq!(merge(None, &d).unwrap(), None);
+        assert_eq!(merge(None, &d, Format::Docker).unwrap(), None);
     }
 
     #[test]
@@ -494,17 +548,23 @@ mod tests {
     fn unchanged_content_is_not_rewritten() {
         let existing = format!("{{\"auths\": {{\"{H}\": {{\"auth\": \"same\"}}}}, \"x\": 1}}");
         assert_eq!(
-            merge(Some(existing.as_bytes()), &set(H, "same")).unwrap(),
+            merge(Some(existing.as_bytes()), &set(H, "same"), Format::Docker).unwrap(),
             None
         );
         let nothing = Desired::default();
-        assert_eq!(merge(Some(b"{\"auths\": {}}"), &nothing).unwrap(), None);
+        assert_eq!(
+            merge(Some(b"{\"auths\": {}}"), &nothing, Format::Docker).unwrap(),
+            None
+        );
         // Removing a host that is not there is no change either.
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string()].into(),
         };
-        assert_eq!(merge(Some(b"{\"auths\": {\"a\": {}}}"), &d).unwrap(), None);
+        assert_eq!(
+            merge(Some(b"{\"auths\": {\"a\": {}}}"), &d, Format::Docker).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -554,7 +614,8 @@ mod tests {
     #[test]
     fn malformed_files_are_refused_with_reason() {
         for (bytes, want) in malformed() {
-            let err = merge(Some(&bytes), &set(H, "bmV3")).expect_err("must refuse");
+            let err =
+                merge(Some(&bytes), &set(H, "bmV3"), Format::Docker).expect_err("must refuse");
             let msg = err.to_string();
             assert!(
                 msg.contains(want),
@@ -650,11 +711,13 @@ mod tests {
                 )),
                 "{err}"
             );
-            // merge refuses too.
-            assert_eq!(
-                merge(Some(doc.as_bytes()), &set(H, "bmV3")),
-                Err(err.clone())
-            );
+            // merge refuses too, in both formats.
+            for f in [Format::Docker, Format::Podman] {
+                assert_eq!(
+                    merge(Some(doc.as_bytes()), &set(H, "bmV3"), f),
+                    Err(err.clone())
+                );
+            }
         }
     }
 
@@ -723,5 +786,92 @@ mod tests {
         let m = parse_str(r#"{"a": 1, "b": -1, "c": 1.5, "d": 1e999, "e": 123456789012345678901234567890, "f": -0}"#)
             .unwrap();
         assert_eq!(m.len(), 6);
+    }
+
+    #[test]
+    fn format_follows_the_file_name() {
+        for (p, f) in [
+            ("/root/.docker/config.json", Format::Docker),
+            ("/home/u/.docker/config.json", Format::Docker),
+            ("config.json", Format::Docker),
+            ("/run/containers/0/auth.json", Format::Podman),
+            ("/home/u/.config/containers/auth.json", Format::Podman),
+            ("/etc/ecr/registry-auth.json", Format::Podman),
+            ("/x/config.json.bak", Format::Podman),
+            ("/x/Config.json", Format::Podman),
+        ] {
+            assert_eq!(Format::of_path(Path::new(p)), f, "{p}");
+        }
+    }
+
+    #[test]
+    fn which_keys_name_a_host_per_format() {
+        // (key, docker takes it for H, containers/image takes it for H)
+        let cases = [
+            (H.to_string(), true, true),
+            (format!("https://{H}"), true, true),
+            (format!("http://{H}"), true, true),
+            (format!("https://{H}/"), true, true),
+            (format!("https://{H}/v1/"), true, true),
+            (format!("http://{H}/v2/"), true, true),
+            (format!("https://{H}/team-a"), true, true),
+            (format!("{H}/team-a"), true, false),
+            (format!("{H}/team-a/app"), true, false),
+            (format!("{H}/v2/"), true, false),
+            (format!("{H}/"), true, false),
+            (format!("{H}:443"), false, false),
+            (format!("https://{H}:443"), false, false),
+            (format!("x{H}"), false, false),
+            (format!("ftp://{H}"), false, false),
+            ("ghcr.io".to_string(), false, false),
+        ];
+        for (key, docker, podman) in &cases {
+            assert_eq!(Format::Docker.names_host(key, H), *docker, "docker {key}");
+            assert_eq!(Format::Podman.names_host(key, H), *podman, "podman {key}");
+        }
+    }
+
+    #[test]
+    fn podman_keeps_namespaced_keys_when_setting_and_removing() {
+        let existing = format!(
+            r#"{{"auths": {{"{H}/team-a": {{"auth": "YQ=="}}, "https://{H}/v1/": {{}}, "{H}/v2/": {{}}, "http://{H}": {{}}, "{H}": {{"auth": "b2xk"}}, "other.example/{H}": {{}}}}}}"#
+        );
+        let out = merged_as(&existing, &set(H, "bmV3"), Format::Podman);
+        assert_eq!(
+            auth_keys(&out),
+            [
+                format!("{H}/team-a"),
+                format!("{H}/v2/"),
+                H.to_string(),
+                format!("other.example/{H}")
+            ]
+        );
+        let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["auths"][format!("{H}/team-a")],
+            serde_json::json!({"auth": "YQ=="})
+        );
+        assert_eq!(v["auths"][H], serde_json::json!({"auth": "bmV3"}));
+        let d = Desired {
+            set: BTreeMap::new(),
+            remove: [H.to_string()].into(),
+        };
+        let out = merged_as(&existing, &d, Format::Podman);
+        assert_eq!(
+            auth_keys(&out),
+            [
+                format!("{H}/team-a"),
+                format!("{H}/v2/"),
+                format!("other.example/{H}")
+            ]
+        );
+        // docker reads `H/team-a` as a fallback for H: the same input loses every variant.
+        let out = merged_as(&existing, &set(H, "bmV3"), Format::Docker);
+        assert_eq!(
+            auth_keys(&out),
+            [H.to_string(), format!("other.example/{H}")]
+        );
+        let out = merged_as(&existing, &d, Format::Docker);
+        assert_eq!(auth_keys(&out), [format!("other.example/{H}")]);
     }
 }

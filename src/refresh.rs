@@ -128,12 +128,15 @@ pub fn desired_for(
 }
 
 /// Writes one target with the desired entries; blocking (run it on a blocking thread).
+///
+/// The file's name decides whose lookup rules apply (docker's `config.json`, podman's `auth.json`).
 pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Written, FileError> {
+    let format = authfile::Format::of_path(&target.path);
     let outcome = atomic::update(
         &target.path,
         owner_policy(target),
         target.mode,
-        |existing| authfile::merge(existing, desired),
+        |existing| authfile::merge(existing, desired, format),
     )?;
     Ok(Written {
         outcome,

@@ -1,4 +1,4 @@
-//! `once` end to end on auth files we must not misread: duplicate keys.
+//! `once` end to end on auth files we must not misread: duplicate keys, podman's per-repository keys.
 
 mod common;
 
@@ -32,6 +32,16 @@ fn target_line(text: &str, name: &str) -> String {
 fn write_file(p: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir");
     std::fs::write(p, bytes).expect("write");
+}
+
+/// The keys of the `auths` object, in file order.
+fn auth_keys(p: &Path) -> Vec<String> {
+    read_json(p)["auths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{}: no auths", p.display()))
+        .keys()
+        .cloned()
+        .collect()
 }
 
 /// Names in `dir`, sorted.
@@ -126,4 +136,60 @@ fn a_key_serde_json_would_read_as_a_number_is_refused() {
     assert_eq!(std::fs::read_to_string(&p).expect("read"), text);
     let line = target_line(&stdout(&out), "docker");
     assert!(line.contains("reserved key"), "{line}");
+}
+
+#[test]
+fn podman_files_keep_per_repository_keys_docker_files_do_not() {
+    let w = World::new();
+    let existing = format!(
+        r#"{{"auths": {{
+  "{H1}/team-a": {{"auth": "dGVhbS1h"}},
+  "https://{H1}": {{"auth": "c2NoZW1l"}},
+  "http://{H1}/v2/": {{"auth": "djI="}},
+  "{H1}/team-b/app": {{"auth": "dGVhbS1i"}},
+  "ghcr.io": {{"auth": "Z2g="}}
+}}}}"#
+    );
+    let podman = w.path("run/containers/0/auth.json");
+    let docker = w.path("root/.docker/config.json");
+    write_file(&podman, existing.as_bytes());
+    write_file(&docker, existing.as_bytes());
+    config(&w, &[H1], &[("podman", &podman), ("docker", &docker)]);
+    let out = w.run(&["once"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    // containers/image: `H/ns` keys are per-namespace credentials (containers-auth.json(5)), more
+    // specific than ours; scheme keys normalise to the bare host and are variants of it.
+    assert_eq!(
+        auth_keys(&podman),
+        [
+            format!("{H1}/team-a"),
+            format!("{H1}/team-b/app"),
+            "ghcr.io".to_string(),
+            H1.to_string()
+        ],
+        "podman"
+    );
+    let v = read_json(&podman);
+    assert_eq!(v["auths"][format!("{H1}/team-a")]["auth"], "dGVhbS1h");
+    assert_eq!(v["auths"][format!("{H1}/team-b/app")]["auth"], "dGVhbS1i");
+    assert_fresh_entry(&w, &podman, H1);
+    // docker: any key whose host part is H is a fallback for H; we keep only the bare key.
+    assert_eq!(auth_keys(&docker), ["ghcr.io", H1], "docker");
+    assert_fresh_entry(&w, &docker, H1);
+}
+
+#[test]
+fn a_podman_file_keeps_per_repository_keys_when_our_host_is_removed() {
+    let w = World::new();
+    let podman = w.path("run/containers/0/auth.json");
+    write_file(
+        &podman,
+        format!("{{\"auths\": {{\"{H2}/team\": {{\"auth\": \"dGVhbQ==\"}}}}}}").as_bytes(),
+    );
+    config(&w, &[H1, H2], &[("podman", &podman)]);
+    assert_eq!(code(&w.run(&["once"])), 0);
+    config(&w, &[H1], &[("podman", &podman)]);
+    let out = w.run(&["once"]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert_eq!(auth_keys(&podman), [format!("{H2}/team"), H1.to_string()]);
 }
