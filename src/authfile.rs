@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::registry::key_host;
+use crate::registry::{Registry, key_host};
 
 /// Files larger than this are not ours to parse (docker's own are a few KiB).
 pub const MAX_FILE_SIZE: usize = 4 * 1024 * 1024;
@@ -84,6 +84,11 @@ impl Format {
             }
         }
     }
+}
+
+/// Only ECR registry hosts are ever written or removed, whatever a caller (or a state file) asks.
+fn is_ecr_host(host: &str) -> bool {
+    Registry::parse(host).is_ok()
 }
 
 /// What we want a file to say for the hosts we manage.
@@ -304,16 +309,23 @@ fn syntax_reason(e: &serde_json::Error) -> String {
 /// Returns `Ok(None)` when the file already says what we want (nothing to write). Every key we do not
 /// manage is kept, in order; for each managed host the bare-host key is set (in place if present) and any
 /// other key `format`'s readers take for the same host is removed (docker picks among such keys at
-/// random; containers/image falls back to them when the bare key is gone).
+/// random; containers/image falls back to them when the bare key is gone). Only ECR registry hosts are
+/// ever set or removed: a non-ECR host in `desired` is ignored.
 pub fn merge(
     existing: Option<&[u8]>,
     desired: &Desired,
     format: Format,
 ) -> Result<Option<Vec<u8>>, FormatError> {
+    let set: BTreeMap<&str, &str> = desired
+        .set
+        .iter()
+        .filter(|(h, _)| is_ecr_host(h))
+        .map(|(h, a)| (h.as_str(), a.as_str()))
+        .collect();
     let original = match existing {
         Some(bytes) => Some(parse(bytes)?),
         // Nothing to write into a file that does not exist: do not create an empty one.
-        None if desired.set.is_empty() => return Ok(None),
+        None if set.is_empty() => return Ok(None),
         None => None,
     };
     let mut root = original.clone().unwrap_or_default();
@@ -321,11 +333,16 @@ pub fn merge(
         Some(Value::Object(a)) => std::mem::take(a),
         _ => Map::new(),
     };
-    let touched: BTreeSet<&str> = desired
-        .set
+    let touched: BTreeSet<&str> = set
         .keys()
-        .chain(desired.remove.iter())
-        .map(String::as_str)
+        .copied()
+        .chain(
+            desired
+                .remove
+                .iter()
+                .map(String::as_str)
+                .filter(|h| is_ecr_host(h)),
+        )
         .collect();
     auths.retain(|key, _| {
         // A key names at most one host (its host part), so a lookup by that host suffices.
@@ -334,12 +351,12 @@ pub fn merge(
             return true;
         }
         // Keep only the bare key of a host we set; drop variants and removed hosts.
-        key == host && desired.set.contains_key(host)
+        key == host && set.contains_key(host)
     });
-    for (host, auth) in &desired.set {
+    for (host, auth) in &set {
         let mut entry = Map::new();
-        entry.insert("auth".to_string(), Value::String(auth.clone()));
-        auths.insert(host.clone(), Value::Object(entry));
+        entry.insert("auth".to_string(), Value::String(auth.to_string()));
+        auths.insert(host.to_string(), Value::Object(entry));
     }
     match root.get_mut("auths") {
         Some(slot) => *slot = Value::Object(auths),
@@ -873,5 +890,38 @@ mod tests {
         );
         let out = merged_as(&existing, &d, Format::Docker);
         assert_eq!(auth_keys(&out), [format!("other.example/{H}")]);
+    }
+
+    #[test]
+    fn only_ecr_hosts_are_ever_set_or_removed() {
+        let existing = r#"{"auths": {"index.docker.io": {"auth": "aA=="}, "https://index.docker.io/v1/": {"auth": "dg=="}, "ghcr.io": {"auth": "Zw=="}, "ghcr.io/org": {}}}"#;
+        for f in [Format::Docker, Format::Podman] {
+            let d = Desired {
+                set: [("ghcr.io".to_string(), "bmV3".to_string())].into(),
+                remove: [
+                    "index.docker.io",
+                    "https://index.docker.io/v1/",
+                    "ghcr.io",
+                    "docker.io",
+                    "",
+                    "public.ecr.aws/",
+                ]
+                .map(String::from)
+                .into(),
+            };
+            assert_eq!(merge(Some(existing.as_bytes()), &d, f), Ok(None), "{f:?}");
+            // Nothing ECR to write: no file is created either.
+            assert_eq!(merge(None, &d, f), Ok(None), "{f:?}");
+            // ECR hosts beside them still are.
+            let mut d = d;
+            d.set.insert(H.to_string(), "bmV3".to_string());
+            let out = merged_as(existing, &d, f);
+            let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
+            let before: Map<String, Value> = serde_json::from_str(existing).unwrap();
+            for (k, val) in before["auths"].as_object().unwrap() {
+                assert_eq!(&v["auths"][k], val, "{f:?} {k}");
+            }
+            assert_eq!(v["auths"][H]["auth"], "bmV3");
+        }
     }
 }

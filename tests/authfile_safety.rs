@@ -1,8 +1,9 @@
-//! `once` end to end on auth files we must not misread: duplicate keys, podman's per-repository keys.
+//! `once` end to end on auth files and state files we must not misread: duplicate keys, podman's
+//! per-repository keys, a forged state.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -42,6 +43,14 @@ fn auth_keys(p: &Path) -> Vec<String> {
         .keys()
         .cloned()
         .collect()
+}
+
+/// The state directory of a test, created as the daemon would (root, 0700).
+fn state_dir(w: &World) -> PathBuf {
+    let d = w.path("state");
+    std::fs::create_dir_all(&d).expect("mkdir state");
+    chmod(&d, 0o700);
+    d
 }
 
 /// Names in `dir`, sorted.
@@ -192,4 +201,100 @@ fn a_podman_file_keeps_per_repository_keys_when_our_host_is_removed() {
     let out = w.run(&["once"]);
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     assert_eq!(auth_keys(&podman), [format!("{H2}/team"), H1.to_string()]);
+}
+
+#[test]
+fn a_forged_state_cannot_remove_foreign_logins() {
+    let w = World::new();
+    let target = w.path("root/.docker/config.json");
+    let existing = format!(
+        r#"{{"auths": {{"index.docker.io": {{"auth": "aHViOmh1Yg=="}}, "https://index.docker.io/v1/": {{"auth": "djE6djE="}}, "ghcr.io": {{"auth": "Z2g6Z2g="}}, "{H2}": {{"auth": "b2xk"}}}}}}"#
+    );
+    write_file(&target, existing.as_bytes());
+    let forged = serde_json::json!({
+        "targets": {
+            target.display().to_string(): {
+                "index.docker.io": {"expires_at": 1},
+                "ghcr.io": {"expires_at": 1},
+                "https://index.docker.io/v1/": {"expires_at": 1},
+                H2: {"expires_at": 1}
+            }
+        }
+    });
+    std::fs::write(
+        state_dir(&w).join("state.json"),
+        serde_json::to_vec(&forged).expect("json"),
+    )
+    .expect("write state");
+    config(&w, &[H1], &[("docker", &target)]);
+    let out = w.run(&["once"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    let v = read_json(&target);
+    assert_eq!(v["auths"]["index.docker.io"]["auth"], "aHViOmh1Yg==");
+    assert_eq!(
+        v["auths"]["https://index.docker.io/v1/"]["auth"],
+        "djE6djE="
+    );
+    assert_eq!(v["auths"]["ghcr.io"]["auth"], "Z2g6Z2g=");
+    assert!(
+        v["auths"].get(H2).is_none(),
+        "an ECR host the state names and the config no longer does is still cleaned up"
+    );
+    assert_fresh_entry(&w, &target, H1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("not ECR hosts") && err.contains("\"index.docker.io\" for"),
+        "the ignored state entries are reported: {err}"
+    );
+    let saved = std::fs::read_to_string(w.path("state/state.json")).expect("state");
+    assert!(
+        !saved.contains("index.docker.io") && !saved.contains("ghcr.io"),
+        "{saved}"
+    );
+}
+
+#[test]
+fn desired_for_removes_only_ecr_hosts_the_state_names() {
+    use ecr_refresherd::config::{self, SystemAccounts};
+    use ecr_refresherd::refresh::desired_for;
+    use ecr_refresherd::state::Managed;
+    use std::collections::BTreeMap;
+    use std::time::{Duration, SystemTime};
+
+    let target = "/root/.docker/config.json";
+    let settings = config::parse(
+        &format!("[[registry]]\nhost = \"{H1}\"\n[[target]]\npath = \"{target}\"\n"),
+        None,
+        &SystemAccounts,
+    )
+    .expect("config");
+    let now = SystemTime::now();
+    let gone = Managed::new(now - Duration::from_secs(60));
+    let previous: BTreeMap<String, Managed> = [
+        H1,
+        H2,
+        PUBLIC,
+        "index.docker.io",
+        "docker.io",
+        "ghcr.io",
+        "https://index.docker.io/v1/",
+        "quay.io/org",
+        "",
+    ]
+    .iter()
+    .map(|h| (h.to_string(), gone))
+    .collect();
+    // H1 has no token this round (it failed) and expired: it goes too.
+    let d = desired_for(
+        &settings,
+        &settings.targets[0],
+        &BTreeMap::new(),
+        Some(&previous),
+        now,
+    );
+    assert!(d.set.is_empty());
+    assert_eq!(
+        d.remove.iter().map(String::as_str).collect::<Vec<_>>(),
+        [H1, H2, PUBLIC]
+    );
 }
