@@ -1,5 +1,5 @@
 //! `once` end to end on auth files and state files we must not misread: duplicate keys, podman's
-//! per-repository keys, a forged state.
+//! per-repository keys, a forged state, an unreadable or oversized state.
 
 mod common;
 
@@ -251,6 +251,64 @@ fn a_forged_state_cannot_remove_foreign_logins() {
         !saved.contains("index.docker.io") && !saved.contains("ghcr.io"),
         "{saved}"
     );
+}
+
+/// Runs `once` over a state file holding `bad`; it must be kept intact beside a fresh state.
+fn unreadable_state_is_kept(bad: &[u8], why: &str) {
+    let w = World::new();
+    let target = w.path("root/.docker/config.json");
+    let dir = state_dir(&w);
+    std::fs::write(dir.join("state.json"), bad).expect("write state");
+    config(&w, &[H1], &[("docker", &target)]);
+    let out = w.run(&["once"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    assert_fresh_entry(&w, &target, H1);
+    let names = names_in(&dir);
+    let aside: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            n.strip_prefix("state.json.unreadable-")
+                .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{why}: moved aside once: {names:?}");
+    assert!(
+        std::fs::read(dir.join(aside[0])).expect("read aside") == bad,
+        "{why}: the unreadable state is kept byte for byte"
+    );
+    let fresh: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).expect("new state"))
+            .expect("the new state is JSON");
+    assert!(
+        fresh["targets"][target.display().to_string()]
+            .get(H1)
+            .is_some(),
+        "{why}: {fresh}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("moved aside") && err.contains(aside[0].as_str()),
+        "{why}: says where it went: {err}"
+    );
+    // A second run reads the new state and moves nothing else aside.
+    let out = w.run(&["once"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(names_in(&dir), names, "{why}: second run");
+}
+
+#[test]
+fn a_corrupt_state_is_moved_aside_not_replaced() {
+    unreadable_state_is_kept(
+        b"{\"targets\": {\"/x\": {\"h\": {\"expires_at\": ",
+        "corrupt",
+    );
+}
+
+#[test]
+fn an_oversized_state_is_moved_aside_not_replaced() {
+    let mut big = b"{\"targets\": {}}".to_vec();
+    big.resize(4 * 1024 * 1024 + 1, b' ');
+    unreadable_state_is_kept(&big, "oversized");
 }
 
 #[test]
