@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use crate::atomic::{self, FileError, Outcome, OwnerPolicy};
 use crate::authfile::{self, Desired};
 use crate::config::{Settings, TargetSettings};
+use crate::registry::Registry;
 use crate::state::{Managed, State};
 use crate::token::{GroupKey, Token, TokenError, TokenSource};
 
@@ -118,8 +119,10 @@ pub fn desired_for(
         }
     }
     if let Some(prev) = previous {
+        // The state file only ever names hosts we wrote, and we only write ECR hosts: anything else
+        // there is not ours to remove (a forged or damaged state), whatever it says.
         for host in prev.keys() {
-            if !wanted.contains(host.as_str()) {
+            if !wanted.contains(host.as_str()) && Registry::parse(host).is_ok() {
                 d.remove.insert(host.clone());
             }
         }
@@ -128,17 +131,22 @@ pub fn desired_for(
 }
 
 /// Writes one target with the desired entries; blocking (run it on a blocking thread).
+///
+/// The file's name decides whose lookup rules apply (docker's `config.json`, podman's `auth.json`).
 pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Written, FileError> {
+    let format = authfile::Format::of_path(&target.path);
     let outcome = atomic::update(
         &target.path,
         owner_policy(target),
         target.mode,
-        |existing| authfile::merge(existing, desired),
+        |existing| authfile::merge(existing, desired, format),
     )?;
+    // merge touches ECR hosts only; count what it was allowed to do.
+    let ecr = |h: &&String| Registry::parse(h).is_ok();
     Ok(Written {
         outcome,
-        set: desired.set.len(),
-        removed: desired.remove.len(),
+        set: desired.set.keys().filter(ecr).count(),
+        removed: desired.remove.iter().filter(ecr).count(),
     })
 }
 
@@ -154,6 +162,10 @@ pub fn record(
         entry.remove(host);
     }
     for host in desired.set.keys() {
+        // merge writes ECR hosts only, so only those are ours to remember.
+        if Registry::parse(host).is_err() {
+            continue;
+        }
         if let Some(Ok(t)) = tokens.get(host) {
             entry.insert(host.clone(), Managed::new(t.expires_at));
         }

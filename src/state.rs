@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{self, FileError, OwnerPolicy};
+use crate::authfile::MAX_FILE_SIZE;
+use crate::registry::Registry;
 
 const STATE_FILE: &str = "state.json";
 
@@ -39,27 +41,83 @@ pub struct State {
 }
 
 impl State {
-    /// Loads the state; a missing file is an empty state. A corrupt one is reported and replaced
-    /// by an empty state (we then only forget to clean up, we never touch foreign entries).
+    /// Loads the state; a missing file is an empty state.
+    ///
+    /// A state file we cannot read (not JSON, larger than 4 MiB) is moved aside intact, to
+    /// `state.json.unreadable-<unix time>`, and we start afresh: entries written before are then
+    /// no longer cleaned up, but nothing is lost and nothing foreign is touched. Hosts that are not
+    /// ECR registry hosts are dropped: we never write them, so the state has no say over them.
+    /// The warning, if any, says what happened.
     pub fn load(dir: &Path) -> (State, Option<String>) {
         let path = dir.join(STATE_FILE);
-        match atomic::read(&path, root_policy()) {
-            Ok(None) => (State::default(), None),
-            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                Ok(s) => (s, None),
-                Err(e) => (
-                    State::default(),
-                    Some(format!(
-                        "{}: unreadable state, starting afresh: {e}",
-                        path.display()
-                    )),
-                ),
+        let why = match atomic::read(&path, root_policy()) {
+            Ok(None) => return (State::default(), None),
+            Ok(Some(bytes)) => match serde_json::from_slice::<State>(&bytes) {
+                Ok(mut s) => {
+                    let warning = s
+                        .drop_foreign_hosts()
+                        .map(|w| format!("{}: {w}", path.display()));
+                    return (s, warning);
+                }
+                Err(e) => format!("not a state file: {e}"),
             },
-            Err(e) => (State::default(), Some(e.to_string())),
+            Err(FileError::Content { reason, .. }) => reason,
+            // Refused (a symlink, another owner, hard links) or an I/O error: the writer refuses
+            // the same file, so it is not replaced either.
+            Err(e) => {
+                return (
+                    State::default(),
+                    Some(format!("{e}; starting with an empty state")),
+                );
+            }
+        };
+        let warning = match move_aside(dir) {
+            Ok(aside) => format!(
+                "{}: unreadable state ({why}); moved aside to {} and starting afresh: entries written before it are no longer cleaned up",
+                path.display(),
+                aside.display()
+            ),
+            Err(e) => format!(
+                "{}: unreadable state ({why}); cannot move it aside ({e}), so it will not be replaced and the state is not saved",
+                path.display()
+            ),
+        };
+        (State::default(), Some(warning))
+    }
+
+    /// Removes every host that is not an ECR registry host; says which, if any.
+    fn drop_foreign_hosts(&mut self) -> Option<String> {
+        let mut dropped = Vec::new();
+        for (target, hosts) in &mut self.targets {
+            hosts.retain(|host, _| {
+                let ecr = Registry::parse(host).is_ok();
+                if !ecr {
+                    dropped.push(format!("{host:?} for {}", target.display()));
+                }
+                ecr
+            });
         }
+        self.targets.retain(|_, hosts| !hosts.is_empty());
+        if dropped.is_empty() {
+            return None;
+        }
+        let n = dropped.len();
+        dropped.truncate(5);
+        let more = if n > 5 {
+            format!(" and {} more", n - 5)
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "ignored {n} entries for hosts that are not ECR hosts ({}{more}): we only ever write ECR hosts, so we never remove any other",
+            dropped.join(", ")
+        ))
     }
 
     /// Saves the state atomically (0600, root).
+    ///
+    /// Never replaces a state file it cannot read (see [`State::load`]), and never writes one the
+    /// loader would refuse (larger than 4 MiB).
     pub fn save(&self, dir: &Path) -> Result<(), FileError> {
         let path = dir.join(STATE_FILE);
         // Never replace the state with an empty file: that would forget what we manage.
@@ -67,8 +125,24 @@ impl State {
             path: path.clone(),
             reason: format!("cannot encode the state: {e}"),
         })?;
+        if bytes.len() > MAX_FILE_SIZE {
+            return Err(FileError::Content {
+                path,
+                reason: format!(
+                    "the state would take {} bytes, more than the 4 MiB it may be read back with; not saved",
+                    bytes.len()
+                ),
+            });
+        }
         atomic::update(&path, root_policy(), Some(0o600), |old| {
-            Ok::<_, String>((old != Some(bytes.as_slice())).then(|| bytes.clone()))
+            if let Some(old) = old
+                && serde_json::from_slice::<State>(old).is_err()
+            {
+                return Err(
+                    "the state file there is unreadable and was not moved aside; move it away to save the state",
+                );
+            }
+            Ok((old != Some(bytes.as_slice())).then(|| bytes.clone()))
         })
         .map(|_| ())
     }
@@ -78,10 +152,199 @@ impl State {
     }
 }
 
+/// Renames the state file to `state.json.unreadable-<unix time>` (never over an existing file).
+fn move_aside(dir: &Path) -> Result<PathBuf, rustix::io::Errno> {
+    let from = dir.join(STATE_FILE);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut last = rustix::io::Errno::EXIST;
+    for n in 0..100 {
+        let name = match n {
+            0 => format!("{STATE_FILE}.unreadable-{now}"),
+            n => format!("{STATE_FILE}.unreadable-{now}-{n}"),
+        };
+        let to = dir.join(name);
+        // The state directory is root's alone (atomic::read checked its chain): paths are safe here.
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &from,
+            rustix::fs::CWD,
+            &to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => return Ok(to),
+            Err(rustix::io::Errno::EXIST) => last = rustix::io::Errno::EXIST,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// The state directory belongs to the user the daemon runs as.
 fn root_policy() -> OwnerPolicy {
     OwnerPolicy::User {
         uid: rustix::process::geteuid().as_raw(),
         gid: Some(rustix::process::getegid().as_raw()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn one(path: &str, hosts: &[&str]) -> State {
+        let mut s = State::default();
+        s.targets.insert(
+            PathBuf::from(path),
+            hosts
+                .iter()
+                .map(|h| (h.to_string(), Managed { expires_at: 7 }))
+                .collect(),
+        );
+        s
+    }
+
+    #[test]
+    fn a_saved_state_loads_back() {
+        let d = dir();
+        let s = one("/root/.docker/config.json", &[H, "public.ecr.aws"]);
+        s.save(d.path()).unwrap();
+        assert_eq!(State::load(d.path()), (s, None));
+        assert_eq!(
+            State::load(&d.path().join("none")),
+            (State::default(), None)
+        );
+    }
+
+    #[test]
+    fn non_ecr_hosts_are_dropped_on_load_with_a_warning() {
+        let d = dir();
+        let mut s = one("/a/config.json", &[H, "index.docker.io", "ghcr.io"]);
+        s.targets.insert(
+            PathBuf::from("/b/auth.json"),
+            [(
+                "https://index.docker.io/v1/".to_string(),
+                Managed { expires_at: 1 },
+            )]
+            .into(),
+        );
+        s.save(d.path()).unwrap();
+        let (loaded, warning) = State::load(d.path());
+        assert_eq!(
+            loaded,
+            one("/a/config.json", &[H]),
+            "the /b target is left empty, so gone"
+        );
+        let w = warning.expect("a warning");
+        for part in [
+            "ignored 3 entries",
+            "\"ghcr.io\" for /a/config.json",
+            "\"index.docker.io\" for /a/config.json",
+            "\"https://index.docker.io/v1/\" for /b/auth.json",
+        ] {
+            assert!(w.contains(part), "{part}: {w}");
+        }
+    }
+
+    #[test]
+    fn many_dropped_hosts_are_summarised() {
+        let hosts: Vec<String> = (0..9).map(|i| format!("h{i}.example")).collect();
+        let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let mut s = one("/a/config.json", &refs);
+        let w = s.drop_foreign_hosts().unwrap();
+        assert!(
+            w.contains("ignored 9 entries") && w.contains("and 4 more"),
+            "{w}"
+        );
+        assert!(s.targets.is_empty());
+    }
+
+    #[test]
+    fn unreadable_states_are_moved_aside_intact() {
+        let mut big = b"{\"targets\": {}}".to_vec();
+        big.resize(MAX_FILE_SIZE + 1, b' ');
+        for bad in [
+            b"{\"targets\": ".to_vec(),
+            b"".to_vec(),
+            b"null".to_vec(),
+            b"{\"targets\": {\"/a\": {\"h\": {\"expires_at\": -1}}}}".to_vec(),
+            big,
+        ] {
+            let d = dir();
+            let p = d.path().join(STATE_FILE);
+            std::fs::write(&p, &bad).unwrap();
+            let (s, warning) = State::load(d.path());
+            assert_eq!(s, State::default());
+            let w = warning.unwrap_or_else(|| {
+                panic!("{:?}", String::from_utf8_lossy(&bad[..bad.len().min(40)]))
+            });
+            let n = names(d.path());
+            assert_eq!(n.len(), 1, "{n:?}");
+            assert!(n[0].starts_with("state.json.unreadable-"), "{n:?}");
+            assert!(w.contains("moved aside") && w.contains(&n[0]), "{w}");
+            assert_eq!(std::fs::read(d.path().join(&n[0])).unwrap(), bad);
+            // A second unreadable file in the same second gets its own name.
+            std::fs::write(&p, &bad).unwrap();
+            let (_, w2) = State::load(d.path());
+            assert_eq!(names(d.path()).len(), 2, "{w2:?}");
+        }
+    }
+
+    #[test]
+    fn save_never_replaces_a_state_it_cannot_read() {
+        let d = dir();
+        let p = d.path().join(STATE_FILE);
+        std::fs::write(&p, b"garbage").unwrap();
+        let err = one("/a/config.json", &[H]).save(d.path()).unwrap_err();
+        assert!(err.to_string().contains("unreadable"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"garbage");
+        let mut big = b"{}".to_vec();
+        big.resize(MAX_FILE_SIZE + 1, b' ');
+        std::fs::write(&p, &big).unwrap();
+        let err = one("/a/config.json", &[H]).save(d.path()).unwrap_err();
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), big);
+    }
+
+    #[test]
+    fn a_state_too_large_to_load_back_is_not_saved() {
+        let d = dir();
+        let host = |i: usize| format!("{i:012}.dkr.ecr.us-east-1.amazonaws.com");
+        let mut s = State::default();
+        // About 90 bytes per pretty-printed entry: 50,000 entries exceed 4 MiB.
+        for t in 0..50 {
+            s.targets.insert(
+                PathBuf::from(format!("/home/u{t}/.docker/config.json")),
+                (0..1000)
+                    .map(|i| (host(i), Managed { expires_at: 1 }))
+                    .collect(),
+            );
+        }
+        s.save(d.path()).unwrap_err();
+        assert!(names(d.path()).is_empty(), "nothing written");
+        one("/a/config.json", &[H]).save(d.path()).unwrap();
+        let err = s.save(d.path()).unwrap_err();
+        assert!(err.to_string().contains("more than the 4 MiB"), "{err}");
+        assert_eq!(
+            State::load(d.path()).0,
+            one("/a/config.json", &[H]),
+            "the old state stays"
+        );
     }
 }

@@ -3,15 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ecr_refresherd::authfile::{Desired, merge, parse};
-use ecr_refresherd::registry::key_host;
+use ecr_refresherd::authfile::{Desired, Format, merge, parse};
+use ecr_refresherd::registry::Registry;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 const HOSTS: [&str; 3] = ["111111111111.dkr.ecr.us-east-1.amazonaws.com", "public.ecr.aws", "docker.io"];
 
 fuzz_target!(|data: &[u8]| {
-    // First byte: which hosts to set / remove; the rest: the existing file.
+    // First byte: which hosts to set / remove (bits 0-5), no file (bit 6), podman rules (bit 7);
+    // the rest: the existing file.
     let Some((&sel, existing)) = data.split_first() else { return };
     let mut desired = Desired { set: BTreeMap::new(), remove: BTreeSet::new() };
     for (i, h) in HOSTS.iter().enumerate() {
@@ -21,8 +22,9 @@ fuzz_target!(|data: &[u8]| {
             desired.remove.insert(h.to_string());
         }
     }
+    let format = if sel & 0x80 == 0 { Format::Docker } else { Format::Podman };
     let existing = (sel & 0x40 == 0).then_some(existing);
-    let Ok(out) = merge(existing, &desired) else {
+    let Ok(out) = merge(existing, &desired, format) else {
         // Refused input must be unparseable as an auth file.
         assert!(existing.is_some_and(|e| parse(e).is_err()));
         return;
@@ -36,18 +38,20 @@ fuzz_target!(|data: &[u8]| {
         }
         assert_eq!(new.get(k), Some(v), "foreign key {k:?} changed");
     }
-    let managed: BTreeSet<&str> = desired.set.keys().chain(desired.remove.iter()).map(String::as_str).collect();
+    // Only ECR hosts are ever managed; docker.io in `desired` must change nothing.
+    let ecr = |h: &&String| Registry::parse(h).is_ok();
+    let managed: Vec<&String> = desired.set.keys().chain(desired.remove.iter()).filter(ecr).collect();
     if let Some(Value::Object(a)) = old.get("auths") {
         for (k, v) in a {
-            if !managed.contains(key_host(k)) {
+            if !managed.iter().any(|h| format.names_host(k, h)) {
                 assert_eq!(new["auths"].get(k), Some(v), "foreign entry {k:?} changed");
             }
         }
     }
-    for (h, auth) in &desired.set {
+    for (h, auth) in desired.set.iter().filter(|(h, _)| ecr(h)) {
         assert_eq!(new["auths"][h.as_str()]["auth"].as_str(), Some(auth.as_str()));
     }
-    for h in &desired.remove {
-        assert!(new["auths"].as_object().is_none_or(|a| !a.keys().any(|k| key_host(k) == h)));
+    for h in desired.remove.iter().filter(ecr) {
+        assert!(new["auths"].as_object().is_none_or(|a| !a.keys().any(|k| format.names_host(k, h))));
     }
 });
