@@ -318,7 +318,31 @@ where
             _ => TokenError::Failed(text),
         };
     }
-    TokenError::Failed(DisplayErrorContext(&err).to_string())
+    // Anything else (connection, DNS, timeout, credentials: a profile, a role's external_id, a
+    // credential_process's stderr) may carry config values or a program's output. Status goes to
+    // every member of socket_group, so it gets the kind of failure only; the details go to the
+    // log at debug level.
+    let detail = DisplayErrorContext(&err).to_string();
+    tracing::debug!(detail = %detail, "the request failed");
+    TokenError::Failed(failure_kind(&detail).to_string())
+}
+
+/// The kind of a failure that is not an answer from the service, without its details.
+fn failure_kind(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("credential") || d.contains("assume") || d.contains("sts") {
+        "could not load AWS credentials (profile, role, credential_process or instance role); set log_level = \"debug\" for details"
+    } else if d.contains("timeout") || d.contains("timed out") {
+        "timeout: the endpoint did not answer in time"
+    } else if d.contains("dns") || d.contains("lookup") || d.contains("resolve") {
+        "DNS: the endpoint's name could not be resolved"
+    } else if d.contains("connect") || d.contains("refused") || d.contains("reset") {
+        "could not connect to the endpoint (connection refused, reset or unreachable)"
+    } else if d.contains("response") || d.contains("deserializ") || d.contains("unhandled") {
+        "the endpoint's response could not be read"
+    } else {
+        "the request failed; set log_level = \"debug\" for details"
+    }
 }
 
 fn expiry(t: Option<&aws_smithy_types::DateTime>) -> Result<SystemTime, TokenError> {
