@@ -31,20 +31,23 @@ rpm_files=$(rpm -qlp "$rpm_file")
 for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service /etc/ecr-refresherd/config.toml \
     /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
     /usr/share/man/man1/ecr-refresherd-status.1.gz /usr/share/bash-completion/completions/ecr-refresherd \
-    /usr/share/zsh/site-functions/_ecr-refresherd /usr/share/fish/vendor_completions.d/ecr-refresherd.fish; do
+    /usr/share/zsh/site-functions/_ecr-refresherd /usr/share/fish/vendor_completions.d/ecr-refresherd.fish \
+    /usr/lib/tmpfiles.d/ecr-refresherd.conf; do
     grep -qx "$f" <<<"$rpm_files" || fail "the RPM lacks $f"
 done
 rpm -qp --configfiles "$rpm_file" | grep -qx /etc/ecr-refresherd/config.toml || fail "config.toml is not %config in the RPM"
 rpm -qp --scripts "$rpm_file" | grep -q 'enable ecr-refresherd.service' || fail "the RPM does not enable the unit"
+rpm -qp --scripts "$rpm_file" | grep -q 'systemd-tmpfiles --create ecr-refresherd.conf' || fail "the RPM does not create /run/containers on install"
 
 step "the .deb lists the expected files"
 deb_files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|')
 for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service /etc/ecr-refresherd/config.toml \
     /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
     /usr/share/bash-completion/completions/ecr-refresherd /usr/share/zsh/vendor-completions/_ecr-refresherd \
-    /usr/share/fish/vendor_completions.d/ecr-refresherd.fish; do
+    /usr/share/fish/vendor_completions.d/ecr-refresherd.fish /usr/lib/tmpfiles.d/ecr-refresherd.conf; do
     grep -qx "$f" <<<"$deb_files" || fail "the .deb lacks $f"
 done
+dpkg-deb -I "$deb" postinst 2>/dev/null | grep -q 'systemd-tmpfiles --create ecr-refresherd.conf' || fail "the .deb does not create /run/containers on install"
 dpkg-deb -f "$deb" Package Version Depends
 
 if [ ! -x "$cache/usr/lib/systemd/systemd" ]; then
@@ -79,7 +82,15 @@ step "installing the .deb into the root"
 chroot "$root" useradd --create-home --shell /bin/sh portainer
 cp "$deb" "$root/var/tmp/ecr-refresherd.deb"
 chroot "$root" dpkg -i /var/tmp/ecr-refresherd.deb >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "dpkg -i"; }
+# The podman target (/run/containers/0/auth.json, podman's default for root) is in the config only
+# when with_podman=yes: the boot runs without it, so nothing of ours but the package's tmpfiles.d
+# entry can create /run/containers before the test adds the target.
+with_podman=no
 write_config() {
+    local podman=
+    [ "$with_podman" = yes ] && podman='[[target]]
+name = "podman"
+path = "/run/containers/0/auth.json"'
     cat >"$root/etc/ecr-refresherd/config.toml" <<TOML
 [daemon]
 retry_min = "1s"
@@ -96,9 +107,7 @@ path = "/root/.docker/config.json"
 [[target]]
 name = "portainer"
 path = "/home/portainer/.docker/config.json"
-[[target]]
-name = "podman"
-path = "/run/containers/0/auth.json"
+$podman
 TOML
 }
 write_config ""
@@ -114,7 +123,7 @@ step "the package enabled the unit (it starts at the next boot) without starting
 [ -L "$root/etc/systemd/system/multi-user.target.wants/ecr-refresherd.service" ] || fail "not enabled"
 grep -q "deb-systemd-invoke start" "$work/dpkg.log" && fail "started by the package"
 
-step "booting the root with systemd-nspawn"
+step "booting the root with systemd-nspawn (/run a fresh tmpfs, as on Amazon Linux 2023)"
 systemd-nspawn -D "$root" --register=no --keep-unit --boot --machine="ecr-ci-$$" --quiet >"$work/console.log" 2>&1 &
 nspawn_pid=$!
 leader=
@@ -141,6 +150,64 @@ step "enabled, it started at boot"
 [ "$(inside systemctl is-enabled ecr-refresherd.service)" = enabled ] || fail "not enabled"
 for _ in $(seq 200); do inside systemctl is-active --quiet ecr-refresherd.service && break; sleep 0.1; done
 inside systemctl is-active --quiet ecr-refresherd.service || { inside journalctl -u ecr-refresherd --no-pager | tail -30; fail "not started at boot"; }
+
+# /run/containers: the daemon sees /run read-only (ProtectSystem=strict, ReadOnlyPaths=/run; /run is a
+# tmpfs of its own here, as on a host: nspawn mounts one, systemd's mount_setup does on a host), and
+# ReadWritePaths= binds /run/containers writable only if it exists when the service starts; after a
+# boot it does not exist until something creates it. Without that the podman steps fail with EROFS.
+podman_file=/run/containers/0/auth.json
+check_podman_file() {
+    for _ in $(seq 100); do inside grep -q "\"$H1\"" "$podman_file" 2>/dev/null && break; sleep 0.1; done
+    inside grep -q "\"$H1\"" "$podman_file" 2>/dev/null || {
+        inside ecr-refresherd status || true
+        inside journalctl -u ecr-refresherd --no-pager | tail -n 15
+        fail "$1: $podman_file was not written"
+    }
+    got=$(inside stat -c '%U:%G %a' "$podman_file")
+    [ "$got" = "root:root 600" ] || fail "$1: $podman_file is $got, want root:root 600"
+    echo "$podman_file: $got, has $H1"
+}
+add_podman_target() {
+    with_podman=yes
+    write_config ""
+    inside systemctl reload ecr-refresherd.service || fail "reload adding the podman target"
+}
+
+step "the daemon sees /run read-only but for its own paths"
+# mountinfo: field 5 is the mount point, field 6 its options. /run is a tmpfs of its own in the
+# container (as on a host), and in the daemon's namespace it must be read-only (ReadOnlyPaths=/run:
+# without it systemd 252 leaves /run writable under these Protect* settings).
+inside awk '$5 == "/run" { print "container:", $0 }' /proc/1/mountinfo
+pid=$(inside systemctl show -p MainPID --value ecr-refresherd.service)
+run_opts() { inside awk -v p="$1" '$5 == p { o = $6 } END { print o }' "/proc/$pid/mountinfo"; }
+for p in /run /run/containers /run/user /run/ecr-refresherd; do echo "daemon's $p: $(run_opts "$p")"; done
+case "$(run_opts /run)" in ro,*) ;; *) fail "/run is not read-only for the daemon" ;; esac
+case "$(run_opts /run/containers)" in rw,*) ;; *) fail "/run/containers is not a writable mount for the daemon" ;; esac
+
+step "a podman target added after a boot (/run/containers absent at boot) is written"
+# nspawn gives the container a fresh /run tmpfs: nothing is in it at boot but what the boot creates.
+inside test ! -e /run/containers/0 || fail "/run/containers/0 exists before the podman target was added"
+inside test -d /run/containers || fail "the package's tmpfiles.d entry did not create /run/containers at boot"
+echo "/run/containers after boot, created by systemd-tmpfiles-setup: $(inside stat -c '%U:%G %a' /run/containers)"
+add_podman_target
+check_podman_file "added after a boot"
+
+step "the same when /run/containers is removed while the daemon is stopped"
+inside systemctl stop ecr-refresherd.service
+with_podman=no
+write_config ""
+inside rm -rf /run/containers
+inside test ! -e /run/containers || fail "/run/containers still exists"
+inside systemctl start ecr-refresherd.service || { inside journalctl -u ecr-refresherd --no-pager | tail -30; fail "start without /run/containers"; }
+inside systemctl is-active --quiet ecr-refresherd.service || fail "not active after a start without /run/containers"
+add_podman_target
+check_podman_file "added after a start without /run/containers"
+echo "/run/containers: $(inside stat -c '%U:%G %a' /run/containers)"
+inside chmod 0700 /run/containers
+inside systemctl restart ecr-refresherd.service || fail "restart"
+got=$(inside stat -c '%U:%G %a' /run/containers)
+[ "$got" = "root:root 700" ] || fail "a start changed an existing /run/containers (as podman makes it, root 0700) to $got"
+check_podman_file "after a restart with an existing /run/containers"
 
 step "systemctl start returns only after READY (the first round is done by then)"
 inside systemctl stop ecr-refresherd.service
