@@ -1,25 +1,31 @@
 //! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh, reload).
 
+use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::status::Status;
 
 /// A request line is small; anything longer is a hostile or broken client.
 const MAX_REQUEST: u64 = 4096;
-/// A client gets this long to send its request line.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// A client gets this long to send its request line (our client sends it at once).
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// ... and this long to take our answer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 128;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once for one uid other than root; more are refused at once.
+const MAX_PER_UID: usize = 8;
+/// Connections served at once for all uids but root together; root's are never counted nor
+/// refused, so `status` and `reload` answer whatever the members of `socket_group` do.
+const MAX_OTHERS: usize = 128;
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a `refresh` or `reload` may take before the client is told so.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -121,18 +127,84 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindE
     Ok(listener)
 }
 
+/// Who holds connections now, by peer uid (root never counted).
+#[derive(Debug, Default)]
+struct Budget {
+    per_uid: HashMap<u32, usize>,
+    others: usize,
+    refused: u64,
+    last_logged: Option<Instant>,
+}
+
+/// One admitted connection of a uid other than root; gives its place back when dropped.
+struct Slot {
+    budget: Arc<Mutex<Budget>>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        b.others = b.others.saturating_sub(1);
+        if let Some(n) = b.per_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                b.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Admits a connection from `uid` (`None`: the kernel did not say) or says why not.
+/// Root is always admitted and never counted.
+fn admit(budget: &Arc<Mutex<Budget>>, uid: Option<u32>) -> Result<Option<Slot>, String> {
+    if uid == Some(0) {
+        return Ok(None);
+    }
+    // A peer whose credentials are unknown shares one budget with every other such peer.
+    let uid = uid.unwrap_or(u32::MAX);
+    let mut b = budget.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = b.per_uid.get(&uid).copied().unwrap_or(0);
+    let why = if mine >= MAX_PER_UID {
+        format!("too many connections from uid {uid} (at most {MAX_PER_UID} at once)")
+    } else if b.others >= MAX_OTHERS {
+        format!("too many connections from users other than root (at most {MAX_OTHERS} at once)")
+    } else {
+        b.others += 1;
+        *b.per_uid.entry(uid).or_insert(0) += 1;
+        return Ok(Some(Slot {
+            budget: Arc::clone(budget),
+            uid,
+        }));
+    };
+    b.refused += 1;
+    let now = Instant::now();
+    if b.last_logged
+        .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
+    {
+        tracing::warn!(
+            refused = b.refused,
+            "control socket: {why}; refusing the excess (logged at most once a minute)"
+        );
+        b.refused = 0;
+        b.last_logged = Some(now);
+    }
+    Err(why)
+}
+
 /// Serves the socket until `shutdown` flips to true.
+///
+/// Every connection is accepted at once (a full backlog would queue root's `status` behind a
+/// flood); each uid but root may hold a few at once, the excess is answered with an error and
+/// closed, and an idle client is cut after a second.
 pub async fn serve(
     listener: UnixListener,
     status: watch::Receiver<Status>,
     actions: mpsc::Sender<Action>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let budget = Arc::new(Mutex::new(Budget::default()));
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
         let conn = tokio::select! {
             c = listener.accept() => c,
             _ = shutdown.changed() => return,
@@ -146,11 +218,22 @@ pub async fn serve(
                 continue;
             }
         };
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let slot = match admit(&budget, uid) {
+            Ok(slot) => slot,
+            Err(message) => {
+                // Never wait on a refused client: what does not fit the socket buffer is dropped.
+                let mut out = serde_json::to_vec(&Response::Error { message }).unwrap_or_default();
+                out.push(b'\n');
+                let _ = stream.try_write(&out);
+                continue;
+            }
+        };
         let status = status.clone();
         let actions = actions.clone();
         tokio::spawn(async move {
             handle(stream, status, actions).await;
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -166,7 +249,7 @@ async fn handle(
     let response =
         match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
             Err(_) => Response::Error {
-                message: "no request line within 3 s".into(),
+                message: format!("no request line within {} s", READ_TIMEOUT.as_secs()),
             },
             Ok(Err(e)) => Response::Error {
                 message: format!("cannot read the request: {e}"),
@@ -280,6 +363,41 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_uid_but_root_gets_a_few_connections() {
+        let budget = Arc::new(Mutex::new(Budget::default()));
+        let mut held: Vec<_> = (0..MAX_PER_UID)
+            .map(|_| admit(&budget, Some(1000)).unwrap())
+            .collect();
+        let refused = admit(&budget, Some(1000)).err().unwrap();
+        assert!(refused.contains("uid 1000"), "{refused}");
+        // Root is never counted nor refused; another uid has its own share.
+        let root: Vec<_> = (0..1000).map(|_| admit(&budget, Some(0))).collect();
+        assert!(root.iter().all(|r| matches!(r, Ok(None))));
+        assert!(admit(&budget, Some(1001)).unwrap().is_some());
+        held.pop();
+        assert!(
+            admit(&budget, Some(1000)).is_ok(),
+            "a closed slot is given back"
+        );
+        // All users but root together are bounded too.
+        let mut many = Vec::new();
+        for uid in 2000.. {
+            match admit(&budget, Some(uid)) {
+                Ok(slot) => many.push(slot),
+                Err(why) => {
+                    assert!(why.contains("other than root"), "{why}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(budget.lock().unwrap().others, MAX_OTHERS);
+        drop((held, many));
+        assert_eq!(budget.lock().unwrap().others, 0);
+        assert!(budget.lock().unwrap().per_uid.is_empty());
+        assert!(admit(&budget, None).unwrap().is_some());
+    }
 
     #[test]
     fn request_wire_format() {
