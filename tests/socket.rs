@@ -294,3 +294,217 @@ fn a_silent_connection_is_cut_after_a_second() {
     );
     drop(d);
 }
+
+// ---- #14: the socket's directory ----
+
+/// A user other than root and the group.
+const USER: u32 = 4242;
+
+/// A daemon config whose socket is `<dir>/ctl.sock`.
+fn config_with_socket(w: &World, dir: &Path) {
+    w.config(&format!(
+        "[daemon]\nstate_dir = \"{}\"\nsocket = \"{}\"\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\n",
+        w.path("state").display(),
+        dir.join("ctl.sock").display(),
+        w.path("d/config.json").display()
+    ));
+}
+
+/// Starts `run` and waits for it to exit (refused) or to answer on `socket` (started; or only to
+/// have bound it, which it logs, when someone may have swapped it away); returns the exit code and
+/// the log, or `None` if it started.
+fn start(w: &World, socket: &Path) -> Option<(i32, String)> {
+    let mut d = w.spawn_daemon(&[]);
+    let mut answered = false;
+    let exited = wait_for(Duration::from_secs(20), || {
+        if matches!(d.child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        answered = UnixStream::connect(socket).is_ok() || d.log_text().contains(" starting ");
+        answered
+    });
+    assert!(
+        exited,
+        "the daemon neither started nor exited:\n{}",
+        d.log_text()
+    );
+    if answered {
+        return None;
+    }
+    let code = d.child.wait().unwrap().code().unwrap_or(-1);
+    Some((code, d.log_text()))
+}
+
+#[test]
+fn a_socket_directory_anyone_but_root_can_write_is_refused_with_the_fix() {
+    require_root!();
+    let w = World::new();
+    let cases: [(&str, u32, u32, u32, &str); 4] = [
+        ("users", USER, USER, 0o755, "chown root:"),
+        ("world", 0, 0, 0o777, "chmod go-w"),
+        ("sticky", 0, 0, 0o1777, "chmod go-w"),
+        ("group", 0, GROUP, 0o775, "chmod go-w"),
+    ];
+    for (name, uid, gid, mode, fix) in cases {
+        let dir = w.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        chown(&dir, uid, gid);
+        chmod(&dir, mode);
+        config_with_socket(&w, &dir);
+        let (code, log) = start(&w, &dir.join("ctl.sock"))
+            .unwrap_or_else(|| panic!("the daemon started with its socket in {}", dir.display()));
+        assert_eq!(code, 1, "{log}");
+        let expected = format!("{fix} {}", dir.display());
+        assert!(
+            log.contains(&expected),
+            "{name}: the refusal names the directory and the fix ({expected:?}):\n{log}"
+        );
+        assert!(!dir.join("ctl.sock").exists(), "{name}: a socket was bound");
+    }
+    // A directory of root, 0755, inside a directory a user owns: the user can rename it away.
+    let users = w.path("users");
+    let inner = users.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    config_with_socket(&w, &inner);
+    let (code, log) = start(&w, &inner.join("ctl.sock")).expect("refused");
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!("chown root: {}", users.display())),
+        "{log}"
+    );
+    // A missing directory is created under a root-controlled parent, 0755 root.
+    let fresh = w.path("fresh/run");
+    config_with_socket(&w, &fresh);
+    assert!(
+        start(&w, &fresh.join("ctl.sock")).is_none(),
+        "the daemon did not start with a new socket directory"
+    );
+    let md = std::fs::metadata(&fresh).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (0, 0o755));
+    let md = std::fs::metadata(fresh.join("ctl.sock")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (0, 0, 0o660));
+}
+
+/// Helper: as a user, swap `SWAP_DIR/ctl.sock` for a link to `SWAP_TARGET` whenever a socket
+/// appears there, as fast as possible, for `SWAP_SECS`. Reports `SWAP swaps=.. denied=..`.
+#[test]
+#[ignore = "a helper the socket tests run as another uid"]
+fn helper_swap() {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(dir) = std::env::var("SWAP_DIR") else {
+        return;
+    };
+    let target = std::env::var("SWAP_TARGET").unwrap();
+    let secs: u64 = std::env::var("SWAP_SECS").unwrap().parse().unwrap();
+    let dir = Path::new(&dir);
+    let (sock, link) = (dir.join("ctl.sock"), dir.join(".link"));
+    println!("SWAP uid={}", rustix::process::getuid().as_raw());
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (mut swaps, mut denied, mut report) = (0u64, 0u64, Instant::now());
+    let mut have_link = false;
+    while Instant::now() < end {
+        if !have_link {
+            let _ = std::fs::remove_file(&link);
+            match std::os::unix::fs::symlink(&target, &link) {
+                Ok(()) => have_link = true,
+                Err(_) => denied += 1,
+            }
+        }
+        if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket())
+            && std::fs::rename(&link, &sock).is_ok()
+        {
+            swaps += 1;
+            have_link = false;
+        }
+        if report.elapsed() >= Duration::from_millis(100) {
+            println!("SWAP swaps={swaps} denied={denied}");
+            let _ = std::io::stdout().flush();
+            report = Instant::now();
+        }
+    }
+}
+
+/// Starts the daemon `rounds` times with its socket in `dir` while a user swaps the socket for a
+/// link to a root-owned 0600 file; returns (rounds started, rounds refused, the swapper's
+/// last report). Panics as soon as the file changed.
+fn race_rounds(w: &World, dir: &Path, rounds: usize) -> (usize, usize, String) {
+    let sentinel = w.path("sentinel");
+    if !sentinel.exists() {
+        std::fs::write(&sentinel, "root only\n").unwrap();
+        chmod(&sentinel, 0o600);
+    }
+    let before = Sentinel::of(&sentinel);
+    config_with_socket(w, dir);
+    let mut swapper = helper(
+        USER,
+        &[],
+        "helper_swap",
+        &[
+            ("SWAP_DIR", dir.display().to_string()),
+            ("SWAP_TARGET", sentinel.display().to_string()),
+            ("SWAP_SECS", "300".into()),
+        ],
+    );
+    let reports = follow(&mut swapper, "SWAP");
+    let last = || {
+        reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(wait_for(Duration::from_secs(20), || field(
+        &last(),
+        "swaps"
+    )
+    .is_some()));
+    let sock = dir.join("ctl.sock");
+    let (mut started, mut refused) = (0, 0);
+    for round in 0..rounds {
+        // What the last round left at the socket path (a socket, a link) goes.
+        let _ = std::fs::remove_file(&sock);
+        match start(w, &sock) {
+            None => started += 1,
+            Some((1, log)) if log.contains("refusing") => refused += 1,
+            Some((code, log)) => panic!("round {round}: exit {code}:\n{log}"),
+        }
+        let now = Sentinel::of(&sentinel);
+        if now != before {
+            let _ = swapper.kill();
+            let _ = swapper.wait();
+            let mode = std::fs::metadata(&sentinel).unwrap().mode() & 0o7777;
+            panic!(
+                "round {round}: root's 0600 file changed through the socket path (now mode {mode:o}): {before:?} -> {now:?} ({})",
+                last()
+            );
+        }
+    }
+    let _ = swapper.kill();
+    let _ = swapper.wait();
+    let _ = std::fs::remove_file(&sock);
+    (started, refused, last())
+}
+
+#[test]
+fn a_socket_swapped_for_a_symlink_never_changes_another_file() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    // In a directory the user owns they can swap the socket: the daemon must refuse to start there.
+    let users = w.path("users");
+    std::fs::create_dir(&users).unwrap();
+    chown(&users, USER, USER);
+    let (started, refused, report) = race_rounds(&w, &users, 100);
+    eprintln!("user's directory: {started} started, {refused} refused; swapper: {report}");
+    assert_eq!((started, refused), (0, 100), "{report}");
+    // In a directory only root can write, the user cannot even try.
+    let roots = w.path("roots");
+    std::fs::create_dir(&roots).unwrap();
+    chmod(&roots, 0o755);
+    let (started, refused, report) = race_rounds(&w, &roots, 30);
+    eprintln!("root's directory: {started} started, {refused} refused; swapper: {report}");
+    assert_eq!((started, refused), (30, 0));
+    assert_eq!(field(&report, "swaps"), Some(0), "{report}");
+    assert!(field(&report, "denied").is_some_and(|d| d > 0), "{report}");
+}
