@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -169,5 +170,146 @@ fn huge_foreign_values_are_cut_short_in_every_output() {
         log.lines().all(|l| l.len() < BOUND),
         "a log line of {} bytes",
         log.lines().map(str::len).max().unwrap_or(0)
+    );
+}
+
+/// Helper: binds a datagram socket at `JOURNAL_SOCKET` (as journald does) and stores each
+/// datagram it receives as a file `<JOURNAL_OUT>/<n>`.
+#[test]
+#[ignore = "a helper the journal test runs in a mount namespace"]
+fn helper_journal() {
+    let (Ok(socket), Ok(out)) = (
+        std::env::var("JOURNAL_SOCKET"),
+        std::env::var("JOURNAL_OUT"),
+    ) else {
+        return;
+    };
+    let sock = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for n in 0.. {
+        let Ok(len) = sock.recv(&mut buf) else { return };
+        std::fs::write(format!("{out}/{n:06}"), &buf[..len]).unwrap();
+    }
+}
+
+/// The fields of one journal native-protocol datagram (`KEY=value\n`, or `KEY\n<u64 le><bytes>\n`).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|&b| b == b'\n').expect("field end");
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                line[eq + 1..].to_vec(),
+            ));
+            d = &d[nl + 1..];
+        } else {
+            let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            let value = d[nl + 9..nl + 9 + len].to_vec();
+            assert_eq!(d[nl + 9 + len], b'\n', "length-encoded field end");
+            out.push((String::from_utf8_lossy(line).into_owned(), value));
+            d = &d[nl + 10 + len..];
+        }
+    }
+    out
+}
+
+#[test]
+fn the_journal_gets_every_field_escaped() {
+    require_root!();
+    let w = World::new();
+    w.fake.set_fault(
+        Service::Ecr,
+        Fault::ErrorMessage(format!("denied\nMESSAGE=forged{HOSTILE}")),
+    );
+    w.one_target_config(&[H1], "");
+    let out_dir = w.path("journal");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut c = w.cmd();
+    let envs: Vec<_> = c
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+        .collect();
+    // A private /run/systemd with our journald socket; the daemon's stderr is "the journal
+    // stream" (JOURNAL_STREAM names it), so it logs to the journal socket only.
+    let script = r#"
+        mount -t tmpfs tmpfs /run/systemd
+        mkdir -p /run/systemd/journal
+        JOURNAL_SOCKET=/run/systemd/journal/socket "$HELPER" --exact helper_journal --ignored --quiet >/dev/null 2>&1 &
+        receiver=$!
+        i=0; while [ ! -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 400 ] || exit 3; sleep 0.05; done
+        : >"$ERR"
+        JOURNAL_STREAM=$(stat -c '%d:%i' "$ERR") "$BIN" --config "$CONFIG" run 2>>"$ERR" &
+        daemon=$!
+        i=0; until grep -qs denied "$JOURNAL_OUT"/*; do i=$((i+1)); [ $i -lt 400 ] || break; sleep 0.05; done
+        kill $daemon; wait $daemon || true
+        kill $receiver
+    "#;
+    c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        script,
+    ])
+    .env_clear()
+    .envs(envs)
+    .env("HELPER", std::env::current_exe().unwrap())
+    .env("BIN", BIN)
+    .env("CONFIG", w.path("config.toml"))
+    .env("ERR", w.path("stderr.log"))
+    .env("JOURNAL_OUT", &out_dir);
+    let out = w.capture(c.output().unwrap());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut names: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    // tracing-journald probes the socket with an empty datagram first.
+    let entries: Vec<_> = names
+        .iter()
+        .map(|p| journal_fields(&std::fs::read(p).unwrap()))
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.into_iter()
+                .map(|(k, v)| (k, String::from_utf8(v).expect("UTF-8 field")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let all = format!("{entries:?}");
+    w.capture_text(all.clone());
+    let failures: Vec<_> = entries
+        .iter()
+        .filter(|e| e.iter().any(|(_, v)| v.contains("denied")))
+        .collect();
+    assert!(
+        !failures.is_empty(),
+        "no failure reached the journal: {all}"
+    );
+    for e in &entries {
+        for (k, v) in e {
+            assert_clean(&format!("journal field {k}"), v);
+        }
+        assert_eq!(
+            e.iter().filter(|(k, _)| k == "MESSAGE").count(),
+            1,
+            "one MESSAGE per entry: {e:?}"
+        );
+    }
+    let text = format!("{failures:?}");
+    assert!(
+        text.contains("denied\\\\nMESSAGE=forged\\\\r\\\\x1b[2K"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_to_string(w.path("stderr.log"))
+            .unwrap()
+            .is_empty(),
+        "the daemon logged to the journal only"
     );
 }
