@@ -1,8 +1,4 @@
-//! Foreign text (users' file values, endpoint messages, SDK errors, paths) made safe to show on a terminal or in a log line.
-//!
-//! Every edge where text reaches a terminal or a log goes through [`shown`]: control characters
-//! (C0, DEL, C1), Unicode bidi overrides and line separators become visible escapes, a backslash
-//! becomes `\\` so an escape in the output is never ambiguous, and a huge value is cut short.
+//! Foreign text (file values, endpoint messages, SDK errors, paths) made safe for a terminal or a log line.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -22,7 +18,14 @@ fn acts(c: char) -> bool {
         )
 }
 
-/// `s` as it may be shown: unchanged (borrowed) when it holds nothing to escape and is short.
+/// `s` as it may be shown: control characters (C0, DEL, C1), Unicode bidi controls and line
+/// separators become visible escapes (`\n`, `\x1b`, `\u{202e}`), a backslash becomes `\\` so
+/// an escape in the output is never ambiguous, and a huge value is cut short. Unchanged (borrowed)
+/// when it holds nothing to escape and is short.
+///
+/// Every edge where text reaches a terminal or a log goes through here: the status table, the
+/// lines of `once`, `check`, `refresh`, `reload`, printed errors, and every log field.
+/// `status --json` is not: JSON escapes control characters itself and must stay exact.
 pub fn shown(s: &str) -> Cow<'_, str> {
     if s.len() <= MAX_SHOWN && !s.chars().any(acts) {
         return Cow::Borrowed(s);
