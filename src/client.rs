@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::cli::{Cli, SocketArg};
 use crate::config;
 use crate::control::{self, ACTION_TIMEOUT, Request, Response};
+use crate::escape::{shown, shown_lines};
 use crate::status::{self, EXIT_UNKNOWN};
 
 /// `--socket`, else the socket named in a readable config, else the default. Never IMDS, and the
@@ -39,12 +40,12 @@ pub fn socket_path(cli: &Cli, arg: &SocketArg) -> PathBuf {
 async fn ask(socket: &Path, req: Request) -> Result<Response, u8> {
     match control::request(socket, &req, ACTION_TIMEOUT).await {
         Ok(Response::Error { message }) => {
-            eprintln!("ecr-refresherd: the daemon says: {message}");
+            eprintln!("ecr-refresherd: the daemon says: {}", shown(&message));
             Err(EXIT_UNKNOWN)
         }
         Ok(r) => Ok(r),
         Err(e) => {
-            eprintln!("ecr-refresherd: {e}");
+            eprintln!("ecr-refresherd: {}", shown(&e.to_string()));
             Err(EXIT_UNKNOWN)
         }
     }
@@ -90,14 +91,14 @@ pub async fn refresh(cli: &Cli, arg: &SocketArg, host: Option<&str>) -> u8 {
         if r.ok {
             println!(
                 "registry {}: ok, token expires {}",
-                r.host,
-                r.expires_at.as_deref().unwrap_or("?")
+                shown(&r.host),
+                shown(r.expires_at.as_deref().unwrap_or("?"))
             );
         } else {
             println!(
                 "registry {}: FAILED: {}",
-                r.host,
-                r.error.as_deref().unwrap_or("unknown error")
+                shown(&r.host),
+                shown(r.error.as_deref().unwrap_or("unknown error"))
             );
             code = 1;
         }
@@ -110,12 +111,14 @@ pub async fn reload(cli: &Cli, arg: &SocketArg) -> u8 {
     let socket = socket_path(cli, arg);
     match ask(&socket, Request::Reload).await {
         Ok(Response::Reload { ok: true, message }) => {
-            println!("{message}");
+            println!("{}", shown(&message));
             0
         }
         Ok(Response::Reload { ok: false, message }) => {
+            // Config diagnostics are one per line: the line feeds stay, nothing else raw.
             eprintln!(
-                "ecr-refresherd: the new config was rejected; the daemon keeps the previous one:\n{message}"
+                "ecr-refresherd: the new config was rejected; the daemon keeps the previous one:\n{}",
+                shown_lines(&message)
             );
             1
         }

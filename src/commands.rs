@@ -7,6 +7,7 @@ use crate::atomic::Outcome;
 use crate::check;
 use crate::cli::Cli;
 use crate::config::{self, ConfigError, Settings, SystemAccounts};
+use crate::escape::{self, shown, shown_lines};
 use crate::logging;
 use crate::refresh::{self, owner_policy};
 use crate::state::State;
@@ -84,7 +85,7 @@ pub async fn once(cli: &Cli) -> u8 {
     let settings = match load_settings(cli).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ecr-refresherd: {e}");
+            eprintln!("ecr-refresherd: {}", shown_lines(&e));
             return EXIT_CONFIG;
         }
     };
@@ -106,37 +107,49 @@ pub async fn once(cli: &Cli) -> u8 {
     for r in &report.registries {
         match &r.result {
             Ok(t) => println!(
-                "registry {}: ok, token expires {}",
-                r.host,
-                humantime::format_rfc3339_seconds(t.expires_at)
+                "{}",
+                shown(&format!(
+                    "registry {}: ok, token expires {}",
+                    r.host,
+                    humantime::format_rfc3339_seconds(t.expires_at)
+                ))
             ),
-            Err(e) => println!("registry {}: FAILED: {e}", r.host),
+            Err(e) => println!("{}", shown(&format!("registry {}: FAILED: {e}", r.host))),
         }
     }
     for t in &report.targets {
         let label = target_label(&t.name, &t.path);
         match &t.result {
             Ok(w) => println!(
-                "target {label}: {} ({} entries set, {} removed)",
-                match w.outcome {
-                    Outcome::Written => "written",
-                    Outcome::Unchanged => "unchanged",
-                },
-                w.set,
-                w.removed
+                "{}",
+                shown(&format!(
+                    "target {label}: {} ({} entries set, {} removed)",
+                    match w.outcome {
+                        Outcome::Written => "written",
+                        Outcome::Unchanged => "unchanged",
+                    },
+                    w.set,
+                    w.removed
+                ))
             ),
-            Err(e) => println!("target {label}: FAILED: {e}"),
+            Err(e) => println!("{}", shown(&format!("target {label}: FAILED: {e}"))),
         }
     }
     let saved = tokio::task::spawn_blocking(move || state.save(&state_dir)).await;
     let state_ok = match saved {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            eprintln!("ecr-refresherd: cannot save state: {e}");
+            eprintln!(
+                "ecr-refresherd: {}",
+                shown(&format!("cannot save state: {e}"))
+            );
             false
         }
         Err(e) => {
-            eprintln!("ecr-refresherd: cannot save state: {e}");
+            eprintln!(
+                "ecr-refresherd: {}",
+                shown(&format!("cannot save state: {e}"))
+            );
             false
         }
     };
@@ -153,20 +166,20 @@ pub async fn check(cli: &Cli) -> u8 {
     let settings = match load_settings(cli).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ecr-refresherd: {e}");
+            eprintln!("ecr-refresherd: {}", shown_lines(&e));
             return EXIT_CONFIG;
         }
     };
     match &settings.source {
         Some(p) => println!(
             "config {}: ok ({} registries, {} targets)",
-            p.display(),
+            escape::path(p),
             settings.registries.len(),
             settings.targets.len()
         ),
         None => println!(
             "config: none, using this instance's registry {}",
-            settings.registries[0].host
+            shown(&settings.registries[0].host)
         ),
     }
     let run_dir = cli.run_dir.clone();
@@ -178,14 +191,14 @@ pub async fn check(cli: &Cli) -> u8 {
     for d in &diagnoses {
         let label = target_label(&d.name, &d.path);
         if d.errors.is_empty() && d.warnings.is_empty() {
-            println!("target {label}: ok");
+            println!("target {}: ok", shown(&label));
         }
         for e in &d.errors {
-            println!("target {label}: ERROR: {e}");
+            println!("{}", shown(&format!("target {label}: ERROR: {e}")));
             code = EXIT_CONFIG;
         }
         for w in &d.warnings {
-            println!("target {label}: warning: {w}");
+            println!("{}", shown(&format!("target {label}: warning: {w}")));
             code = code.max(EXIT_FAILED);
         }
     }

@@ -1,25 +1,35 @@
 //! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh, reload).
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::status::Status;
 
 /// A request line is small; anything longer is a hostile or broken client.
 const MAX_REQUEST: u64 = 4096;
-/// A client gets this long to send its request line.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// A client gets this long to send its request line (our client sends it at once).
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// ... and this long to take our answer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 128;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once for one uid other than root; more are refused at once.
+const MAX_PER_UID: usize = 8;
+/// Connections served at once for all uids but root together; root's are never counted nor
+/// refused, so `status` and `reload` answer whatever the members of `socket_group` do.
+const MAX_OTHERS: usize = 128;
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a `refresh` or `reload` may take before the client is told so.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -70,6 +80,9 @@ pub enum BindError {
     InUse(PathBuf),
     #[error("{}: exists and is not a socket; remove it or choose another `socket`", .0.display())]
     NotASocket(PathBuf),
+    /// A directory on the way lets someone other than root swap the socket for a link.
+    #[error("{}: refusing the socket directory: {why}", path.display())]
+    UnsafeDirectory { path: PathBuf, why: String },
     #[error("{}: {op}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -79,9 +92,165 @@ pub enum BindError {
     },
 }
 
+/// Where a refusal points the admin.
+const SAFE_SOCKET: &str = "or set `socket` to a path in a directory only root can write (by default /run/ecr-refresherd/status.sock)";
+
+/// Symbolic links followed on the way to the socket's directory, at most.
+const MAX_SYMLINKS: usize = 40;
+
+/// An opened directory on the way to the socket.
+struct OpenDir {
+    fd: OwnedFd,
+    stat: Stat,
+    path: PathBuf,
+}
+
+/// Opens `dir` (absolute) from `/` one component at a time (`O_NOFOLLOW`) and checks that no one
+/// but root (or the user the daemon runs as) can change it: every directory is owned by root (or
+/// us); the socket's own directory is writable by its owner only; one above it is writable by
+/// others only when sticky (then no one else can rename what root owns in it). Symbolic links are
+/// followed only when root (or we) owns them, in such a directory. Missing directories are created
+/// 0755 under such a parent. Returns the directory's descriptor, or why it is refused (with the fix).
+// Kept apart so it can give way to atomic.rs's walk of root-controlled directories.
+fn open_socket_dir(dir: &Path) -> Result<OwnedFd, String> {
+    let me = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let open = |at: &dyn AsFd, name: &OsStr, path: PathBuf| -> Result<OpenDir, String> {
+        let fd = rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(OpenDir { fd, stat, path })
+    };
+    // The check every directory on the way passes; the socket's own directory has a stricter one.
+    let check = |d: &OpenDir| -> Result<(), String> {
+        let mode = d.stat.st_mode;
+        if !trusted(d.stat.st_uid) {
+            return Err(format!(
+                "{} belongs to {}, who could swap the socket for a link to any file; fix with: chown root: {}, {SAFE_SOCKET}",
+                d.path.display(),
+                crate::atomic::user_name(d.stat.st_uid),
+                d.path.display()
+            ));
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(writable_by_others(d));
+        }
+        Ok(())
+    };
+    let root = open(&rustix::fs::CWD, OsStr::new("/"), PathBuf::from("/"))?;
+    check(&root)?;
+    let mut chain = vec![root];
+    // Components still to walk, as a stack, so a link's target can be pushed in their place.
+    let mut todo: Vec<OsString> = dir
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let (mut links, mut created) = (0, Vec::new());
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            if chain.len() > 1 {
+                chain.pop();
+            }
+            continue;
+        }
+        let here = chain.last().ok_or("an empty walk")?;
+        let path = here.path.join(&name);
+        match rustix::fs::statat(&here.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) if !created.contains(&path) => {
+                match rustix::fs::mkdirat(&here.fd, name.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+                }
+                created.push(path);
+                todo.push(name);
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                // `here` passed the check: no one else can replace a link root owns in it.
+                if !trusted(st.st_uid) {
+                    return Err(format!(
+                        "{} is a symbolic link of {}; we never follow it; {SAFE_SOCKET}",
+                        path.display(),
+                        crate::atomic::user_name(st.st_uid)
+                    ));
+                }
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(format!("{}: too many symbolic links", dir.display()));
+                }
+                let target = rustix::fs::readlinkat(&here.fd, name.as_os_str(), Vec::new())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+                if target.is_absolute() {
+                    chain.truncate(1);
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push(n.to_os_string()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
+                return Err(format!("{} is not a directory", path.display()));
+            }
+            Ok(_) => {
+                let mine = created.contains(&path);
+                let mut d = open(&here.fd, &name, path)?;
+                if mine && d.stat.st_uid == me {
+                    // Created by us just now: 0755 whatever the umask (clients must reach the socket).
+                    let chmod = |d: &OpenDir| {
+                        rustix::fs::fchmod(&d.fd, Mode::from_raw_mode(0o755))?;
+                        rustix::fs::fstat(&d.fd)
+                    };
+                    d.stat =
+                        chmod(&d).map_err(|e| format!("cannot chmod {}: {e}", d.path.display()))?;
+                }
+                check(&d)?;
+                chain.push(d);
+            }
+        }
+    }
+    let last = chain.pop().ok_or("an empty walk")?;
+    if last.stat.st_mode & 0o022 != 0 {
+        return Err(writable_by_others(&last));
+    }
+    Ok(last.fd)
+}
+
+fn writable_by_others(d: &OpenDir) -> String {
+    format!(
+        "{} is writable by {} (mode {:04o}), so they could swap the socket for a link to any file; the socket's directory must be writable by root only; fix with: chmod go-w {}, {SAFE_SOCKET}",
+        d.path.display(),
+        if d.stat.st_mode & 0o002 != 0 {
+            "everyone".to_string()
+        } else {
+            format!("group {}", d.stat.st_gid)
+        },
+        d.stat.st_mode & 0o7777,
+        d.path.display()
+    )
+}
+
 /// Binds the control socket with its final owner, group and mode (0660 root:group, group root when
-/// none is configured), replacing a
-/// stale socket file but refusing to steal one a live daemon answers on.
+/// none is configured), replacing a stale socket file but refusing to steal one a live daemon
+/// answers on.
+///
+/// Everything happens through the descriptor of the socket's directory, which no one but root can
+/// write (else it is refused): the socket is bound through `/proc/self/fd/<dir>/<name>`, born with
+/// its final mode (umask), chowned with `fchownat(AT_SYMLINK_NOFOLLOW)`; nothing is ever chmodded
+/// by path, so a link swapped in for the socket cannot redirect a chmod.
 pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
     let io = |op: &'static str| {
         move |source| BindError::Io {
@@ -90,49 +259,132 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindE
             source,
         }
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(io("create directory"))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod directory"))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => {
-            if UnixStream::connect(path).await.is_ok() {
+    let absolute = std::path::absolute(path).map_err(io("resolve"))?;
+    let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+        return Err(io("bind")(std::io::ErrorKind::InvalidInput.into()));
+    };
+    let dir = open_socket_dir(dir).map_err(|why| BindError::UnsafeDirectory {
+        path: path.to_path_buf(),
+        why,
+    })?;
+    // The directory by its descriptor (short, and it cannot be renamed under us); the full path
+    // when /proc is missing or the name too long for a socket address (equally safe: every
+    // directory on the way is root's).
+    let via_fd = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    let at = if via_fd.as_os_str().len() < 100 && Path::new("/proc/self/fd").is_dir() {
+        via_fd
+    } else {
+        absolute.clone()
+    };
+    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Socket => {
+            if UnixStream::connect(&at).await.is_ok() {
                 return Err(BindError::InUse(path.to_path_buf()));
             }
-            std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+            rustix::fs::unlinkat(&dir, name, AtFlags::empty())
+                .map_err(|e| io("remove stale socket")(e.into()))?;
         }
         Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io("stat")(e)),
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(io("stat")(e.into())),
     }
-    // The socket is born 0600 (umask), so no one connects before its group and mode are final.
-    // This runs at startup, before the daemon creates any other file.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(path);
+    // Born 0660 root:root (this runs at startup, before the daemon creates any other file), then
+    // given its group: until then only root's group may connect.
+    let old = rustix::process::umask(Mode::from_raw_mode(0o117));
+    let bound = UnixListener::bind(&at);
     rustix::process::umask(old);
     let listener = bound.map_err(io("bind"))?;
     if rustix::process::geteuid().is_root() {
-        std::os::unix::fs::lchown(path, Some(0), Some(group.unwrap_or(0))).map_err(io("chown"))?;
+        rustix::fs::chownat(
+            &dir,
+            name,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::from_raw(group.unwrap_or(0))),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io("chown")(e.into()))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("chmod"))?;
     Ok(listener)
 }
 
+/// Who holds connections now, by peer uid (root never counted).
+#[derive(Debug, Default)]
+struct Budget {
+    per_uid: HashMap<u32, usize>,
+    others: usize,
+    refused: u64,
+    last_logged: Option<Instant>,
+}
+
+/// One admitted connection of a uid other than root; gives its place back when dropped.
+struct Slot {
+    budget: Arc<Mutex<Budget>>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        b.others = b.others.saturating_sub(1);
+        if let Some(n) = b.per_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                b.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Admits a connection from `uid` (`None`: the kernel did not say) or says why not.
+/// Root is always admitted and never counted.
+fn admit(budget: &Arc<Mutex<Budget>>, uid: Option<u32>) -> Result<Option<Slot>, String> {
+    if uid == Some(0) {
+        return Ok(None);
+    }
+    // A peer whose credentials are unknown shares one budget with every other such peer.
+    let uid = uid.unwrap_or(u32::MAX);
+    let mut b = budget.lock().unwrap_or_else(|e| e.into_inner());
+    let mine = b.per_uid.get(&uid).copied().unwrap_or(0);
+    let why = if mine >= MAX_PER_UID {
+        format!("too many connections from uid {uid} (at most {MAX_PER_UID} at once)")
+    } else if b.others >= MAX_OTHERS {
+        format!("too many connections from users other than root (at most {MAX_OTHERS} at once)")
+    } else {
+        b.others += 1;
+        *b.per_uid.entry(uid).or_insert(0) += 1;
+        return Ok(Some(Slot {
+            budget: Arc::clone(budget),
+            uid,
+        }));
+    };
+    b.refused += 1;
+    let now = Instant::now();
+    if b.last_logged
+        .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
+    {
+        tracing::warn!(
+            refused = b.refused,
+            "control socket: {why}; refusing the excess (logged at most once a minute)"
+        );
+        b.refused = 0;
+        b.last_logged = Some(now);
+    }
+    Err(why)
+}
+
 /// Serves the socket until `shutdown` flips to true.
+///
+/// Every connection is accepted at once (a full backlog would queue root's `status` behind a
+/// flood); each uid but root may hold a few at once, the excess is answered with an error and
+/// closed, and an idle client is cut after a second.
 pub async fn serve(
     listener: UnixListener,
     status: watch::Receiver<Status>,
     actions: mpsc::Sender<Action>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let budget = Arc::new(Mutex::new(Budget::default()));
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
         let conn = tokio::select! {
             c = listener.accept() => c,
             _ = shutdown.changed() => return,
@@ -146,11 +398,22 @@ pub async fn serve(
                 continue;
             }
         };
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let slot = match admit(&budget, uid) {
+            Ok(slot) => slot,
+            Err(message) => {
+                // Never wait on a refused client: what does not fit the socket buffer is dropped.
+                let mut out = serde_json::to_vec(&Response::Error { message }).unwrap_or_default();
+                out.push(b'\n');
+                let _ = stream.try_write(&out);
+                continue;
+            }
+        };
         let status = status.clone();
         let actions = actions.clone();
         tokio::spawn(async move {
             handle(stream, status, actions).await;
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -166,7 +429,7 @@ async fn handle(
     let response =
         match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
             Err(_) => Response::Error {
-                message: "no request line within 3 s".into(),
+                message: format!("no request line within {} s", READ_TIMEOUT.as_secs()),
             },
             Ok(Err(e)) => Response::Error {
                 message: format!("cannot read the request: {e}"),
@@ -280,6 +543,41 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_uid_but_root_gets_a_few_connections() {
+        let budget = Arc::new(Mutex::new(Budget::default()));
+        let mut held: Vec<_> = (0..MAX_PER_UID)
+            .map(|_| admit(&budget, Some(1000)).unwrap())
+            .collect();
+        let refused = admit(&budget, Some(1000)).err().unwrap();
+        assert!(refused.contains("uid 1000"), "{refused}");
+        // Root is never counted nor refused; another uid has its own share.
+        let root: Vec<_> = (0..1000).map(|_| admit(&budget, Some(0))).collect();
+        assert!(root.iter().all(|r| matches!(r, Ok(None))));
+        assert!(admit(&budget, Some(1001)).unwrap().is_some());
+        held.pop();
+        assert!(
+            admit(&budget, Some(1000)).is_ok(),
+            "a closed slot is given back"
+        );
+        // All users but root together are bounded too.
+        let mut many = Vec::new();
+        for uid in 2000.. {
+            match admit(&budget, Some(uid)) {
+                Ok(slot) => many.push(slot),
+                Err(why) => {
+                    assert!(why.contains("other than root"), "{why}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(budget.lock().unwrap().others, MAX_OTHERS);
+        drop((held, many));
+        assert_eq!(budget.lock().unwrap().others, 0);
+        assert!(budget.lock().unwrap().per_uid.is_empty());
+        assert!(admit(&budget, None).unwrap().is_some());
+    }
 
     #[test]
     fn request_wire_format() {

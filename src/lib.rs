@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod escape;
 pub mod logging;
 pub mod refresh;
 pub mod registry;

@@ -4,6 +4,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::escape::{shown, shown_lines};
+
 /// A registry's state, as shown by `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,7 +176,8 @@ pub fn relative(t: SystemTime, now: SystemTime) -> String {
     }
 }
 
-/// The readable table `ecr-refresherd status` prints.
+/// The readable table `ecr-refresherd status` prints; every string from the daemon is [`shown`]
+/// (escaped), as any of them may come from a user's file or the endpoint.
 pub fn render(status: &Status, now: SystemTime) -> String {
     let mut rows = vec![[
         "REGISTRY".to_string(),
@@ -190,11 +193,13 @@ pub fn render(status: &Status, now: SystemTime) -> String {
                 .map_or("-".to_string(), |t| relative(t, now))
         };
         rows.push([
-            r.host.clone(),
+            shown(&r.host).into_owned(),
             format!("{:?}", r.state).to_lowercase(),
             when(&r.expires_at),
             when(&r.next_refresh),
-            r.last_error.clone().unwrap_or_else(|| "-".into()),
+            r.last_error
+                .as_deref()
+                .map_or("-".into(), |e| shown(e).into_owned()),
         ]);
     }
     let mut out = table(&rows);
@@ -208,20 +213,24 @@ pub fn render(status: &Status, now: SystemTime) -> String {
     ]];
     for t in &status.targets {
         rows.push([
-            t.path.clone(),
-            t.owner.clone().unwrap_or_else(|| "-".into()),
+            shown(&t.path).into_owned(),
+            t.owner
+                .as_deref()
+                .map_or("-".into(), |o| shown(o).into_owned()),
             format!("{:?}", t.state).to_lowercase(),
             t.last_write
                 .as_deref()
                 .and_then(parse_time)
                 .map_or("-".into(), |x| relative(x, now)),
-            t.last_error.clone().unwrap_or_else(|| "-".into()),
+            t.last_error
+                .as_deref()
+                .map_or("-".into(), |e| shown(e).into_owned()),
         ]);
     }
     out += &table(&rows);
     for t in &status.targets {
         for w in &t.warnings {
-            out += &format!("warning: {}: {w}\n", t.path);
+            out += &format!("warning: {}: {}\n", shown(&t.path), shown(w));
         }
     }
     out += &format!(
@@ -230,11 +239,14 @@ pub fn render(status: &Status, now: SystemTime) -> String {
             .config
             .path
             .as_deref()
-            .unwrap_or("(instance default)"),
-        status.config.loaded_at.as_deref().unwrap_or("-")
+            .map_or("(instance default)".into(), shown),
+        shown(status.config.loaded_at.as_deref().unwrap_or("-"))
     );
     if let Some(e) = &status.config.error {
-        out += &format!("\nconfig edit rejected, still running the previous config:\n{e}");
+        out += &format!(
+            "\nconfig edit rejected, still running the previous config:\n{}",
+            shown_lines(e)
+        );
     }
     out.push('\n');
     out
@@ -332,6 +344,38 @@ mod tests {
             summary(&s, now),
             "2/3 registries fresh, 2 failing, next refresh 08:01 UTC"
         );
+    }
+
+    #[test]
+    fn the_table_shows_foreign_strings_escaped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let hostile = "\r\u{1b}[2K\u{1b}]0;t\u{7}\nFORGED";
+        let mut r = reg(Some(100), 1, now);
+        r.last_error = Some(hostile.into());
+        let s = Status {
+            registries: vec![r],
+            targets: vec![TargetStatus {
+                name: hostile.into(),
+                path: format!("/home/u/{hostile}"),
+                owner: Some(hostile.into()),
+                state: TargetState::Error,
+                last_write: None,
+                last_error: Some(hostile.into()),
+                warnings: vec![hostile.into()],
+            }],
+            config: ConfigStatus {
+                path: Some("/etc/c.toml".into()),
+                loaded_at: None,
+                // Our own diagnostics, one per line (from root's config): line feeds stay.
+                error: Some("c.toml:1:1: one\nc.toml:2:1: \r\u{1b}[2K".into()),
+            },
+            ..Default::default()
+        };
+        let out = render(&s, now);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out}");
+        assert!(!out.lines().any(|l| l.starts_with("FORGED")), "{out}");
+        assert!(out.contains("\nc.toml:2:1: \\r\\x1b[2K"), "{out}");
+        assert!(out.contains("warning: /home/u/\\r"), "{out}");
     }
 
     #[test]

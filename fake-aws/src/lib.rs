@@ -144,6 +144,10 @@ pub enum Fault {
     DropConnection,
     /// Never answer (until the client or the server drops the connection).
     Blackhole,
+    /// An access-denied error whose message is this text, verbatim: control characters, newlines
+    /// and any length, as a hostile or broken endpoint may send (`AccessDeniedException` for ECR,
+    /// `AccessDenied` for STS, HTTP 403 with this body for IMDS).
+    ErrorMessage(String),
 }
 
 impl Fault {
@@ -183,6 +187,8 @@ impl fmt::Display for Fault {
             Fault::Stall(d) => write!(f, "stall-ms={}", d.as_millis()),
             Fault::DropConnection => f.write_str("drop"),
             Fault::Blackhole => f.write_str("blackhole"),
+            // Escaped, so printing a fault never sends its control characters to a terminal.
+            Fault::ErrorMessage(m) => write!(f, "error-message={}", m.escape_debug()),
         }
     }
 }
@@ -236,14 +242,54 @@ impl FromStr for Fault {
                     .map_err(|_| "fault huge-body: too large".to_string())
             }
             "stall-ms" => Ok(Fault::Stall(Duration::from_millis(unsigned("stall-ms")?))),
+            "error-message" => {
+                let a = arg.ok_or("fault error-message needs a text, e.g. error-message=no")?;
+                unescape(a).map(Fault::ErrorMessage)
+            }
             _ => Err(format!(
                 "unknown fault {s:?} (expected none, throttle, server-error, unavailable, \
                  access-denied, expired-token, not-json, missing-fields, not-base64, \
                  no-aws-prefix, no-expires-at, stall-ms=N, drop, blackhole, expires-in=N, \
-                 huge-body=N)"
+                 huge-body=N, error-message=TEXT)"
             )),
         }
     }
+}
+
+/// Undoes `str::escape_debug` (`\\n`, `\\u{1b}`, ...), so `error-message=` round-trips.
+fn unescape(s: &str) -> Result<String, String> {
+    let bad = || format!("fault error-message: bad escape in {s:?}");
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next().ok_or_else(bad)? {
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            '0' => out.push('\0'),
+            c @ ('\\' | '\'' | '"') => out.push(c),
+            'u' => {
+                let rest = chars.as_str();
+                let hex = rest
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once('}'))
+                    .map(|(h, _)| h)
+                    .ok_or_else(bad)?;
+                let c = u32::from_str_radix(hex, 16)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or_else(bad)?;
+                out.push(c);
+                chars = rest[hex.len() + 2..].chars();
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
 }
 
 /// One request the fake received (recorded before the response is sent, whatever the fault).
@@ -501,5 +547,20 @@ impl Drop for FakeAws {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_fault_round_trips_with_control_characters() {
+        let f = Fault::ErrorMessage("a\r\n\u{1b}[2K\u{1b}]0;t\u{7}\\ \"q\" é".into());
+        let shown = f.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert_eq!(shown.parse::<Fault>(), Ok(f));
+        assert!("error-message=\\q".parse::<Fault>().is_err());
+        assert!("error-message".parse::<Fault>().is_err());
     }
 }

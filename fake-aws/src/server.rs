@@ -318,6 +318,7 @@ async fn ecr(
             "ExpiredTokenException",
             "The security token included in the request is expired",
         ),
+        Fault::ErrorMessage(m) => json_error(400, "AccessDeniedException", &m),
         Fault::NotJson => response(
             200,
             AWS_JSON,
@@ -537,6 +538,7 @@ fn sts_fault(fault: &Fault, request_id: &str, what: &str) -> Option<Resp> {
             "The security token included in the request is expired",
             request_id,
         ),
+        Fault::ErrorMessage(m) => sts_error(403, "AccessDenied", m, request_id),
         Fault::NotJson => xml(200, "fake-aws: this is neither XML nor JSON {"),
         _ => return None,
     })
@@ -625,6 +627,7 @@ async fn imds(shared: &Shared, req: &Req) -> Result<Resp, CloseConnection> {
         Fault::Unavailable => return Ok(text(503, "Service Unavailable\n")),
         Fault::AccessDenied => return Ok(text(403, "Forbidden\n")),
         Fault::ExpiredToken => return Ok(text(401, "Unauthorized\n")),
+        Fault::ErrorMessage(m) => return Ok(text(403, m)),
         _ => {}
     }
 
