@@ -111,7 +111,7 @@ pub async fn once(cli: &Cli) -> u8 {
                 shown(&format!(
                     "registry {}: ok, token expires {}",
                     r.host,
-                    humantime::format_rfc3339_seconds(t.expires_at)
+                    crate::status::rfc3339(t.expires_at)
                 ))
             ),
             Err(e) => println!("{}", shown(&format!("registry {}: FAILED: {e}", r.host))),

@@ -991,7 +991,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ecr-refresherd: {e}");
+            eprintln!("ecr-refresherd: {}", crate::escape::shown_lines(&e));
             return commands::EXIT_CONFIG;
         }
     };
@@ -1001,7 +1001,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ecr-refresherd: {e}");
+            eprintln!("ecr-refresherd: {}", crate::escape::shown(&e.to_string()));
             return commands::EXIT_FAILED;
         }
     };

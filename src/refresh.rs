@@ -250,7 +250,7 @@ pub async fn round<S: TokenSource>(
             let skew = now.duration_since(t.expires_at).unwrap_or_default();
             tracing::warn!(
                 registry = %reg.host,
-                expires_at = %humantime::format_rfc3339_seconds(t.expires_at),
+                expires_at = %crate::clock::rfc3339(t.expires_at),
                 "the token ECR returned expired {} ago (clock skew?); writing it anyway",
                 humantime::format_duration(std::time::Duration::from_secs(skew.as_secs()))
             );

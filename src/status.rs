@@ -228,6 +228,11 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         ]);
     }
     out += &table(&rows);
+    for r in &status.registries {
+        for w in &r.warnings {
+            out += &format!("warning: {}: {}\n", shown(&r.host), shown(w));
+        }
+    }
     for t in &status.targets {
         for w in &t.warnings {
             out += &format!("warning: {}: {}\n", shown(&t.path), shown(w));

@@ -618,5 +618,8 @@ fn a_target_removed_from_the_config_loses_our_entries_only() {
     );
     assert_eq!(read_json(&b)["auths"]["keep.example"]["auth"], "a2VlcA==");
     assert!(entry(&w, &a, H1).is_some());
-    assert!(d.log_text().contains("target removed from the config"));
+    // The log line follows the write: wait for it rather than race it.
+    assert!(wait_for(Duration::from_secs(10), || d
+        .log_text()
+        .contains("target removed from the config")));
 }

@@ -345,12 +345,15 @@ fn status_errors_hold_no_config_values_or_process_output() {
     let d = w.spawn_daemon(&[("AWS_CONFIG_FILE", aws_config.to_str().unwrap())]);
     d.wait_ready();
     let failing = |st: &serde_json::Value| {
-        st["registries"]
-            .as_array()
-            .is_some_and(|a| a.iter().all(|r| r["consecutive_failures"].as_u64().unwrap_or(0) > 0))
+        st["registries"].as_array().is_some_and(|a| {
+            a.iter()
+                .all(|r| r["consecutive_failures"].as_u64().unwrap_or(0) > 0)
+        })
     };
     assert!(
-        wait_for(Duration::from_secs(30), || w.status_json().is_some_and(|st| failing(&st))),
+        wait_for(Duration::from_secs(30), || w
+            .status_json()
+            .is_some_and(|st| failing(&st))),
         "{}",
         d.log_text()
     );
@@ -359,7 +362,13 @@ fn status_errors_hold_no_config_values_or_process_output() {
     for value in ["STDERR-SECRET-7f3a", "EXTID-VALUE-91c2"] {
         assert!(!text.contains(value), "status shows {value}:\n{text}");
     }
-    assert!(text.contains("credentials"), "status says what kind of failure:\n{text}");
+    assert!(
+        text.contains("credentials"),
+        "status says what kind of failure:\n{text}"
+    );
     let table = stdout(&w.client(&["status"]));
-    assert!(!table.contains("STDERR-SECRET") && !table.contains("EXTID-VALUE"), "{table}");
+    assert!(
+        !table.contains("STDERR-SECRET") && !table.contains("EXTID-VALUE"),
+        "{table}"
+    );
 }
