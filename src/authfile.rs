@@ -360,6 +360,8 @@ pub fn merge(
     }
     match root.get_mut("auths") {
         Some(slot) => *slot = Value::Object(auths),
+        // No `auths` and nothing of ours to put there: the file stays as it is.
+        None if auths.is_empty() => return Ok(None),
         None => {
             root.insert("auths".to_string(), Value::Object(auths));
         }
@@ -470,6 +472,20 @@ mod tests {
                 "{{\n\t\"auths\": {{\n\t\t\"{H}\": {{\n\t\t\t\"auth\": \"QVdTOnB3\"\n\t\t}}\n\t}}\n}}"
             )
         );
+    }
+
+    #[test]
+    fn nothing_to_set_leaves_a_file_without_auths_alone() {
+        let d = Desired {
+            set: BTreeMap::new(),
+            remove: [H.to_string()].into(),
+        };
+        for f in [Format::Docker, Format::Podman] {
+            assert_eq!(
+                merge(Some(b"{\"credsStore\": \"x\"}"), &d, f).unwrap(),
+                None
+            );
+        }
     }
 
     #[test]

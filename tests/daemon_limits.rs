@@ -372,3 +372,44 @@ fn status_errors_hold_no_config_values_or_process_output() {
         "{table}"
     );
 }
+
+/// #18: a huge token from the endpoint is a failed fetch (ECR's are 2-3 KB), and no file is ever
+/// written larger than the daemon itself would read back (4 MiB): the target never gets stuck.
+#[test]
+fn a_huge_token_is_refused_and_no_file_outgrows_what_we_read() {
+    let w = World::new();
+    let target = w.path("d/config.json");
+    let big = w.path("big/config.json");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    // Foreign content just under 4 MiB: our entry would push it over.
+    let filler = "x".repeat(4 * 1024 * 1024 - 60);
+    std::fs::write(&big, format!("{{\"filler\": \"{filler}\"}}")).unwrap();
+    let before = std::fs::read(&big).unwrap();
+    w.config(&format!(
+        "[daemon]\nstate_dir = \"{{dir}}/state\"\n[[registry]]\nhost = \"{H1}\"\n[[target]]\npath = \"{}\"\n[[target]]\npath = \"{}\"\n",
+        target.display(),
+        big.display()
+    ));
+    w.fake.set_fault(Service::Ecr, Fault::HugeToken(300_000));
+    let out = w.run(&["once"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(text.contains("a few KB"), "{text}");
+    assert!(
+        text.len() < 20_000,
+        "the token reached the output: {} bytes",
+        text.len()
+    );
+    assert!(!target.exists(), "a target was written from a 4 MB token");
+
+    w.fake.clear_faults(Service::Ecr);
+    let out = w.run(&["once"]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(text.contains("would be larger than 4 MiB"), "{text}");
+    assert!(
+        std::fs::read(&big).unwrap() == before,
+        "the big file changed"
+    );
+    assert_fresh_entry(&w, &target, H1);
+}

@@ -148,6 +148,8 @@ pub enum Fault {
     /// and any length, as a hostile or broken endpoint may send (`AccessDeniedException` for ECR,
     /// `AccessDenied` for STS, HTTP 403 with this body for IMDS).
     ErrorMessage(String),
+    /// A valid token whose password is this many bytes long (ECR's are a few KB).
+    HugeToken(usize),
 }
 
 impl Fault {
@@ -163,6 +165,7 @@ impl Fault {
                 | Fault::NoExpiresAt
                 | Fault::ExpiresAtOffset(_)
                 | Fault::HugeBody(_)
+                | Fault::HugeToken(_)
         )
     }
 }
@@ -184,6 +187,7 @@ impl fmt::Display for Fault {
             Fault::NoExpiresAt => f.write_str("no-expires-at"),
             Fault::ExpiresAtOffset(s) => write!(f, "expires-in={s}"),
             Fault::HugeBody(n) => write!(f, "huge-body={n}"),
+            Fault::HugeToken(n) => write!(f, "huge-token={n}"),
             Fault::Stall(d) => write!(f, "stall-ms={}", d.as_millis()),
             Fault::DropConnection => f.write_str("drop"),
             Fault::Blackhole => f.write_str("blackhole"),
@@ -241,6 +245,12 @@ impl FromStr for Fault {
                     .map(Fault::HugeBody)
                     .map_err(|_| "fault huge-body: too large".to_string())
             }
+            "huge-token" => {
+                let n = unsigned("huge-token")?;
+                usize::try_from(n)
+                    .map(Fault::HugeToken)
+                    .map_err(|_| "fault huge-token: too large".to_string())
+            }
             "stall-ms" => Ok(Fault::Stall(Duration::from_millis(unsigned("stall-ms")?))),
             "error-message" => {
                 let a = arg.ok_or("fault error-message needs a text, e.g. error-message=no")?;
@@ -250,7 +260,7 @@ impl FromStr for Fault {
                 "unknown fault {s:?} (expected none, throttle, server-error, unavailable, \
                  access-denied, expired-token, not-json, missing-fields, not-base64, \
                  no-aws-prefix, no-expires-at, stall-ms=N, drop, blackhole, expires-in=N, \
-                 huge-body=N, error-message=TEXT)"
+                 huge-body=N, huge-token=N, error-message=TEXT)"
             )),
         }
     }

@@ -361,6 +361,11 @@ fn ecr_success(
                 let pw = shared.issue_password(false, expiry);
                 Some(BASE64.encode(format!("user:{pw}")))
             }
+            Fault::HugeToken(n) => {
+                let pw = shared.issue_password(true, expiry);
+                let pad = "p".repeat(n.saturating_sub(pw.len()));
+                Some(BASE64.encode(format!("AWS:{pw}{pad}")))
+            }
             _ => {
                 let pw = shared.issue_password(true, expiry);
                 Some(BASE64.encode(format!("AWS:{pw}")))
