@@ -1089,6 +1089,49 @@ user = "portainer"
     }
 
     #[test]
+    fn duration_extremes() {
+        let cfg = |key: &str, v: &str| {
+            format!("[daemon]\n{key} = \"{v}\"\n[[registry]]\nhost = \"{H}\"\n")
+        };
+        let huge = [
+            "500000000000y",
+            "18446744073709551615s",
+            "18446744073709551616s",
+            "99999999999999999999999999999999ns",
+            "10000y",
+        ];
+        for (key, over) in [
+            ("retry_min", "61m"),
+            ("retry_max", "25h"),
+            ("min_interval", "13h"),
+        ] {
+            for v in huge.into_iter().chain([over]) {
+                let d = err(&cfg(key, v));
+                assert_eq!(d.len(), 1, "{key} = {v}: {d:?}");
+                assert!(
+                    d[0].message.contains("at most") || d[0].message.contains("is not a duration"),
+                    "{key} = {v}: {}",
+                    d[0].message
+                );
+            }
+            for v in ["0", "0s", "0ns"] {
+                assert!(
+                    err(&cfg(key, v))[0].message.contains("longer than zero"),
+                    "{key} = {v}"
+                );
+            }
+        }
+        for key in ["retry_min", "min_interval"] {
+            let s = ok(&cfg(key, "1ns"));
+            assert!(s.daemon.retry_min > Duration::ZERO && s.daemon.min_interval > Duration::ZERO);
+        }
+        let s = ok(&cfg("min_interval", "12h"));
+        assert_eq!(s.daemon.min_interval, MAX_MIN_INTERVAL);
+        let s = ok(&cfg("retry_max", "24h"));
+        assert_eq!(s.daemon.retry_max, MAX_RETRY_MAX);
+    }
+
+    #[test]
     fn parse_mode_cases() {
         assert_eq!(parse_mode("0600"), Some(0o600));
         assert_eq!(parse_mode("600"), Some(0o600));
