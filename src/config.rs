@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::atomic::{self, FileError};
-use crate::registry::{ACCEPTED_SHAPES, Registry};
+use crate::ecr::registry::{ACCEPTED_SHAPES, Registry};
+use crate::targets::atomic::{self, FileError};
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/ecr-refresherd/config.toml";

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use ecr_refresherd::cli::{Cli, Command};
-use ecr_refresherd::{client, commands, daemon};
+use ecr_refresherd::commands::{self, client};
+use ecr_refresherd::daemon;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

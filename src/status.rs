@@ -26,10 +26,13 @@ pub enum RegistryState {
 pub struct RegistryStatus {
     pub host: String,
     pub state: RegistryState,
-    /// RFC 3339 times, UTC.
-    pub expires_at: Option<String>,
-    pub next_refresh: Option<String>,
-    pub last_success: Option<String>,
+    /// Times are `SystemTime` here and RFC 3339 (UTC) on the wire.
+    #[serde(with = "wire_time")]
+    pub expires_at: Option<SystemTime>,
+    #[serde(with = "wire_time")]
+    pub next_refresh: Option<SystemTime>,
+    #[serde(with = "wire_time")]
+    pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     /// What works but will not hold (e.g. a token that lapses before its refresh).
@@ -52,7 +55,8 @@ pub struct TargetStatus {
     /// Who the file is written as (user name, or uid).
     pub owner: Option<String>,
     pub state: TargetState,
-    pub last_write: Option<String>,
+    #[serde(with = "wire_time")]
+    pub last_write: Option<SystemTime>,
     pub last_error: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -60,7 +64,8 @@ pub struct TargetStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigStatus {
     pub path: Option<String>,
-    pub loaded_at: Option<String>,
+    #[serde(with = "wire_time")]
+    pub loaded_at: Option<SystemTime>,
     /// Why the last edit or reload was rejected (the running config is the previous one).
     pub error: Option<String>,
 }
@@ -69,7 +74,8 @@ pub struct ConfigStatus {
 pub struct Status {
     pub version: String,
     pub pid: u32,
-    pub started_at: Option<String>,
+    #[serde(with = "wire_time")]
+    pub started_at: Option<SystemTime>,
     /// Tasks alive in the daemon's runtime (steady when nothing leaks).
     #[serde(default)]
     pub tasks: usize,
@@ -87,22 +93,36 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
+/// Times on the wire (the socket's JSON): RFC 3339 strings, formatted only here.
+mod wire_time {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&super::rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        Ok(text.as_deref().and_then(super::parse_time))
+    }
+}
+
 /// `status` exit codes, as monitoring plugins use them.
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_WARNING: u8 = 1;
-pub const EXIT_CRITICAL: u8 = 2;
-pub const EXIT_UNKNOWN: u8 = 3;
+pub use crate::startup::exit::{
+    CONFIG as EXIT_CRITICAL, FAILED as EXIT_WARNING, OK as EXIT_OK, UNKNOWN as EXIT_UNKNOWN,
+};
 
 /// 0: every registry holds an unexpired token and none is failing; 1: some refresh is failing but
 /// every token is still valid; 2: some registry has no valid token (expired, or not obtained yet).
 pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
     let mut code = EXIT_OK;
     for r in &status.registries {
-        let valid = r
-            .expires_at
-            .as_deref()
-            .and_then(parse_time)
-            .is_some_and(|t| t > now);
+        let valid = r.expires_at.is_some_and(|t| t > now);
         if !valid {
             return EXIT_CRITICAL;
         }
@@ -119,12 +139,7 @@ pub fn summary(status: &Status, now: SystemTime) -> String {
     let valid = status
         .registries
         .iter()
-        .filter(|r| {
-            r.expires_at
-                .as_deref()
-                .and_then(parse_time)
-                .is_some_and(|t| t > now)
-        })
+        .filter(|r| r.expires_at.is_some_and(|t| t > now))
         .count();
     let failing = status
         .registries
@@ -149,7 +164,7 @@ pub fn summary(status: &Status, now: SystemTime) -> String {
     let next = status
         .registries
         .iter()
-        .filter_map(|r| r.next_refresh.as_deref().and_then(parse_time))
+        .filter_map(|r| r.next_refresh)
         .min();
     if let Some(next) = next {
         let hhmm = rfc3339(next);
@@ -187,11 +202,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         "LAST ERROR".into(),
     ]];
     for r in &status.registries {
-        let when = |s: &Option<String>| {
-            s.as_deref()
-                .and_then(parse_time)
-                .map_or("-".to_string(), |t| relative(t, now))
-        };
+        let when = |t: &Option<SystemTime>| t.map_or("-".to_string(), |t| relative(t, now));
         rows.push([
             shown(&r.host).into_owned(),
             format!("{:?}", r.state).to_lowercase(),
@@ -218,10 +229,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
                 .as_deref()
                 .map_or("-".into(), |o| shown(o).into_owned()),
             format!("{:?}", t.state).to_lowercase(),
-            t.last_write
-                .as_deref()
-                .and_then(parse_time)
-                .map_or("-".into(), |x| relative(x, now)),
+            t.last_write.map_or("-".into(), |x| relative(x, now)),
             t.last_error
                 .as_deref()
                 .map_or("-".into(), |e| shown(e).into_owned()),
@@ -245,7 +253,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
             .path
             .as_deref()
             .map_or("(instance default)".into(), shown),
-        shown(status.config.loaded_at.as_deref().unwrap_or("-"))
+        status.config.loaded_at.map_or("-".into(), rfc3339)
     );
     if let Some(e) = &status.config.error {
         out += &format!(
@@ -293,11 +301,11 @@ mod tests {
                 RegistryState::Fresh
             },
             expires_at: expires_in.map(|s| {
-                rfc3339(if s >= 0 {
+                if s >= 0 {
                     now + Duration::from_secs(s as u64)
                 } else {
                     now - Duration::from_secs((-s) as u64)
-                })
+                }
             }),
             next_refresh: None,
             last_success: None,
@@ -340,7 +348,7 @@ mod tests {
     fn summary_line() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut a = reg(Some(100), 0, now);
-        a.next_refresh = Some(rfc3339(now + Duration::from_secs(60)));
+        a.next_refresh = Some(now + Duration::from_secs(60));
         let s = Status {
             registries: vec![a, reg(Some(100), 1, now), reg(None, 1, now)],
             ..Default::default()

@@ -314,8 +314,8 @@ fn an_oversized_state_is_moved_aside_not_replaced() {
 #[test]
 fn desired_for_removes_only_ecr_hosts_the_state_names() {
     use ecr_refresherd::config::{self, SystemAccounts};
-    use ecr_refresherd::refresh::desired_for;
-    use ecr_refresherd::state::Managed;
+    use ecr_refresherd::targets::files::desired_for;
+    use ecr_refresherd::targets::state::Managed;
     use std::collections::BTreeMap;
     use std::time::{Duration, SystemTime};
 

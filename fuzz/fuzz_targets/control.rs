@@ -1,7 +1,7 @@
 //! The control protocol's request parser never panics on what a client sends.
 #![no_main]
 
-use ecr_refresherd::control::{Request, parse_request};
+use ecr_refresherd::daemon::control::{Request, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Host parsing never panics, and only well-formed hosts are accepted.
 #![no_main]
 
-use ecr_refresherd::registry::{Registry, key_host};
+use ecr_refresherd::ecr::registry::{Registry, key_host};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

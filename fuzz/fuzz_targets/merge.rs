@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ecr_refresherd::authfile::{Desired, Format, merge, parse};
-use ecr_refresherd::registry::Registry;
+use ecr_refresherd::targets::authfile::{Desired, Format, merge, parse};
+use ecr_refresherd::ecr::registry::Registry;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

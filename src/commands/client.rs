@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::cli::{Cli, SocketArg};
 use crate::config;
-use crate::control::{self, ACTION_TIMEOUT, Request, Response};
+use crate::daemon::control::{self, ACTION_TIMEOUT, Request, Response};
 use crate::escape::{shown, shown_lines};
 use crate::status::{self, EXIT_UNKNOWN};
 

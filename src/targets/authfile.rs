@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::registry::{Registry, key_host};
+use crate::ecr::registry::{Registry, key_host};
 
 /// Files larger than this are not ours to parse (docker's own are a few KiB).
 pub const MAX_FILE_SIZE: usize = 4 * 1024 * 1024;

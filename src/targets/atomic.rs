@@ -18,7 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
-use crate::authfile::MAX_FILE_SIZE;
+use crate::targets::authfile::MAX_FILE_SIZE;
 
 /// A failure to update one file. The file is then as it was.
 #[derive(Debug, thiserror::Error)]

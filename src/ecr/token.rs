@@ -15,7 +15,7 @@ use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata};
 use base64::Engine;
 
 use crate::config::{CredentialSource, RegistrySettings};
-use crate::registry::{Partition, Registry};
+use crate::ecr::registry::{Partition, Registry};
 
 /// Registries that share one `GetAuthorizationToken` call: a token covers every registry the
 /// principal may pull from in that region, so one call per (partition, region, credentials, endpoint).
@@ -218,7 +218,7 @@ impl AwsTokenSource {
         // A region here only keeps the loader from asking instance metadata for one; each
         // client sets its group's region.
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::from_static(crate::registry::PUBLIC_REGION))
+            .region(Region::from_static(crate::ecr::registry::PUBLIC_REGION))
             .timeout_config(timeouts())
             .retry_config(RetryConfig::standard().with_max_attempts(self.attempts));
         if let Some(p) = profile {

@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{self, Owner};
-use crate::authfile;
 use crate::config::{Settings, TargetSettings};
-use crate::refresh::owner_policy;
+use crate::targets::atomic::{self, Owner};
+use crate::targets::authfile;
+use crate::targets::files::owner_policy;
 
 /// What `check` found for one target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

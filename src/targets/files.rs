@@ -7,12 +7,13 @@ use std::time::SystemTime;
 
 use tokio::task::JoinSet;
 
-use crate::atomic::{self, FileError, Outcome, OwnerPolicy};
-use crate::authfile::{self, Desired};
 use crate::config::{Settings, TargetSettings};
-use crate::registry::Registry;
-use crate::state::{Managed, State};
-use crate::token::{GroupKey, Token, TokenError, TokenSource};
+use crate::ecr::registry::Registry;
+use crate::ecr::token::{GroupKey, Token, TokenError, TokenSource};
+use crate::targets::atomic::{self, FileError, Outcome, OwnerPolicy};
+use crate::targets::authfile::{self, Desired};
+use crate::targets::consumer::{Consumer, Job};
+use crate::targets::state::{Managed, State};
 
 /// The result of one registry's token fetch.
 #[derive(Debug, Clone)]
@@ -150,31 +151,6 @@ pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Writte
     })
 }
 
-/// Records a successful write in the state.
-pub fn record(
-    state: &mut State,
-    target: &TargetSettings,
-    desired: &Desired,
-    tokens: &BTreeMap<String, Result<Token, TokenError>>,
-) {
-    let entry = state.targets.entry(target.path.clone()).or_default();
-    for host in &desired.remove {
-        entry.remove(host);
-    }
-    for host in desired.set.keys() {
-        // merge writes ECR hosts only, so only those are ours to remember.
-        if Registry::parse(host).is_err() {
-            continue;
-        }
-        if let Some(Ok(t)) = tokens.get(host) {
-            entry.insert(host.clone(), Managed::new(t.expires_at));
-        }
-    }
-    if entry.is_empty() {
-        state.targets.remove(&target.path);
-    }
-}
-
 /// Writes every target concurrently (each on a blocking thread) and records what was written.
 pub async fn write_all(
     settings: &Settings,
@@ -199,21 +175,20 @@ pub async fn write_some(
         let Some(target) = settings.targets.get(i) else {
             continue;
         };
-        let desired = desired_for(settings, target, tokens, state.managed(&target.path), now);
-        let t = target.clone();
+        let job = job_for(settings, target, tokens, state, now);
         set.spawn_blocking(move || {
-            let r = write_target(&t, &desired);
-            (i, desired, r)
+            let r = write_target(&job.target, &job.desired);
+            (i, job, r)
         });
     }
     let mut results = Vec::new();
     while let Some(joined) = set.join_next().await {
-        let Ok((i, desired, r)) = joined else {
+        let Ok((i, job, r)) = joined else {
             continue;
         };
         let target = &settings.targets[i];
         if r.is_ok() {
-            record(state, target, &desired, tokens);
+            job.record(state, &target.path);
         }
         results.push((
             i,
@@ -226,6 +201,41 @@ pub async fn write_some(
     }
     results.sort_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// What `target` should receive given each host's token (or failure) and what we manage there.
+pub fn job_for(
+    settings: &Settings,
+    target: &TargetSettings,
+    tokens: &BTreeMap<String, Result<Token, TokenError>>,
+    state: &State,
+    now: SystemTime,
+) -> Job {
+    let desired = desired_for(settings, target, tokens, state.managed(&target.path), now);
+    let expiries = desired
+        .set
+        .keys()
+        .filter_map(|h| match tokens.get(h) {
+            Some(Ok(t)) => Some((h.clone(), t.expires_at)),
+            _ => None,
+        })
+        .collect();
+    Job {
+        target: target.clone(),
+        desired,
+        expiries,
+    }
+}
+
+/// Auth files as a consumer of tokens: each job is a safe write of one file.
+pub struct AuthFiles;
+
+impl Consumer for AuthFiles {
+    fn deliver(&self, job: &Job) -> Result<bool, String> {
+        write_target(&job.target, &job.desired)
+            .map(|w| w.outcome == Outcome::Written)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A whole round: every group fetched once, every target written.

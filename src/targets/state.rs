@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{self, FileError, OwnerPolicy};
-use crate::authfile::MAX_FILE_SIZE;
-use crate::registry::Registry;
+use crate::ecr::registry::Registry;
+use crate::targets::atomic::{self, FileError, OwnerPolicy};
+use crate::targets::authfile::MAX_FILE_SIZE;
 
 const STATE_FILE: &str = "state.json";
 

@@ -1,0 +1,490 @@
+//! The long-running daemon: startup order, the loop that performs the core's actions, reload and shutdown.
+//!
+//! All rules live in [`core`], which is pure. This loop owns the [`core::Core`] and does its I/O:
+//! fetches run as tasks and deliveries (file writes) and diagnoses on blocking threads, each
+//! reporting back over a channel, so a slow group or a hung file system never delays the others,
+//! the control socket or the watchdog. The watcher, the socket and signals talk to the loop over
+//! channels; everyone else reads the `watch` status snapshot.
+
+pub mod control;
+pub(crate) mod core;
+pub mod schedule;
+pub mod systemd;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch as snapshot};
+
+use self::control::{Action as Request, RefreshResult};
+use self::core::{Action, Core, Ticket};
+use self::watch::{Changes, WatchSet, WatcherHandle};
+use crate::cli::Cli;
+use crate::config::Settings;
+use crate::ecr::token::{AwsTokenSource, GroupKey, Token, TokenError, TokenSource};
+use crate::logging;
+use crate::startup::{self, Source, exit};
+use crate::status::{self, ConfigStatus, Status};
+use crate::targets::consumer::{Consumer, Job};
+use crate::targets::diagnose;
+use crate::targets::files::AuthFiles;
+use crate::targets::state::State;
+
+/// What a blocking task reports back to the loop.
+enum Done {
+    Delivered {
+        job: Job,
+        result: Result<bool, String>,
+    },
+    Diagnosed {
+        path: PathBuf,
+        owner: Option<String>,
+        notes: Vec<String>,
+    },
+}
+
+/// The loop's own state: the core, and the handles of what it started.
+struct Loop<S: TokenSource> {
+    core: Core,
+    source: Arc<S>,
+    consumer: Arc<dyn Consumer>,
+    config: Source,
+    config_status: ConfigStatus,
+    run_dir: PathBuf,
+    started_at: SystemTime,
+    fetches: BTreeMap<GroupKey, tokio::task::AbortHandle>,
+    fetch_tx: mpsc::UnboundedSender<(GroupKey, Result<Token, TokenError>)>,
+    fetch_rx: mpsc::UnboundedReceiver<(GroupKey, Result<Token, TokenError>)>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    waiters: BTreeMap<u64, oneshot::Sender<Result<Token, TokenError>>>,
+    status_tx: snapshot::Sender<Status>,
+    watcher: Option<WatcherHandle>,
+    ready: Option<oneshot::Sender<()>>,
+    watchdog: Option<Duration>,
+    last_ping: Instant,
+    last_summary: String,
+}
+
+/// What to watch: every target, and the config path asked for (also while the instance default
+/// applies, so a config written later is picked up).
+fn watch_set(settings: &Settings, config: &Source) -> WatchSet {
+    WatchSet {
+        targets: settings.targets.iter().map(|t| t.path.clone()).collect(),
+        config: Some(config.path.clone()),
+    }
+}
+
+impl<S: TokenSource> Loop<S> {
+    /// Performs the core's actions.
+    fn perform(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Fetch(key) => {
+                    let (source, tx, k) =
+                        (Arc::clone(&self.source), self.fetch_tx.clone(), key.clone());
+                    let task = tokio::spawn(async move {
+                        let r = source.fetch(&k).await;
+                        let _ = tx.send((k, r));
+                    });
+                    self.fetches.insert(key, task.abort_handle());
+                }
+                Action::Abort(key) => {
+                    if let Some(h) = self.fetches.remove(&key) {
+                        h.abort();
+                    }
+                }
+                Action::Deliver(job) => {
+                    let (consumer, tx) = (Arc::clone(&self.consumer), self.done_tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = consumer.deliver(&job);
+                        let _ = tx.send(Done::Delivered { job, result });
+                    });
+                }
+                Action::Diagnose(i) => self.diagnose(i),
+                Action::SaveState => {
+                    let state = self.core.state().clone();
+                    let dir = self.core.settings().daemon.state_dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = state.save(&dir) {
+                            tracing::error!(error = %e, "cannot save state");
+                        }
+                    });
+                }
+                Action::Answer { id, result } => {
+                    if let Some(tx) = self.waiters.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Action::Ready => {
+                    if let Some(tx) = self.ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn diagnose(&self, i: usize) {
+        let settings = Arc::clone(self.core.settings());
+        let Some(target) = settings.targets.get(i).cloned() else {
+            return;
+        };
+        let (run_dir, tx) = (self.run_dir.clone(), self.done_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let d = diagnose::diagnose_target(&settings, &target, &run_dir);
+            let mut notes = d.warnings;
+            notes.extend(d.errors);
+            let owner = d.owner.map(crate::targets::atomic::user_name);
+            let _ = tx.send(Done::Diagnosed {
+                path: target.path,
+                owner,
+                notes,
+            });
+        });
+    }
+
+    fn on_fetched(&mut self, key: GroupKey, result: Result<Token, TokenError>) {
+        self.fetches.remove(&key);
+        let actions = self
+            .core
+            .fetched(&key, result, SystemTime::now(), rand::random());
+        self.perform(actions);
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let actions = match done {
+            Done::Delivered { job, result } => {
+                if result.is_ok() {
+                    tracing::info!(target_path = %job.target.path.display(), set = job.desired.set.len(), removed = job.desired.remove.len(), "auth file up to date");
+                }
+                self.core
+                    .delivered(&job, result, SystemTime::now(), rand::random())
+            }
+            Done::Diagnosed { path, owner, notes } => {
+                self.core.diagnosed(&path, owner, notes);
+                Vec::new()
+            }
+        };
+        self.perform(actions);
+    }
+
+    fn snapshot(&self, now: SystemTime) -> Status {
+        let (registries, targets) = self.core.snapshot(now);
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: Some(self.started_at),
+            tasks: tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            registries,
+            targets,
+            config: self.config_status.clone(),
+        }
+    }
+
+    fn publish(&mut self, now: SystemTime) {
+        let snap = self.snapshot(now);
+        let line = status::summary(&snap, now);
+        if line != self.last_summary {
+            systemd::status(&line);
+            self.last_summary = line;
+        }
+        self.status_tx.send_replace(snap);
+    }
+
+    fn ping_watchdog(&mut self) {
+        if let Some(every) = self.watchdog
+            && self.last_ping.elapsed() >= every
+        {
+            systemd::watchdog();
+            self.last_ping = Instant::now();
+        }
+    }
+
+    fn on_changes(&mut self, changes: Changes) -> Option<()> {
+        self.core.changed(&changes.targets);
+        changes.config.then_some(())
+    }
+
+    /// Re-reads the config. An invalid one is reported and the running config stays.
+    async fn reload(&mut self) -> Result<String, String> {
+        systemd::reloading();
+        let result = self.reload_inner().await;
+        match &result {
+            Ok(m) => tracing::info!("{m}"),
+            Err(e) => {
+                tracing::error!(error = %e, "config rejected; still running the previous config");
+                self.config_status.error = Some(e.clone());
+            }
+        }
+        self.publish(SystemTime::now());
+        systemd::ready(Some(&self.last_summary));
+        result
+    }
+
+    async fn reload_inner(&mut self) -> Result<String, String> {
+        let source = self.config.clone();
+        let read = tokio::task::spawn_blocking(move || source.read())
+            .await
+            .map_err(|e| e.to_string())?;
+        let new = match read.map_err(|e| e.to_string())? {
+            Some(s) => s,
+            // No settings in the file: the instance default, kept if it already applies.
+            None if self.core.settings().source.is_none() => {
+                return Ok(
+                    "no settings in the config; still using this instance's registry".into(),
+                );
+            }
+            None => self.config.instance_default().await?,
+        };
+        let now = SystemTime::now();
+        self.config_status = ConfigStatus {
+            path: Some(self.config.path.display().to_string()),
+            loaded_at: Some(now),
+            error: None,
+        };
+        if new == **self.core.settings() {
+            return Ok("config reloaded, unchanged".into());
+        }
+        if new.daemon.socket != self.core.settings().daemon.socket {
+            tracing::warn!("a new control socket path takes effect at the next restart");
+        }
+        logging::set_level(&new.daemon.log_level);
+        let new = Arc::new(new);
+        let actions = self.core.reload(Arc::clone(&new), now);
+        self.perform(actions);
+        if let Some(w) = &self.watcher {
+            w.update(watch_set(&new, &self.config));
+        }
+        tokio::task::spawn_blocking(move || startup::remove_stray_temp_files(&new));
+        let s = self.core.settings();
+        Ok(format!(
+            "config reloaded: {} registries, {} targets",
+            s.registries.len(),
+            s.targets.len()
+        ))
+    }
+
+    fn on_refresh(
+        &mut self,
+        host: Option<String>,
+        reply: oneshot::Sender<Result<Vec<RefreshResult>, String>>,
+    ) {
+        let tickets = match self.core.refresh(host.as_deref(), SystemTime::now()) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let mut pending = Vec::new();
+        for (hosts, ticket) in tickets {
+            let (tx, rx) = oneshot::channel();
+            match ticket {
+                Ticket::Now(r) => {
+                    let _ = tx.send(r);
+                }
+                Ticket::Later(id) => {
+                    self.waiters.insert(id, tx);
+                }
+            }
+            pending.push((hosts, rx));
+        }
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for (hosts, rx) in pending {
+                let r = rx
+                    .await
+                    .unwrap_or_else(|_| Err(TokenError::Failed("the registry was removed".into())));
+                for host in hosts {
+                    results.push(RefreshResult {
+                        host,
+                        ok: r.is_ok(),
+                        expires_at: r.as_ref().ok().map(|t| status::rfc3339(t.expires_at)),
+                        error: r.as_ref().err().map(ToString::to_string),
+                    });
+                }
+            }
+            let _ = reply.send(Ok(results));
+        });
+    }
+
+    async fn run(
+        mut self,
+        mut changes: mpsc::Receiver<Changes>,
+        mut requests: mpsc::Receiver<Request>,
+        mut signals: Signals,
+    ) -> u8 {
+        loop {
+            let now = SystemTime::now();
+            let actions = self.core.poll(now);
+            self.perform(actions);
+            self.publish(now);
+            self.ping_watchdog();
+            let mut wake = self.core.next_wake(SystemTime::now());
+            if let Some(every) = self.watchdog {
+                wake = wake.min(every.saturating_sub(self.last_ping.elapsed()));
+            }
+            let wake = wake.max(Duration::from_millis(5));
+            tokio::select! {
+                _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = signals.hup.recv() => { tracing::info!("SIGHUP: reloading"); let _ = self.reload().await; }
+                Some((key, r)) = self.fetch_rx.recv() => {
+                    self.on_fetched(key, r);
+                    // Results waiting too: take them now, so each target is written once for all.
+                    while let Ok((key, r)) = self.fetch_rx.try_recv() {
+                        self.on_fetched(key, r);
+                    }
+                }
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                Some(c) = changes.recv() => {
+                    if self.on_changes(c).is_some() {
+                        tracing::info!("config file changed; reloading");
+                        let _ = self.reload().await;
+                    }
+                }
+                Some(r) = requests.recv() => match r {
+                    Request::Refresh { host, reply } => self.on_refresh(host, reply),
+                    Request::Reload { reply } => { let r = self.reload().await; let _ = reply.send(r); }
+                },
+                _ = tokio::time::sleep(wake) => {}
+            }
+        }
+        systemd::stopping();
+        for h in self.fetches.values() {
+            h.abort();
+        }
+        exit::OK
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+fn signals() -> Option<Signals> {
+    Some(Signals {
+        term: signal(SignalKind::terminate()).ok()?,
+        int: signal(SignalKind::interrupt()).ok()?,
+        hup: signal(SignalKind::hangup()).ok()?,
+    })
+}
+
+/// `ecr-refresherd run`: config, logging, socket, first round, READY, then the loop until SIGTERM.
+pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
+    logging::init("info", logging::stderr_is_journal());
+    let config = Source::of(cli.config.as_deref());
+    let settings = match config.load().await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ecr-refresherd: {}", crate::escape::shown_lines(&e));
+            return exit::CONFIG;
+        }
+    };
+    logging::set_level(&settings.daemon.log_level);
+    let gid = settings.daemon.socket_group.as_ref().map(|g| g.gid);
+    let listener = match control::bind(&settings.daemon.socket, gid).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ecr-refresherd: {}", crate::escape::shown(&e.to_string()));
+            return exit::FAILED;
+        }
+    };
+    let Some(signals) = signals() else {
+        eprintln!("ecr-refresherd: cannot install signal handlers");
+        return exit::FAILED;
+    };
+    let now = SystemTime::now();
+    // The state is root's own small file; the targets are looked at off the loop (a hung file
+    // system in one must not hold the start).
+    let state_dir = settings.daemon.state_dir.clone();
+    let state = tokio::task::spawn_blocking(move || {
+        let (state, warning) = State::load(&state_dir);
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        state
+    })
+    .await
+    .unwrap_or_default();
+    let s = Arc::clone(&settings);
+    tokio::task::spawn_blocking(move || startup::remove_stray_temp_files(&s));
+    let (changes_tx, changes_rx) = mpsc::channel(16);
+    let watcher = match watch::spawn(watch_set(&settings, &config), changes_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch files; edits are picked up at the next refresh");
+            None
+        }
+    };
+    let (status_tx, status_rx) = snapshot::channel(Status::default());
+    let (requests_tx, requests_rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = snapshot::channel(false);
+    let server = tokio::spawn(control::serve(listener, status_rx, requests_tx, stop_rx));
+    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    tracing::info!(
+        registries = settings.registries.len(),
+        targets = settings.targets.len(),
+        socket = %settings.daemon.socket.display(),
+        "ecr-refresherd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let daemon = Loop {
+        core: Core::new(Arc::clone(&settings), state, now),
+        source: Arc::new(AwsTokenSource::new(1)),
+        consumer: Arc::new(AuthFiles),
+        config_status: ConfigStatus {
+            path: settings.source.as_ref().map(|p| p.display().to_string()),
+            loaded_at: Some(now),
+            error: None,
+        },
+        config,
+        run_dir: cli.run_dir.clone(),
+        started_at: now,
+        fetches: BTreeMap::new(),
+        fetch_tx,
+        fetch_rx,
+        done_tx,
+        done_rx,
+        waiters: BTreeMap::new(),
+        status_tx,
+        watcher,
+        ready: Some(ready_tx),
+        watchdog: systemd::watchdog_interval(),
+        last_ping: Instant::now(),
+        last_summary: String::new(),
+    };
+    let mut main = tokio::spawn(daemon.run(changes_rx, requests_rx, signals));
+    // READY after the first round, or after the start timeout: a hung round must not block boot.
+    let ended = tokio::select! {
+        r = ready_rx => { if r.is_ok() { systemd::ready(None); } None }
+        _ = tokio::time::sleep(start_timeout) => {
+            tracing::warn!("the first round is taking longer than {}s; reporting ready anyway", start_timeout.as_secs());
+            systemd::ready(Some("starting: the first round is still running"));
+            None
+        }
+        r = &mut main => Some(r),
+    };
+    let code = match ended {
+        Some(r) => r.unwrap_or(exit::FAILED),
+        None => main.await.unwrap_or(exit::FAILED),
+    };
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = std::fs::remove_file(&settings.daemon.socket);
+    tracing::info!("stopped");
+    code
+}

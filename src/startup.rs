@@ -1,0 +1,108 @@
+//! The one way every command starts: which config (a file, or this instance's own registry), exit
+//! codes, and the cleanup of temp files a crash left. Used by `run`, `once`, `check` and reloads.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, ConfigError, Settings, SystemAccounts};
+use crate::ecr::token;
+use crate::targets::atomic;
+use crate::targets::files::owner_policy;
+
+/// Exit codes, for every command.
+pub mod exit {
+    /// Everything worked (`status`: every token valid, no failure).
+    pub const OK: u8 = 0;
+    /// Something failed, what worked is done; `check` found warnings (`status`: a refresh is
+    /// failing while every token is still valid).
+    pub const FAILED: u8 = 1;
+    /// The config is invalid, or missing with no instance metadata (`status`: a registry has no
+    /// valid token).
+    pub const CONFIG: u8 = 2;
+    /// `status` and the other clients: no daemon answered.
+    pub const UNKNOWN: u8 = 3;
+}
+
+/// Where the settings come from, keyed on the config path that was asked for (`--config`, or
+/// the default): the daemon watches and reloads that path, whichever way it is used now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The config file asked for, absolute.
+    pub path: PathBuf,
+    /// Named on the command line (then it must exist).
+    pub explicit: bool,
+}
+
+impl Source {
+    /// The source asked for on the command line.
+    pub fn of(config: Option<&Path>) -> Source {
+        match config {
+            // Absolute, so the daemon can watch its directory and reload it after a chdir.
+            Some(p) => Source {
+                path: std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+                explicit: true,
+            },
+            None => Source {
+                path: PathBuf::from(config::DEFAULT_CONFIG),
+                explicit: false,
+            },
+        }
+    }
+
+    /// The settings in the file, or `None` when it says nothing: every line commented out (as
+    /// packaged), or the default file missing. Then this instance's own registry applies.
+    pub fn read(&self) -> Result<Option<Settings>, ConfigError> {
+        match config::load(&self.path, &SystemAccounts) {
+            Ok(settings) => {
+                config::log_warnings(&settings);
+                Ok(Some(settings))
+            }
+            Err(ConfigError::Read { source, .. })
+                if !self.explicit && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(ConfigError::Empty { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The settings: the file's, or the instance default from IMDSv2.
+    pub async fn load(&self) -> Result<Settings, String> {
+        match self.read() {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => self.instance_default().await,
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// One registry, this instance's, in root's docker config.
+    pub async fn instance_default(&self) -> Result<Settings, String> {
+        let (account, region) = token::instance_identity().await.map_err(|e| {
+            format!(
+                "no settings in {} and no instance identity to fall back on ({e}); write a config file (see config.example.toml)",
+                self.path.display()
+            )
+        })?;
+        let settings = config::zero_config(&account, &region)?;
+        tracing::info!(
+            registry = %settings.registries[0].host,
+            target = config::DEFAULT_TARGET,
+            "no settings in {}: using this instance's own registry",
+            self.path.display()
+        );
+        Ok(settings)
+    }
+}
+
+/// Removes temp files a crash of ours left beside each target (blocking).
+pub fn remove_stray_temp_files(settings: &Settings) {
+    for t in &settings.targets {
+        match atomic::remove_stray_temp_files(&t.path, owner_policy(t)) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(target_path = %t.path.display(), removed = n, "removed temp files left by an earlier crash")
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot look for stray temp files"),
+        }
+    }
+}
