@@ -6,6 +6,7 @@ use base64::Engine;
 
 use super::*;
 use crate::config::{Accounts, GroupSpec};
+use crate::status::{RegistryState, TargetState};
 use crate::targets::state::Managed;
 
 const H1: &str = "111111111111.dkr.ecr.us-east-1.amazonaws.com";
@@ -399,9 +400,11 @@ fn ready_waits_for_the_first_deliveries_but_not_for_a_stuck_one() {
     let done = jobs(a);
     core.delivered(&done[0], Ok(true), t(1), 0.0);
     assert!(!ready(&core.poll(t(1))), "one target still being written");
+    succeed(&mut core, &s, H1, "pw2", 5, 12 * HOUR);
+    assert!(!ready(&core.poll(t(5))), "still within 10 s");
     assert!(
         ready(&core.poll(t(11))),
-        "a write stuck for 10 s does not hold READY"
+        "a write stuck for 10 s does not hold READY, wanted again or not"
     );
     assert!(!ready(&core.poll(t(12))), "READY once");
 }

@@ -159,8 +159,8 @@ impl<S: TokenSource> Loop<S> {
     fn on_done(&mut self, done: Done) {
         let actions = match done {
             Done::Delivered { job, result } => {
-                if result.is_ok() {
-                    tracing::info!(target_path = %job.target.path.display(), set = job.desired.set.len(), removed = job.desired.remove.len(), "auth file up to date");
+                if result == Ok(true) {
+                    tracing::info!(target_path = %job.target.path.display(), set = job.desired.set.len(), removed = job.desired.remove.len(), "auth file written");
                 }
                 self.core
                     .delivered(&job, result, SystemTime::now(), rand::random())

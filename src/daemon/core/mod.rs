@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::clock;
-use crate::config::{Settings, TargetSettings};
+use crate::config::Settings;
 use crate::daemon::schedule::{self, Policy};
 use crate::ecr::token::{GroupKey, Token, TokenError};
-use crate::status::{self, RegistryState, RegistryStatus, TargetState, TargetStatus};
+use crate::status::{RegistryStatus, TargetStatus};
 use crate::targets::consumer::Job;
 use crate::targets::files;
 use crate::targets::state::State;
@@ -58,115 +58,15 @@ pub(crate) enum Ticket {
     Now(Result<Token, TokenError>),
     Later(u64),
 }
+mod group;
+mod plan;
+mod target;
 
-/// Which targets show which registries, computed once per config: no rescans per event.
-#[derive(Debug, Default)]
-struct Plan {
-    group_of_host: BTreeMap<String, GroupKey>,
-    hosts_of_group: BTreeMap<GroupKey, Vec<String>>,
-    targets_of_group: BTreeMap<GroupKey, BTreeSet<usize>>,
-    groups_of_target: Vec<BTreeSet<GroupKey>>,
-}
-
-impl Plan {
-    fn of(settings: &Settings) -> Plan {
-        let mut plan = Plan {
-            groups_of_target: vec![BTreeSet::new(); settings.targets.len()],
-            ..Plan::default()
-        };
-        for r in &settings.registries {
-            let key = GroupKey::of(r);
-            plan.group_of_host.insert(r.host.clone(), key.clone());
-            plan.hosts_of_group
-                .entry(key.clone())
-                .or_default()
-                .push(r.host.clone());
-            for (i, t) in settings.targets.iter().enumerate() {
-                if r.targets.contains(&t.name) {
-                    plan.targets_of_group
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(i);
-                    plan.groups_of_target[i].insert(key.clone());
-                }
-            }
-        }
-        plan
-    }
-}
-
-/// One token group's state.
-#[derive(Debug, Clone)]
-pub(crate) struct Group {
-    pub(crate) token: Option<Token>,
-    pub(crate) last_success: Option<SystemTime>,
-    pub(crate) next: SystemTime,
-    pub(crate) failures: u32,
-    /// Tokens that arrived already expired (clock skew), in a row: backs off like failures.
-    pub(crate) skewed: u32,
-    pub(crate) last_error: Option<String>,
-    pub(crate) in_flight: bool,
-    /// A result (either way) came in at least once.
-    pub(crate) attempted: bool,
-    /// The expiry of the held token was logged.
-    expiry_logged: bool,
-    waiters: Vec<u64>,
-}
-
-impl Group {
-    fn new(now: SystemTime) -> Group {
-        Group {
-            token: None,
-            last_success: None,
-            next: now,
-            failures: 0,
-            skewed: 0,
-            last_error: None,
-            in_flight: false,
-            attempted: false,
-            expiry_logged: false,
-            waiters: Vec::new(),
-        }
-    }
-
-    fn valid_token(&self, now: SystemTime) -> Option<&Token> {
-        self.token.as_ref().filter(|t| t.expires_at > now)
-    }
-
-    /// What the group's hosts get now: the token while valid, or the one just fetched even if it
-    /// arrived expired (clock skew: written as ECR gave it, shown in status). An expired token held
-    /// from before (a suspend, a stop) never is.
-    fn current(&self, now: SystemTime) -> Result<Token, TokenError> {
-        match &self.token {
-            Some(t) if t.expires_at > now || self.skewed > 0 => Ok(t.clone()),
-            _ => Err(TokenError::Failed(
-                self.last_error
-                    .clone()
-                    .unwrap_or_else(|| "no token yet".into()),
-            )),
-        }
-    }
-}
-
-/// One target's state.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Target {
-    pub(crate) owner: Option<String>,
-    pub(crate) last_write: Option<SystemTime>,
-    pub(crate) last_error: Option<String>,
-    pub(crate) warnings: Vec<String>,
-    pub(crate) written: bool,
-    /// A delivery is running since then.
-    pub(crate) writing: Option<SystemTime>,
-    /// A delivery is wanted (again, when one is running).
-    pub(crate) wanted: bool,
-    /// Failed deliveries in a row, and when to try again without any other reason.
-    pub(crate) failures: u32,
-    pub(crate) retry_at: Option<SystemTime>,
-    diagnosing: bool,
-    /// A diagnosis is wanted once the running one ends.
-    rediagnose: bool,
-}
+pub(crate) use group::Group;
+use group::{record_token, refresh_ticket, registry_status};
+use plan::Plan;
+pub(crate) use target::Target;
+use target::target_status;
 
 /// The daemon's whole mutable state, and the rules that change it.
 #[derive(Debug)]
@@ -395,7 +295,10 @@ impl Core {
     /// Ready (for systemd) once every group was tried and what that brought is delivered; a
     /// delivery stuck on a hung file system does not hold it.
     fn check_ready(&mut self, now: SystemTime, actions: &mut Vec<Action>) {
-        let busy = |t: &Target| t.wanted || t.writing.is_some_and(|s| elapsed(s, now) < STUCK);
+        let busy = |t: &Target| match t.writing {
+            Some(since) => elapsed(since, now) < STUCK,
+            None => t.wanted,
+        };
         if !self.ready_sent
             && self.groups.values().all(|g| g.attempted)
             && !self.targets.iter().any(busy)
@@ -654,141 +557,6 @@ impl Core {
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(since).unwrap_or_default()
 }
-
-/// Takes a fetched token into its group and schedules the next refresh.
-fn record_token(
-    g: &mut Group,
-    token: &Token,
-    now: SystemTime,
-    rand: f64,
-    policy: &Policy,
-    hosts: &str,
-) {
-    g.token = Some(token.clone());
-    g.last_success = Some(now);
-    g.failures = 0;
-    g.last_error = None;
-    g.expiry_logged = false;
-    if token.expires_at <= clock::add(now, Duration::from_secs(1)) {
-        g.skewed = g.skewed.saturating_add(1);
-        g.next = schedule::after_failure(now, g.skewed, None, policy, rand);
-        let skew = elapsed(token.expires_at, now);
-        g.last_error = Some(format!(
-            "ECR returned a token that had already expired ({} ago): check the clock",
-            status::rough(skew)
-        ));
-        tracing::warn!(registry = %hosts, expires_at = %clock::rfc3339(token.expires_at), "ECR returned a token that expired {} ago (clock skew?); writing it anyway", status::rough(skew));
-        return;
-    }
-    g.skewed = 0;
-    g.next = schedule::next_refresh(now, token.expires_at, policy, rand);
-    if let Some(gap) = schedule::lapses(token.expires_at, g.next) {
-        tracing::warn!(registry = %hosts, "tokens live {}, less than min_interval ({}): each lapses for {} before its refresh", status::rough(elapsed(now, token.expires_at)), status::rough(policy.min_interval), status::rough(gap));
-    }
-    tracing::info!(registry = %hosts, expires_at = %clock::rfc3339(token.expires_at), next_refresh = %clock::rfc3339(g.next), "token refreshed");
-}
-
-/// The answer a refresh request gets from one group.
-fn refresh_ticket(g: &mut Group, id: u64, now: SystemTime, policy: &Policy) -> Ticket {
-    let earliest = if g.failures > 0 || g.skewed > 0 {
-        g.next
-    } else {
-        g.last_success
-            .map_or(now, |t| clock::add(t, policy.min_interval))
-    };
-    if g.in_flight {
-        g.waiters.push(id); // coalesce onto the fetch under way
-        return Ticket::Later(id);
-    }
-    if earliest <= now {
-        g.next = now;
-        g.waiters.push(id);
-        return Ticket::Later(id);
-    }
-    if let Some(t) = g.valid_token(now).filter(|_| g.failures == 0) {
-        return Ticket::Now(Ok(t.clone()));
-    }
-    let why = match &g.last_error {
-        Some(e) if g.failures > 0 => format!(
-            "backing off after {} failed attempts (last: {e})",
-            g.failures
-        ),
-        Some(e) => e.clone(),
-        None => format!(
-            "min_interval ({}) since the last token",
-            status::rough(policy.min_interval)
-        ),
-    };
-    Ticket::Now(Err(TokenError::Failed(format!(
-        "not refreshed now: the next attempt is at {} (in {}): {why}",
-        clock::rfc3339(earliest),
-        status::rough(elapsed(now, earliest))
-    ))))
-}
-
-fn registry_status(
-    host: &str,
-    g: Option<&Group>,
-    now: SystemTime,
-    policy: &Policy,
-) -> RegistryStatus {
-    let state = match g {
-        None => RegistryState::Pending,
-        Some(g) => match &g.token {
-            Some(t) if t.expires_at <= now => RegistryState::Expired,
-            _ if g.in_flight => RegistryState::Refreshing,
-            None if g.failures > 0 => RegistryState::Failing,
-            None => RegistryState::Pending,
-            Some(_) if g.failures > 0 => RegistryState::Failing,
-            Some(_) => RegistryState::Fresh,
-        },
-    };
-    let lapse = g.and_then(|g| {
-        let t = g.token.as_ref().filter(|_| g.failures == 0 && g.skewed == 0)?;
-        let gap = schedule::lapses(t.expires_at, g.next)?;
-        Some(format!(
-            "the token runs out {} before its next refresh: tokens live less than min_interval ({}), which bounds calls to ECR; lower min_interval",
-            status::rough(gap),
-            status::rough(policy.min_interval)
-        ))
-    });
-    RegistryStatus {
-        host: host.to_string(),
-        state,
-        expires_at: g.and_then(|g| g.token.as_ref()).map(|t| t.expires_at),
-        next_refresh: g.map(|g| g.next),
-        last_success: g.and_then(|g| g.last_success),
-        last_error: g.and_then(|g| g.last_error.clone()),
-        consecutive_failures: g.map_or(0, |g| g.failures),
-        warnings: lapse.into_iter().collect(),
-    }
-}
-
-fn target_status(t: &TargetSettings, rt: &Target, now: SystemTime) -> TargetStatus {
-    let stuck = rt.writing.map(|s| elapsed(s, now)).filter(|d| *d >= STUCK);
-    TargetStatus {
-        name: t.name.clone(),
-        path: t.path.display().to_string(),
-        owner: rt.owner.clone(),
-        state: if rt.last_error.is_some() || stuck.is_some() {
-            TargetState::Error
-        } else if rt.written {
-            TargetState::Ok
-        } else {
-            TargetState::Pending
-        },
-        last_write: rt.last_write,
-        last_error: match stuck {
-            Some(d) => Some(format!(
-                "stuck: a write has been running for {} (a hung file system?); other targets go on",
-                status::rough(d)
-            )),
-            None => rt.last_error.clone(),
-        },
-        warnings: rt.warnings.clone(),
-    }
-}
-
 #[cfg(test)]
-#[path = "core_tests.rs"]
+#[path = "../core_tests.rs"]
 mod tests;
