@@ -406,18 +406,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         return exit::FAILED;
     };
     let now = SystemTime::now();
-    // The state is root's own small file; the targets are looked at off the loop (a hung file
-    // system in one must not hold the start).
-    let state_dir = settings.daemon.state_dir.clone();
-    let state = tokio::task::spawn_blocking(move || {
-        let (state, warning) = State::load(&state_dir);
-        if let Some(w) = warning {
-            tracing::warn!("{w}");
-        }
-        state
-    })
-    .await
-    .unwrap_or_default();
+    let state = load_state(&settings).await;
     let s = Arc::clone(&settings);
     tokio::task::spawn_blocking(move || startup::remove_stray_temp_files(&s));
     let (changes_tx, changes_rx) = mpsc::channel(16);
@@ -467,8 +456,37 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         last_ping: Instant::now(),
         last_summary: String::new(),
     };
-    let mut main = tokio::spawn(daemon.run(changes_rx, requests_rx, signals));
-    // READY after the first round, or after the start timeout: a hung round must not block boot.
+    let main = tokio::spawn(daemon.run(changes_rx, requests_rx, signals));
+    let code = ready_then_wait(main, ready_rx, start_timeout).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = std::fs::remove_file(&settings.daemon.socket);
+    tracing::info!("stopped");
+    code
+}
+
+/// The state is root's own small file, read before the loop; the targets are looked at off the
+/// loop (a hung file system in one must not hold the start).
+async fn load_state(settings: &Settings) -> State {
+    let state_dir = settings.daemon.state_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let (state, warning) = State::load(&state_dir);
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        state
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Tells systemd READY after the first round, or after the start timeout (a hung round must not
+/// block the boot), then waits for the loop's exit code.
+async fn ready_then_wait(
+    mut main: tokio::task::JoinHandle<u8>,
+    ready_rx: oneshot::Receiver<()>,
+    start_timeout: Duration,
+) -> u8 {
     let ended = tokio::select! {
         r = ready_rx => { if r.is_ok() { systemd::ready(None); } None }
         _ = tokio::time::sleep(start_timeout) => {
@@ -478,13 +496,8 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         }
         r = &mut main => Some(r),
     };
-    let code = match ended {
+    match ended {
         Some(r) => r.unwrap_or(exit::FAILED),
         None => main.await.unwrap_or(exit::FAILED),
-    };
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    let _ = std::fs::remove_file(&settings.daemon.socket);
-    tracing::info!("stopped");
-    code
+    }
 }
