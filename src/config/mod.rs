@@ -1153,7 +1153,7 @@ user = "portainer"
 
     #[test]
     fn example_config_is_valid_and_the_common_case() {
-        let s = ok(include_str!("../config.example.toml"));
+        let s = ok(include_str!("../../config.example.toml"));
         assert_eq!(
             s.daemon,
             DaemonSettings::default(),
