@@ -283,6 +283,7 @@ mod tests {
     use super::check::line_col;
     use super::targets::parse_mode;
     use super::*;
+    use std::collections::BTreeSet;
 
     struct FakeAccounts;
     impl Accounts for FakeAccounts {
@@ -307,9 +308,8 @@ mod tests {
         parse(text, None, &FakeAccounts).expect_err("config should be rejected")
     }
 
-    #[test]
-    fn full_config() {
-        let s = ok(r#"
+    /// Every key of every section, set.
+    const FULL: &str = r#"
 [daemon]
 refresh_at = 0.6
 jitter = 0.2
@@ -343,7 +343,11 @@ mode = "0640"
 [[target]]
 path = "/home/portainer/.docker/config.json"
 user = "portainer"
-"#);
+"#;
+
+    #[test]
+    fn full_config() {
+        let s = ok(FULL);
         assert_eq!(s.daemon.refresh_at, 0.6);
         assert_eq!(s.daemon.retry_max, Duration::from_secs(120));
         assert_eq!(s.daemon.socket_group.as_ref().map(|g| g.gid), Some(10));
@@ -366,6 +370,46 @@ user = "portainer"
             (portainer.name.as_str(), portainer.uid),
             ("portainer", None)
         );
+    }
+
+    /// The accepted keys are the raw structs' fields: FULL sets exactly the listed keys of each
+    /// section and is read; one key more is refused, with the list.
+    #[test]
+    fn section_keys_are_the_struct_fields() {
+        use super::raw::Section;
+        let doc: toml::Table = FULL.parse().unwrap();
+        let keys = |t: &toml::Table| t.keys().cloned().collect::<BTreeSet<_>>();
+        let first = |name: &str| doc[name].as_array().unwrap()[0].as_table().unwrap().clone();
+        for (section, set, header) in [
+            (Section::Top, keys(&doc), ""),
+            (
+                Section::Daemon,
+                keys(doc["daemon"].as_table().unwrap()),
+                "[daemon]",
+            ),
+            (Section::Registry, keys(&first("registry")), "[[registry]]"),
+            (Section::Target, keys(&first("target")), "[[target]]"),
+        ] {
+            let listed: BTreeSet<String> = section.keys().iter().map(|k| k.to_string()).collect();
+            assert_eq!(listed, set, "{section:?}");
+            let extra = if header.is_empty() {
+                format!("extra_key = 1\n{FULL}")
+            } else {
+                FULL.replacen(
+                    &format!("{header}\n"),
+                    &format!("{header}\nextra_key = 1\n"),
+                    1,
+                )
+            };
+            let d = err(&extra);
+            assert!(
+                d[0].message.starts_with("unknown key \"extra_key\"")
+                    && d[0]
+                        .message
+                        .ends_with(&format!("expected one of: {}", section.keys().join(", "))),
+                "{section:?}: {d:?}"
+            );
+        }
     }
 
     #[test]

@@ -48,3 +48,59 @@ pub(super) struct RawTarget {
     pub(super) user: Option<Spanned<String>>,
     pub(super) mode: Option<Spanned<String>>,
 }
+
+/// A table of the file, named by the struct that reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Section {
+    Top,
+    Daemon,
+    Registry,
+    Target,
+}
+
+impl Section {
+    /// The keys the section accepts: its struct's fields, as serde's derive lists them.
+    pub(super) fn keys(self) -> &'static [&'static str] {
+        match self {
+            Section::Top => fields::<RawConfig>(),
+            Section::Daemon => fields::<RawDaemon>(),
+            Section::Registry => fields::<RawRegistry>(),
+            Section::Target => fields::<RawTarget>(),
+        }
+    }
+}
+
+/// The field names serde's derive hands to `deserialize_struct` for `T`: the very list that
+/// `deny_unknown_fields` accepts, so no copy of it can drift from the struct.
+fn fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut names = FieldNames(&[]);
+    // Always an error: FieldNames stops at the struct, having noted its fields.
+    let _ = T::deserialize(&mut names);
+    names.0
+}
+
+struct FieldNames(&'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for &mut FieldNames {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0 = fields;
+        Err(serde::de::Error::custom("fields noted"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}

@@ -2,6 +2,7 @@
 
 use super::Diagnostic;
 use super::check::line_col;
+use super::raw::Section;
 
 /// The first problem serde met, located; an unknown key gets the accepted ones or the nearest.
 pub(super) fn diagnostic(text: &str, e: &toml::de::Error) -> Diagnostic {
@@ -34,43 +35,20 @@ fn section_at(text: &str, offset: usize) -> String {
         .unwrap_or_else(|| "at the top level".to_string())
 }
 
-const TOP_KEYS: &[&str] = &["daemon", "registry", "target"];
-const DAEMON_KEYS: &[&str] = &[
-    "refresh_at",
-    "jitter",
-    "retry_min",
-    "retry_max",
-    "min_interval",
-    "remove_expired",
-    "socket",
-    "socket_group",
-    "state_dir",
-    "log_level",
-];
-const REGISTRY_KEYS: &[&str] = &[
-    "host",
-    "role_arn",
-    "external_id",
-    "session_name",
-    "profile",
-    "endpoint_url",
-    "targets",
-];
-const TARGET_KEYS: &[&str] = &["name", "path", "user", "mode"];
-
 /// Turns serde's "unknown field `x`, expected ..." into our message with a suggestion.
 fn unknown_key_message(message: &str, section: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let (key, _) = rest.split_once('`')?;
-    let known: &[&str] = if section.contains("[daemon]") {
-        DAEMON_KEYS
+    let known = if section.contains("[daemon]") {
+        Section::Daemon
     } else if section.contains("[[registry]]") {
-        REGISTRY_KEYS
+        Section::Registry
     } else if section.contains("[[target]]") {
-        TARGET_KEYS
+        Section::Target
     } else {
-        TOP_KEYS
-    };
+        Section::Top
+    }
+    .keys();
     let suggestion = known
         .iter()
         .map(|k| (strsim::levenshtein(&key.to_lowercase(), k), *k))
