@@ -373,43 +373,51 @@ user = "portainer"
     }
 
     /// The accepted keys are the raw structs' fields: FULL sets exactly the listed keys of each
-    /// section and is read; one key more is refused, with the list.
+    /// section and is read; one key more is refused, in that section, with the list.
     #[test]
     fn section_keys_are_the_struct_fields() {
         use super::raw::Section;
         let doc: toml::Table = FULL.parse().unwrap();
         let keys = |t: &toml::Table| t.keys().cloned().collect::<BTreeSet<_>>();
         let first = |name: &str| doc[name].as_array().unwrap()[0].as_table().unwrap().clone();
-        for (section, set, header) in [
-            (Section::Top, keys(&doc), ""),
-            (
-                Section::Daemon,
-                keys(doc["daemon"].as_table().unwrap()),
-                "[daemon]",
-            ),
-            (Section::Registry, keys(&first("registry")), "[[registry]]"),
-            (Section::Target, keys(&first("target")), "[[target]]"),
+        for (section, set) in [
+            (Section::Top, keys(&doc)),
+            (Section::Daemon, keys(doc["daemon"].as_table().unwrap())),
+            (Section::Registry, keys(&first("registry"))),
+            (Section::Target, keys(&first("target"))),
         ] {
             let listed: BTreeSet<String> = section.keys().iter().map(|k| k.to_string()).collect();
             assert_eq!(listed, set, "{section:?}");
-            let extra = if header.is_empty() {
-                format!("extra_key = 1\n{FULL}")
-            } else {
-                FULL.replacen(
-                    &format!("{header}\n"),
-                    &format!("{header}\nextra_key = 1\n"),
-                    1,
-                )
+            let extra = match section.header() {
+                None => format!("extra_key = 1\n{FULL}"),
+                Some(h) => FULL.replacen(&format!("{h}\n"), &format!("{h}\nextra_key = 1\n"), 1),
             };
-            let d = err(&extra);
-            assert!(
-                d[0].message.starts_with("unknown key \"extra_key\"")
-                    && d[0]
-                        .message
-                        .ends_with(&format!("expected one of: {}", section.keys().join(", "))),
-                "{section:?}: {d:?}"
+            let want = format!(
+                "unknown key \"extra_key\" {}; expected one of: {}",
+                section.place(),
+                section.keys().join(", ")
             );
+            assert_eq!(err(&extra)[0].message, want);
         }
+    }
+
+    /// serde's words after an unknown key tell the section: no section's are the end of another's.
+    #[test]
+    fn each_section_is_told_by_serde_words() {
+        use super::raw::Section;
+        use super::syntax::{tail, unknown_key};
+        for a in Section::ALL {
+            assert_eq!(
+                unknown_key(&format!("unknown field `k{}", tail(a))),
+                Some((a, "k"))
+            );
+            for b in Section::ALL.into_iter().filter(|b| *b != a) {
+                assert!(!tail(a).ends_with(&tail(b)), "{a:?} {b:?}");
+            }
+        }
+        // A key holding serde's own quotes.
+        let odd = format!("unknown field `a`, b{}", tail(Section::Target));
+        assert_eq!(unknown_key(&odd), Some((Section::Target, "a`, b")));
     }
 
     #[test]
@@ -587,6 +595,120 @@ user = "portainer"
         ),
         ("[[registry]\nhost = \"x\"\n", 1, ""),
     ];
+
+    /// A table header names a key of the top level, whatever table came before it: an unknown
+    /// one is reported there, with the top-level tables and the nearest one.
+    #[test]
+    fn unknown_top_level_table_after_an_array_of_tables() {
+        let before =
+            format!("[[registry]]\nhost = \"{H}\"\n[[target]]\npath = \"/a/config.json\"\n");
+        let mut wrong = Vec::new();
+        for (header, column, want) in [
+            (
+                "[[portainer]]",
+                3,
+                "unknown key \"portainer\" at the top level; expected one of: daemon, registry, target",
+            ),
+            (
+                "[[registries]]",
+                3,
+                "unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target",
+            ),
+            (
+                "[daemonn]",
+                2,
+                "unknown key \"daemonn\" at the top level; did you mean \"daemon\"? The top-level tables are: daemon, registry, target",
+            ),
+        ] {
+            for text in [
+                format!("{before}{header}\n"),
+                format!("{before}{header}\nkey = 1\n"),
+                format!("[daemon]\n{before}{header}\n"),
+            ] {
+                let d = err(&text);
+                let got = (d[0].line, d[0].column, d[0].message.as_str());
+                let line = 5 + usize::from(text.starts_with("[daemon]"));
+                if got != (line, column, want) {
+                    wrong.push(format!(
+                        "{text:?}\n  got  {got:?}\n  want {:?}",
+                        (line, column, want)
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// TOML's rule: a key below a header belongs to that table, however it is written (a plain,
+    /// dotted or inline-table key, a sub-table header); the message names the table it is in.
+    #[test]
+    fn unknown_key_names_the_table_it_belongs_to() {
+        let reg = format!("[[registry]]\nhost = \"{H}\"\n");
+        let mut wrong = Vec::new();
+        for (text, line, column, want) in [
+            // An inline table after a header belongs to that header's table.
+            (
+                format!("{reg}target = [{{ path = \"/a/config.json\" }}]\n"),
+                3,
+                1,
+                "unknown key \"target\" in [[registry]]; did you mean \"targets\"? (a key below a table header belongs to that table; the top-level table is written [[target]])",
+            ),
+            (
+                format!(
+                    "{reg}[[target]]\npath = \"/a/config.json\"\ndaemon.log_level = \"debug\"\n"
+                ),
+                5,
+                1,
+                "unknown key \"daemon\" in [[target]]; expected one of: name, path, user, mode (a key below a table header belongs to that table; the top-level table is written [daemon])",
+            ),
+            (
+                format!("{reg}[[target]]\npath = \"/a/config.json\"\nlog_level = \"debug\"\n"),
+                5,
+                1,
+                "unknown key \"log_level\" in [[target]]; expected one of: name, path, user, mode",
+            ),
+            (
+                format!("{reg}[[target]]\npath = \"/a/config.json\"\n[target.extra]\n"),
+                5,
+                9,
+                "unknown key \"extra\" in [[target]]; expected one of: name, path, user, mode",
+            ),
+            (
+                format!("target = [{{ path = \"/a/config.json\", nme = \"a\" }}]\n{reg}"),
+                1,
+                38,
+                "unknown key \"nme\" in [[target]]; did you mean \"name\"?",
+            ),
+            (
+                format!("daemon.jiter = 0.1\n{reg}"),
+                1,
+                8,
+                "unknown key \"jiter\" in [daemon]; did you mean \"jitter\"?",
+            ),
+            (
+                format!("[ daemon ]\nsockett = \"/s\"\n{reg}"),
+                2,
+                1,
+                "unknown key \"sockett\" in [daemon]; did you mean \"socket\"?",
+            ),
+            (
+                format!("registry = [{{ host = \"{H}\", rolearn = \"x\" }}]\n"),
+                1,
+                70,
+                "unknown key \"rolearn\" in [[registry]]; did you mean \"role_arn\"?",
+            ),
+        ] {
+            let d = err(&text);
+            let got = (d[0].line, d[0].column, d[0].message.as_str());
+            if got != (line, column, want) {
+                wrong.push(format!(
+                    "{text:?}\n  got  {got:?}\n  want {:?}",
+                    (line, column, want)
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
 
     #[test]
     fn bad_configs_are_located() {

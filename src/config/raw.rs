@@ -59,6 +59,29 @@ pub(super) enum Section {
 }
 
 impl Section {
+    pub(super) const ALL: [Section; 4] = [
+        Section::Top,
+        Section::Daemon,
+        Section::Registry,
+        Section::Target,
+    ];
+
+    /// How the file opens the table; `None` for the top level.
+    pub(super) fn header(self) -> Option<&'static str> {
+        match self {
+            Section::Top => None,
+            Section::Daemon => Some("[daemon]"),
+            Section::Registry => Some("[[registry]]"),
+            Section::Target => Some("[[target]]"),
+        }
+    }
+
+    /// Where a key of this section is, for a message.
+    pub(super) fn place(self) -> String {
+        self.header()
+            .map_or_else(|| "at the top level".to_string(), |h| format!("in {h}"))
+    }
+
     /// The keys the section accepts: its struct's fields, as serde's derive lists them.
     pub(super) fn keys(self) -> &'static [&'static str] {
         match self {
