@@ -579,6 +579,20 @@ fn twenty_malformed_configs_exit_2_with_line_and_column() {
             format!("[daemon]\nsocket_group = \"no-such-group-here\"\n{reg}"),
             ":2:16: unknown group",
         ),
+        // A header names a top-level table, whatever table came before it (issue 10).
+        (
+            format!("{reg}[[target]]\npath = \"/x/config.json\"\n[[portainer]]\nurl = \"x\"\n"),
+            ":5:3: unknown key \"portainer\" at the top level; expected one of: daemon, registry, target",
+        ),
+        (
+            format!("{reg}[[target]]\npath = \"/x/config.json\"\n[[registries]]\nhost = \"x\"\n"),
+            ":5:3: unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target",
+        ),
+        // A key below a header belongs to that table (TOML's rule).
+        (
+            format!("{reg}[[target]]\npath = \"/x/config.json\"\nlog_level = \"debug\"\n"),
+            ":5:1: unknown key \"log_level\" in [[target]]; expected one of: name, path, user, mode",
+        ),
     ];
     assert!(cases.len() >= 20);
     for (text, want) in &cases {

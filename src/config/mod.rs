@@ -1,15 +1,21 @@
-//! The TOML config: raw serde structs, validation into `Settings`, errors with file:line:col.
+//! The TOML config: the file's serde structs (`raw`) validated into `Settings`, one module per
+//! section (`daemon`, `targets`, `registries`), every problem located at file:line:col.
 
-use std::collections::{BTreeSet, HashSet};
+mod check;
+mod daemon;
+mod raw;
+mod registries;
+mod syntax;
+mod targets;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use toml::Spanned;
-
-use crate::ecr::registry::{ACCEPTED_SHAPES, Registry};
+use crate::ecr::registry::Registry;
 use crate::targets::atomic::{self, FileError};
+use check::Checker;
+use raw::RawConfig;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/ecr-refresherd/config.toml";
@@ -158,54 +164,6 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-// ---- raw structs: what the file may say ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    daemon: Option<RawDaemon>,
-    #[serde(default)]
-    registry: Vec<Spanned<RawRegistry>>,
-    #[serde(default)]
-    target: Vec<Spanned<RawTarget>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDaemon {
-    refresh_at: Option<Spanned<f64>>,
-    jitter: Option<Spanned<f64>>,
-    retry_min: Option<Spanned<String>>,
-    retry_max: Option<Spanned<String>>,
-    min_interval: Option<Spanned<String>>,
-    remove_expired: Option<bool>,
-    socket: Option<Spanned<String>>,
-    socket_group: Option<Spanned<String>>,
-    state_dir: Option<Spanned<String>>,
-    log_level: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRegistry {
-    host: Spanned<String>,
-    role_arn: Option<Spanned<String>>,
-    external_id: Option<Spanned<String>>,
-    session_name: Option<Spanned<String>>,
-    profile: Option<Spanned<String>>,
-    endpoint_url: Option<Spanned<String>>,
-    targets: Option<Spanned<Vec<Spanned<String>>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    name: Option<Spanned<String>>,
-    path: Spanned<String>,
-    user: Option<Spanned<String>>,
-    mode: Option<Spanned<String>>,
-}
-
 /// Resolves group names; a seam so tests do not depend on the machine's group database.
 pub trait Accounts {
     fn group(&self, name: &str) -> Option<GroupSpec>;
@@ -293,528 +251,39 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, String> {
     })
 }
 
-/// Line and column (1-based, in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
-/// The table header (`[daemon]`, `[[registry]]`, ...) in force at a byte offset.
-fn section_at(text: &str, offset: usize) -> String {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    // Only whole lines before the error's line: a key in a header line belongs to the level above.
-    let before = before.rfind('\n').map_or("", |i| &before[..i]);
-    before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| {
-            let end = l.rfind(']').map_or(l.len(), |i| i + 1);
-            format!("in {}", &l[..end])
-        })
-        .unwrap_or_else(|| "at the top level".to_string())
-}
-
-const TOP_KEYS: &[&str] = &["daemon", "registry", "target"];
-const DAEMON_KEYS: &[&str] = &[
-    "refresh_at",
-    "jitter",
-    "retry_min",
-    "retry_max",
-    "min_interval",
-    "remove_expired",
-    "socket",
-    "socket_group",
-    "state_dir",
-    "log_level",
-];
-const REGISTRY_KEYS: &[&str] = &[
-    "host",
-    "role_arn",
-    "external_id",
-    "session_name",
-    "profile",
-    "endpoint_url",
-    "targets",
-];
-const TARGET_KEYS: &[&str] = &["name", "path", "user", "mode"];
-
-/// Turns serde's "unknown field `x`, expected ..." into our message with a suggestion.
-fn unknown_key_message(message: &str, section: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let (key, _) = rest.split_once('`')?;
-    let known: &[&str] = if section.contains("[daemon]") {
-        DAEMON_KEYS
-    } else if section.contains("[[registry]]") {
-        REGISTRY_KEYS
-    } else if section.contains("[[target]]") {
-        TARGET_KEYS
-    } else {
-        TOP_KEYS
-    };
-    let suggestion = known
-        .iter()
-        .map(|k| (strsim::levenshtein(&key.to_lowercase(), k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-        .min();
-    Some(match suggestion {
-        Some((_, k)) => format!("unknown key {key:?} {section}; did you mean {k:?}?"),
-        None => format!(
-            "unknown key {key:?} {section}; expected one of: {}",
-            known.join(", ")
-        ),
-    })
-}
-
-struct Checker<'a> {
-    text: &'a str,
-    diagnostics: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
-}
-
-impl Checker<'_> {
-    fn located(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Diagnostic {
-        let (line, column) = line_col(self.text, span.start);
-        Diagnostic {
-            line,
-            column,
-            message: message.into(),
-        }
-    }
-
-    fn error(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
-        let d = self.located(span, message);
-        self.diagnostics.push(d);
-    }
-
-    fn warning(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
-        let d = self.located(span, message);
-        self.warnings.push(d);
-    }
-
-    /// A duration between zero (exclusive) and `max`: every time computation stays far from
-    /// overflow, and no setting can make the daemon wait longer than makes sense.
-    fn duration(
-        &mut self,
-        key: &str,
-        v: &Option<Spanned<String>>,
-        default: Duration,
-        max: Duration,
-    ) -> Duration {
-        let Some(v) = v else { return default };
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if d.is_zero() => {
-                self.error(v.span(), format!("{key} must be longer than zero"));
-                default
-            }
-            Ok(d) if d > max => {
-                self.error(
-                    v.span(),
-                    format!(
-                        "{key} must be at most {}, found {:?}",
-                        humantime::format_duration(max),
-                        v.get_ref()
-                    ),
-                );
-                default
-            }
-            Ok(d) => d,
-            Err(e) => {
-                self.error(
-                    v.span(),
-                    format!(
-                        "{key}: {:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\"",
-                        v.get_ref()
-                    ),
-                );
-                default
-            }
-        }
-    }
-
-    fn absolute_path(&mut self, key: &str, v: &Spanned<String>) -> PathBuf {
-        let p = PathBuf::from(v.get_ref());
-        if !p.is_absolute() {
-            self.error(
-                v.span(),
-                format!("{key} must be an absolute path, found {:?}", v.get_ref()),
-            );
-        } else if p
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            self.error(v.span(), format!("{key} must not contain \"..\""));
-        }
-        p
-    }
-
-    fn non_empty(&mut self, key: &str, v: &Option<Spanned<String>>) -> Option<String> {
-        let v = v.as_ref()?;
-        if v.get_ref().trim().is_empty() {
-            self.error(v.span(), format!("{key} must not be empty"));
-            return None;
-        }
-        Some(v.get_ref().clone())
-    }
-}
-
-fn parse_mode(s: &str) -> Option<u32> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
-    {
-        return None;
-    }
-    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
-}
-
 /// Parses and validates config text; every problem found is returned, each located.
 pub fn parse(
     text: &str,
     source: Option<&Path>,
     accounts: &dyn Accounts,
 ) -> Result<Settings, Vec<Diagnostic>> {
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let start = e.span().map_or(0, |s| s.start);
-            let (line, column) = line_col(text, start);
-            let section = section_at(text, start);
-            let message = unknown_key_message(e.message(), &section)
-                .unwrap_or_else(|| e.message().trim().to_string());
-            return Err(vec![Diagnostic {
-                line,
-                column,
-                message,
-            }]);
-        }
-    };
-    let mut c = Checker {
-        text,
-        diagnostics: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let defaults = DaemonSettings::default();
-    let daemon = match &raw.daemon {
-        None => defaults,
-        Some(d) => {
-            let refresh_at = match &d.refresh_at {
-                Some(v) if !(*v.get_ref() > 0.0 && *v.get_ref() < 1.0) => {
-                    c.error(
-                        v.span(),
-                        format!(
-                            "refresh_at must be between 0 and 1 (exclusive), found {}",
-                            v.get_ref()
-                        ),
-                    );
-                    defaults.refresh_at
-                }
-                Some(v) => *v.get_ref(),
-                None => defaults.refresh_at,
-            };
-            let jitter = match &d.jitter {
-                Some(v) if !(*v.get_ref() >= 0.0 && *v.get_ref() < 1.0) => {
-                    c.error(
-                        v.span(),
-                        format!(
-                            "jitter must be at least 0 and below 1, found {}",
-                            v.get_ref()
-                        ),
-                    );
-                    defaults.jitter
-                }
-                Some(v) => *v.get_ref(),
-                None => defaults.jitter,
-            };
-            let retry_min =
-                c.duration("retry_min", &d.retry_min, defaults.retry_min, MAX_RETRY_MIN);
-            let retry_max =
-                c.duration("retry_max", &d.retry_max, defaults.retry_max, MAX_RETRY_MAX);
-            if retry_max < retry_min
-                && let Some(v) = d.retry_max.as_ref().or(d.retry_min.as_ref())
-            {
-                c.error(v.span(), "retry_max must not be shorter than retry_min");
-            }
-            let min_interval = c.duration(
-                "min_interval",
-                &d.min_interval,
-                defaults.min_interval,
-                MAX_MIN_INTERVAL,
-            );
-            let socket = d
-                .socket
-                .as_ref()
-                .map_or(defaults.socket, |v| c.absolute_path("socket", v));
-            let state_dir = d
-                .state_dir
-                .as_ref()
-                .map_or(defaults.state_dir, |v| c.absolute_path("state_dir", v));
-            let socket_group = d.socket_group.as_ref().and_then(|v| {
-                let name = v.get_ref();
-                let found = match name.parse::<u32>() {
-                    Ok(gid) => Some(GroupSpec {
-                        name: name.clone(),
-                        gid,
-                    }),
-                    Err(_) => accounts.group(name),
-                };
-                if found.is_none() {
-                    c.error(v.span(), format!("unknown group {name:?} in socket_group"));
-                }
-                found
-            });
-            let log_level = match &d.log_level {
-                Some(v) => {
-                    let l = v.get_ref().to_lowercase();
-                    if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
-                        c.error(
-                            v.span(),
-                            format!(
-                                "log_level must be one of error, warn, info, debug, trace; found {:?}",
-                                v.get_ref()
-                            ),
-                        );
-                    }
-                    l
-                }
-                None => defaults.log_level,
-            };
-            DaemonSettings {
-                refresh_at,
-                jitter,
-                retry_min,
-                retry_max,
-                min_interval,
-                remove_expired: d.remove_expired.unwrap_or(defaults.remove_expired),
-                socket,
-                socket_group,
-                state_dir,
-                log_level,
-            }
-        }
-    };
-
+    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax::diagnostic(text, &e)])?;
+    let mut c = Checker::new(text);
+    let daemon = raw
+        .daemon
+        .as_ref()
+        .map_or_else(DaemonSettings::default, |d| {
+            daemon::daemon(&mut c, d, accounts)
+        });
     // Targets first: registries refer to them by name.
-    let mut targets = Vec::new();
-    let mut names = HashSet::new();
-    let mut paths = HashSet::new();
-    for t in &raw.target {
-        let span = t.span();
-        let t = t.get_ref();
-        let path = c.absolute_path("path", &t.path);
-        if path.file_name().is_none() || t.path.get_ref().ends_with('/') {
-            c.error(t.path.span(), "path must name a file, not a directory");
-        }
-        let name = match &t.name {
-            Some(n) if n.get_ref().trim().is_empty() => {
-                c.error(n.span(), "name must not be empty");
-                n.get_ref().clone()
-            }
-            Some(n) => n.get_ref().clone(),
-            None => t.path.get_ref().clone(),
-        };
-        let new_path = paths.insert(path.clone());
-        if !names.insert(name.clone()) && (t.name.is_some() || new_path) {
-            let at = t.name.as_ref().map_or(span.clone(), |n| n.span());
-            c.error(at, format!("duplicate target name {name:?}"));
-        }
-        if !new_path {
-            c.error(
-                t.path.span(),
-                format!("duplicate target path {:?}", t.path.get_ref()),
-            );
-        }
-        let user = t.user.as_ref().and_then(|v| {
-            let s = v.get_ref().trim();
-            if s.is_empty() {
-                c.error(v.span(), "user must not be empty");
-                return None;
-            }
-            Some(UserSpec {
-                name: s.to_string(),
-                uid: s.parse::<u32>().ok(),
-            })
-        });
-        let mode = t.mode.as_ref().and_then(|v| {
-            let m = parse_mode(v.get_ref());
-            match m {
-                None => c.error(
-                    v.span(),
-                    format!(
-                        "mode must be an octal string up to \"0777\", like \"0600\"; found {:?}",
-                        v.get_ref()
-                    ),
-                ),
-                Some(m) if m & 0o022 != 0 => c.error(
-                    v.span(),
-                    format!(
-                        "mode {m:04o} would let others replace the credentials (group or other write); use \"0600\", or \"0640\" to let a group read"
-                    ),
-                ),
-                Some(_) => {}
-            }
-            m.filter(|m| m & 0o022 == 0)
-        });
-        targets.push(TargetSettings {
-            name,
-            path,
-            user,
-            mode,
-        });
-    }
-    if raw.target.is_empty() {
-        targets.push(TargetSettings {
-            name: DEFAULT_TARGET.to_string(),
-            path: PathBuf::from(DEFAULT_TARGET),
-            user: None,
-            mode: None,
-        });
-    }
-
-    let mut registries = Vec::new();
-    let mut hosts = BTreeSet::new();
-    if raw.registry.is_empty() {
-        c.error(
-            0..0,
-            "no [[registry]]: list at least one, e.g.\n  [[registry]]\n  host = \"123456789012.dkr.ecr.us-east-1.amazonaws.com\"",
-        );
-    }
-    for r in &raw.registry {
-        let r = r.get_ref();
-        let host = r.host.get_ref().clone();
-        let registry = match Registry::parse(&host) {
-            Ok(reg) => Some(reg),
-            Err(e) => {
-                c.error(
-                    r.host.span(),
-                    format!("invalid registry host {host:?}: {e}\n{ACCEPTED_SHAPES}"),
-                );
-                None
-            }
-        };
-        if !hosts.insert(host.clone()) {
-            c.error(r.host.span(), format!("duplicate registry host {host:?}"));
-        }
-        let role_arn = c.non_empty("role_arn", &r.role_arn);
-        if let (Some(arn), Some(v)) = (&role_arn, &r.role_arn)
-            && !(arn.starts_with("arn:") && arn.contains(":role/"))
-        {
-            c.error(
-                v.span(),
-                format!(
-                    "role_arn must look like arn:aws:iam::123456789012:role/NAME, found {arn:?}"
-                ),
-            );
-        }
-        for (key, v) in [
-            ("external_id", &r.external_id),
-            ("session_name", &r.session_name),
-        ] {
-            if let Some(v) = v
-                && role_arn.is_none()
-            {
-                c.error(
-                    v.span(),
-                    format!("{key} needs role_arn in the same [[registry]]"),
-                );
-            }
-        }
-        let external_id = c.non_empty("external_id", &r.external_id);
-        let session_name = c.non_empty("session_name", &r.session_name);
-        if let (Some(s), Some(v)) = (&session_name, &r.session_name)
-            && (s.len() < 2
-                || s.len() > 64
-                || !s
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "=,.@-_".contains(ch)))
-        {
-            c.error(
-                v.span(),
-                "session_name must be 2 to 64 characters of letters, digits and =,.@-_",
-            );
-        }
-        let profile = c.non_empty("profile", &r.profile);
-        let endpoint_url = c.non_empty("endpoint_url", &r.endpoint_url);
-        if let (Some(u), Some(v)) = (&endpoint_url, &r.endpoint_url)
-            && !(u.starts_with("https://") || u.starts_with("http://"))
-        {
-            c.error(
-                v.span(),
-                format!("endpoint_url must start with https:// (or http://), found {u:?}"),
-            );
-        } else if let (Some(u), Some(v)) = (&endpoint_url, &r.endpoint_url)
-            && u.starts_with("http://")
-        {
-            c.warning(
-                v.span(),
-                format!(
-                    "endpoint_url {u:?} is plain http://: the token and the signed request travel unencrypted; use https:// outside tests"
-                ),
-            );
-        }
-        let target_names = match &r.targets {
-            None => targets.iter().map(|t| t.name.clone()).collect(),
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    c.error(
-                        list.span(),
-                        "targets must not be empty (leave it out for every target)",
-                    );
-                }
-                let mut seen = HashSet::new();
-                let mut out = Vec::new();
-                for n in list.get_ref() {
-                    if !targets.iter().any(|t| &t.name == n.get_ref()) {
-                        let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-                        c.error(
-                            n.span(),
-                            format!(
-                                "unknown target {:?}; targets are: {}",
-                                n.get_ref(),
-                                known.join(", ")
-                            ),
-                        );
-                    } else if seen.insert(n.get_ref().clone()) {
-                        out.push(n.get_ref().clone());
-                    }
-                }
-                out
-            }
-        };
-        if let Some(registry) = registry {
-            registries.push(RegistrySettings {
-                host,
-                registry,
-                credentials: CredentialSource {
-                    profile,
-                    role_arn,
-                    external_id,
-                    session_name,
-                },
-                endpoint_url,
-                targets: target_names,
-            });
-        }
-    }
-
-    if !c.diagnostics.is_empty() {
-        return Err(c.diagnostics);
-    }
+    let targets = targets::targets(&mut c, &raw.target);
+    let registries = registries::registries(&mut c, &raw.registry, &targets);
+    let warnings = c.finish()?;
     Ok(Settings {
         source: source.map(Path::to_path_buf),
         daemon,
         registries,
         targets,
-        warnings: c.warnings,
+        warnings,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::check::line_col;
+    use super::targets::parse_mode;
     use super::*;
+    use std::collections::BTreeSet;
 
     struct FakeAccounts;
     impl Accounts for FakeAccounts {
@@ -839,9 +308,8 @@ mod tests {
         parse(text, None, &FakeAccounts).expect_err("config should be rejected")
     }
 
-    #[test]
-    fn full_config() {
-        let s = ok(r#"
+    /// Every key of every section, set.
+    const FULL: &str = r#"
 [daemon]
 refresh_at = 0.6
 jitter = 0.2
@@ -875,7 +343,11 @@ mode = "0640"
 [[target]]
 path = "/home/portainer/.docker/config.json"
 user = "portainer"
-"#);
+"#;
+
+    #[test]
+    fn full_config() {
+        let s = ok(FULL);
         assert_eq!(s.daemon.refresh_at, 0.6);
         assert_eq!(s.daemon.retry_max, Duration::from_secs(120));
         assert_eq!(s.daemon.socket_group.as_ref().map(|g| g.gid), Some(10));
@@ -898,6 +370,54 @@ user = "portainer"
             (portainer.name.as_str(), portainer.uid),
             ("portainer", None)
         );
+    }
+
+    /// The accepted keys are the raw structs' fields: FULL sets exactly the listed keys of each
+    /// section and is read; one key more is refused, in that section, with the list.
+    #[test]
+    fn section_keys_are_the_struct_fields() {
+        use super::raw::Section;
+        let doc: toml::Table = FULL.parse().unwrap();
+        let keys = |t: &toml::Table| t.keys().cloned().collect::<BTreeSet<_>>();
+        let first = |name: &str| doc[name].as_array().unwrap()[0].as_table().unwrap().clone();
+        for (section, set) in [
+            (Section::Top, keys(&doc)),
+            (Section::Daemon, keys(doc["daemon"].as_table().unwrap())),
+            (Section::Registry, keys(&first("registry"))),
+            (Section::Target, keys(&first("target"))),
+        ] {
+            let listed: BTreeSet<String> = section.keys().iter().map(|k| k.to_string()).collect();
+            assert_eq!(listed, set, "{section:?}");
+            let extra = match section.header() {
+                None => format!("extra_key = 1\n{FULL}"),
+                Some(h) => FULL.replacen(&format!("{h}\n"), &format!("{h}\nextra_key = 1\n"), 1),
+            };
+            let want = format!(
+                "unknown key \"extra_key\" {}; expected one of: {}",
+                section.place(),
+                section.keys().join(", ")
+            );
+            assert_eq!(err(&extra)[0].message, want);
+        }
+    }
+
+    /// serde's words after an unknown key tell the section: no section's are the end of another's.
+    #[test]
+    fn each_section_is_told_by_serde_words() {
+        use super::raw::Section;
+        use super::syntax::{tail, unknown_key};
+        for a in Section::ALL {
+            assert_eq!(
+                unknown_key(&format!("unknown field `k{}", tail(a))),
+                Some((a, "k"))
+            );
+            for b in Section::ALL.into_iter().filter(|b| *b != a) {
+                assert!(!tail(a).ends_with(&tail(b)), "{a:?} {b:?}");
+            }
+        }
+        // A key holding serde's own quotes.
+        let odd = format!("unknown field `a`, b{}", tail(Section::Target));
+        assert_eq!(unknown_key(&odd), Some((Section::Target, "a`, b")));
     }
 
     #[test]
@@ -1076,6 +596,120 @@ user = "portainer"
         ("[[registry]\nhost = \"x\"\n", 1, ""),
     ];
 
+    /// A table header names a key of the top level, whatever table came before it: an unknown
+    /// one is reported there, with the top-level tables and the nearest one.
+    #[test]
+    fn unknown_top_level_table_after_an_array_of_tables() {
+        let before =
+            format!("[[registry]]\nhost = \"{H}\"\n[[target]]\npath = \"/a/config.json\"\n");
+        let mut wrong = Vec::new();
+        for (header, column, want) in [
+            (
+                "[[portainer]]",
+                3,
+                "unknown key \"portainer\" at the top level; expected one of: daemon, registry, target",
+            ),
+            (
+                "[[registries]]",
+                3,
+                "unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target",
+            ),
+            (
+                "[daemonn]",
+                2,
+                "unknown key \"daemonn\" at the top level; did you mean \"daemon\"? The top-level tables are: daemon, registry, target",
+            ),
+        ] {
+            for text in [
+                format!("{before}{header}\n"),
+                format!("{before}{header}\nkey = 1\n"),
+                format!("[daemon]\n{before}{header}\n"),
+            ] {
+                let d = err(&text);
+                let got = (d[0].line, d[0].column, d[0].message.as_str());
+                let line = 5 + usize::from(text.starts_with("[daemon]"));
+                if got != (line, column, want) {
+                    wrong.push(format!(
+                        "{text:?}\n  got  {got:?}\n  want {:?}",
+                        (line, column, want)
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// TOML's rule: a key below a header belongs to that table, however it is written (a plain,
+    /// dotted or inline-table key, a sub-table header); the message names the table it is in.
+    #[test]
+    fn unknown_key_names_the_table_it_belongs_to() {
+        let reg = format!("[[registry]]\nhost = \"{H}\"\n");
+        let mut wrong = Vec::new();
+        for (text, line, column, want) in [
+            // An inline table after a header belongs to that header's table.
+            (
+                format!("{reg}target = [{{ path = \"/a/config.json\" }}]\n"),
+                3,
+                1,
+                "unknown key \"target\" in [[registry]]; did you mean \"targets\"? (a key below a table header belongs to that table; the top-level table is written [[target]])",
+            ),
+            (
+                format!(
+                    "{reg}[[target]]\npath = \"/a/config.json\"\ndaemon.log_level = \"debug\"\n"
+                ),
+                5,
+                1,
+                "unknown key \"daemon\" in [[target]]; expected one of: name, path, user, mode (a key below a table header belongs to that table; the top-level table is written [daemon])",
+            ),
+            (
+                format!("{reg}[[target]]\npath = \"/a/config.json\"\nlog_level = \"debug\"\n"),
+                5,
+                1,
+                "unknown key \"log_level\" in [[target]]; expected one of: name, path, user, mode",
+            ),
+            (
+                format!("{reg}[[target]]\npath = \"/a/config.json\"\n[target.extra]\n"),
+                5,
+                9,
+                "unknown key \"extra\" in [[target]]; expected one of: name, path, user, mode",
+            ),
+            (
+                format!("target = [{{ path = \"/a/config.json\", nme = \"a\" }}]\n{reg}"),
+                1,
+                38,
+                "unknown key \"nme\" in [[target]]; did you mean \"name\"?",
+            ),
+            (
+                format!("daemon.jiter = 0.1\n{reg}"),
+                1,
+                8,
+                "unknown key \"jiter\" in [daemon]; did you mean \"jitter\"?",
+            ),
+            (
+                format!("[ daemon ]\nsockett = \"/s\"\n{reg}"),
+                2,
+                1,
+                "unknown key \"sockett\" in [daemon]; did you mean \"socket\"?",
+            ),
+            (
+                format!("registry = [{{ host = \"{H}\", rolearn = \"x\" }}]\n"),
+                1,
+                70,
+                "unknown key \"rolearn\" in [[registry]]; did you mean \"role_arn\"?",
+            ),
+        ] {
+            let d = err(&text);
+            let got = (d[0].line, d[0].column, d[0].message.as_str());
+            if got != (line, column, want) {
+                wrong.push(format!(
+                    "{text:?}\n  got  {got:?}\n  want {:?}",
+                    (line, column, want)
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn bad_configs_are_located() {
         for (text, line, word) in BAD {
@@ -1153,7 +787,7 @@ user = "portainer"
 
     #[test]
     fn example_config_is_valid_and_the_common_case() {
-        let s = ok(include_str!("../config.example.toml"));
+        let s = ok(include_str!("../../config.example.toml"));
         assert_eq!(
             s.daemon,
             DaemonSettings::default(),

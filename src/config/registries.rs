@@ -1,0 +1,159 @@
+//! The `[[registry]]` tables: the hosts, how each one's token is fetched, where it is written.
+
+use std::collections::{BTreeSet, HashSet};
+
+use toml::Spanned;
+
+use super::check::Checker;
+use super::raw::RawRegistry;
+use super::{CredentialSource, RegistrySettings, TargetSettings};
+use crate::ecr::registry::{ACCEPTED_SHAPES, Registry};
+
+/// Validates every `[[registry]]` (at least one), whose `targets` name entries of `targets`.
+pub(super) fn registries(
+    c: &mut Checker,
+    raw: &[Spanned<RawRegistry>],
+    targets: &[TargetSettings],
+) -> Vec<RegistrySettings> {
+    let mut registries = Vec::new();
+    let mut hosts = BTreeSet::new();
+    if raw.is_empty() {
+        c.error(
+            0..0,
+            "no [[registry]]: list at least one, e.g.\n  [[registry]]\n  host = \"123456789012.dkr.ecr.us-east-1.amazonaws.com\"",
+        );
+    }
+    for r in raw {
+        let r = r.get_ref();
+        let host = r.host.get_ref().clone();
+        let registry = match Registry::parse(&host) {
+            Ok(reg) => Some(reg),
+            Err(e) => {
+                c.error(
+                    r.host.span(),
+                    format!("invalid registry host {host:?}: {e}\n{ACCEPTED_SHAPES}"),
+                );
+                None
+            }
+        };
+        if !hosts.insert(host.clone()) {
+            c.error(r.host.span(), format!("duplicate registry host {host:?}"));
+        }
+        let credentials = credentials(c, r);
+        let endpoint_url = endpoint_url(c, r);
+        let target_names = target_names(c, r, targets);
+        if let Some(registry) = registry {
+            registries.push(RegistrySettings {
+                host,
+                registry,
+                credentials,
+                endpoint_url,
+                targets: target_names,
+            });
+        }
+    }
+    registries
+}
+
+/// The profile and the role to assume, if any.
+fn credentials(c: &mut Checker, r: &RawRegistry) -> CredentialSource {
+    let role_arn = c.non_empty("role_arn", &r.role_arn);
+    if let (Some(arn), Some(v)) = (&role_arn, &r.role_arn)
+        && !(arn.starts_with("arn:") && arn.contains(":role/"))
+    {
+        c.error(
+            v.span(),
+            format!("role_arn must look like arn:aws:iam::123456789012:role/NAME, found {arn:?}"),
+        );
+    }
+    for (key, v) in [
+        ("external_id", &r.external_id),
+        ("session_name", &r.session_name),
+    ] {
+        if let Some(v) = v
+            && role_arn.is_none()
+        {
+            c.error(
+                v.span(),
+                format!("{key} needs role_arn in the same [[registry]]"),
+            );
+        }
+    }
+    let external_id = c.non_empty("external_id", &r.external_id);
+    let session_name = c.non_empty("session_name", &r.session_name);
+    if let (Some(s), Some(v)) = (&session_name, &r.session_name)
+        && (s.len() < 2
+            || s.len() > 64
+            || !s
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "=,.@-_".contains(ch)))
+    {
+        c.error(
+            v.span(),
+            "session_name must be 2 to 64 characters of letters, digits and =,.@-_",
+        );
+    }
+    let profile = c.non_empty("profile", &r.profile);
+    CredentialSource {
+        profile,
+        role_arn,
+        external_id,
+        session_name,
+    }
+}
+
+/// An endpoint override: https://, or http:// with a warning.
+fn endpoint_url(c: &mut Checker, r: &RawRegistry) -> Option<String> {
+    let endpoint_url = c.non_empty("endpoint_url", &r.endpoint_url);
+    if let (Some(u), Some(v)) = (&endpoint_url, &r.endpoint_url)
+        && !(u.starts_with("https://") || u.starts_with("http://"))
+    {
+        c.error(
+            v.span(),
+            format!("endpoint_url must start with https:// (or http://), found {u:?}"),
+        );
+    } else if let (Some(u), Some(v)) = (&endpoint_url, &r.endpoint_url)
+        && u.starts_with("http://")
+    {
+        c.warning(
+            v.span(),
+            format!(
+                "endpoint_url {u:?} is plain http://: the token and the signed request travel unencrypted; use https:// outside tests"
+            ),
+        );
+    }
+    endpoint_url
+}
+
+/// The targets this registry is written to: those it names (each once), or all of them.
+fn target_names(c: &mut Checker, r: &RawRegistry, targets: &[TargetSettings]) -> Vec<String> {
+    match &r.targets {
+        None => targets.iter().map(|t| t.name.clone()).collect(),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                c.error(
+                    list.span(),
+                    "targets must not be empty (leave it out for every target)",
+                );
+            }
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for n in list.get_ref() {
+                if !targets.iter().any(|t| &t.name == n.get_ref()) {
+                    let known: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+                    c.error(
+                        n.span(),
+                        format!(
+                            "unknown target {:?}; targets are: {}",
+                            n.get_ref(),
+                            known.join(", ")
+                        ),
+                    );
+                } else if seen.insert(n.get_ref().clone()) {
+                    out.push(n.get_ref().clone());
+                }
+            }
+            out
+        }
+    }
+}
