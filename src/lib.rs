@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod ecr;
 pub mod escape;
 pub mod logging;
+pub mod safe_fs;
 pub mod startup;
 pub mod status;
 pub mod targets;

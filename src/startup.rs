@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigError, Settings, SystemAccounts};
 use crate::ecr::token;
-use crate::targets::atomic;
+use crate::safe_fs;
 use crate::targets::files::owner_policy;
 
 /// Exit codes, for every command.
@@ -97,7 +97,7 @@ impl Source {
 /// Removes temp files a crash of ours left beside each target (blocking).
 pub fn remove_stray_temp_files(settings: &Settings) {
     for t in &settings.targets {
-        match atomic::remove_stray_temp_files(&t.path, owner_policy(t)) {
+        match safe_fs::remove_stray_temp_files(&t.path, owner_policy(t)) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(target_path = %t.path.display(), removed = n, "removed temp files left by an earlier crash")

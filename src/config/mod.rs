@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ecr::registry::Registry;
-use crate::targets::atomic::{self, FileError};
+use crate::safe_fs::{self, FileError};
 use check::Checker;
 use raw::RawConfig;
 
@@ -186,9 +186,9 @@ impl Accounts for SystemAccounts {
 const MAX_CONFIG_SIZE: usize = 4 * 1024 * 1024;
 
 /// Reads and validates a config file. Only a file that root alone can change is read at all
-/// (see [`atomic::read_trusted`]).
+/// (see [`safe_fs::read_trusted`]).
 pub fn load(path: &Path, accounts: &dyn Accounts) -> Result<Settings, ConfigError> {
-    let bytes = atomic::read_trusted(path, MAX_CONFIG_SIZE).map_err(|e| match e {
+    let bytes = safe_fs::read_trusted(path, MAX_CONFIG_SIZE).map_err(|e| match e {
         FileError::Io { source, .. } => ConfigError::Read {
             path: path.to_path_buf(),
             source,

@@ -133,7 +133,7 @@ fn open_socket_dir(dir: &Path) -> Result<OwnedFd, String> {
             return Err(format!(
                 "{} belongs to {}, who could swap the socket for a link to any file; fix with: chown root: {}, {SAFE_SOCKET}",
                 d.path.display(),
-                crate::targets::atomic::user_name(d.stat.st_uid),
+                crate::safe_fs::user_name(d.stat.st_uid),
                 d.path.display()
             ));
         }
@@ -181,7 +181,7 @@ fn open_socket_dir(dir: &Path) -> Result<OwnedFd, String> {
                     return Err(format!(
                         "{} is a symbolic link of {}; we never follow it; {SAFE_SOCKET}",
                         path.display(),
-                        crate::targets::atomic::user_name(st.st_uid)
+                        crate::safe_fs::user_name(st.st_uid)
                     ));
                 }
                 links += 1;

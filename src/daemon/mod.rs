@@ -139,7 +139,7 @@ impl<S: TokenSource> Loop<S> {
             let d = diagnose::diagnose_target(&settings, &target, &run_dir);
             let mut notes = d.warnings;
             notes.extend(d.errors);
-            let owner = d.owner.map(crate::targets::atomic::user_name);
+            let owner = d.owner.map(crate::safe_fs::user_name);
             let _ = tx.send(Done::Diagnosed {
                 path: target.path,
                 owner,

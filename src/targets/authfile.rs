@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::ecr::registry::{Registry, key_host};
 
-/// Files larger than this are not ours to parse (docker's own are a few KiB).
-pub const MAX_FILE_SIZE: usize = 4 * 1024 * 1024;
+/// Files larger than this are not ours to parse (the limit of every file we read or write).
+pub use crate::safe_fs::MAX_FILE_SIZE;
 
 /// Why a file's content cannot be merged; the file is then left untouched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Settings, TargetSettings};
-use crate::targets::atomic::{self, Owner};
+use crate::safe_fs::{self, Owner};
 use crate::targets::authfile;
 use crate::targets::files::owner_policy;
 
@@ -57,7 +57,7 @@ pub fn diagnose_target(
     }
     // Everything below comes from the write path's own checked descriptors: a link swapped into
     // the path cannot make us report on (or read) a file that is not the owner's.
-    let seen = match atomic::inspect(&target.path, owner_policy(target)) {
+    let seen = match safe_fs::inspect(&target.path, owner_policy(target)) {
         Ok(s) => s,
         Err(e) => {
             d.errors.push(e.to_string());
@@ -87,7 +87,7 @@ pub fn diagnose_target(
 }
 
 /// Directories on the way that the owner cannot enter, so their own tools cannot read the file.
-fn unreachable_dirs(dirs: &[atomic::DirInfo], owner: Owner) -> Vec<String> {
+fn unreachable_dirs(dirs: &[safe_fs::DirInfo], owner: Owner) -> Vec<String> {
     if owner.uid == 0 {
         return Vec::new();
     }
@@ -105,7 +105,7 @@ fn unreachable_dirs(dirs: &[atomic::DirInfo], owner: Owner) -> Vec<String> {
         .map(|d| {
             format!(
                 "user {} cannot enter {} (mode {:04o}), so their docker/podman cannot read this file",
-                atomic::user_name(owner.uid),
+                safe_fs::user_name(owner.uid),
                 d.path.display(),
                 d.mode
             )
@@ -149,7 +149,7 @@ fn podman_shadows(
             .filter(|t| t.path == file)
             .flat_map(|t| managed_hosts(settings, t))
             .collect();
-        let Ok(Some(bytes)) = atomic::read(&file, atomic::OwnerPolicy::Inherit) else {
+        let Ok(Some(bytes)) = safe_fs::read(&file, safe_fs::OwnerPolicy::Inherit) else {
             continue;
         };
         let Ok(map) = authfile::parse(&bytes) else {

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use crate::config::{Settings, TargetSettings};
 use crate::ecr::registry::Registry;
 use crate::ecr::token::{GroupKey, Token, TokenError, TokenSource};
-use crate::targets::atomic::{self, FileError, Outcome, OwnerPolicy};
+use crate::safe_fs::{self, FileError, Outcome, OwnerPolicy};
 use crate::targets::authfile::{self, Desired};
 use crate::targets::consumer::{Consumer, Job};
 use crate::targets::state::{Managed, State};
@@ -136,7 +136,7 @@ pub fn desired_for(
 /// The file's name decides whose lookup rules apply (docker's `config.json`, podman's `auth.json`).
 pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Written, FileError> {
     let format = authfile::Format::of_path(&target.path);
-    let outcome = atomic::update(
+    let outcome = safe_fs::update(
         &target.path,
         owner_policy(target),
         target.mode,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::ecr::registry::Registry;
-use crate::targets::atomic::{self, FileError, OwnerPolicy};
+use crate::safe_fs::{self, FileError, OwnerPolicy};
 use crate::targets::authfile::MAX_FILE_SIZE;
 
 const STATE_FILE: &str = "state.json";
@@ -51,7 +51,7 @@ impl State {
     /// The warning, if any, says what happened.
     pub fn load(dir: &Path) -> (State, Option<String>) {
         let path = dir.join(STATE_FILE);
-        let why = match atomic::read(&path, root_policy()) {
+        let why = match safe_fs::read(&path, root_policy()) {
             Ok(None) => return (State::default(), None),
             Ok(Some(bytes)) => match serde_json::from_slice::<State>(&bytes) {
                 Ok(mut s) => {
@@ -135,7 +135,7 @@ impl State {
                 ),
             });
         }
-        atomic::update(&path, root_policy(), Some(0o600), |old| {
+        safe_fs::update(&path, root_policy(), Some(0o600), |old| {
             if let Some(old) = old
                 && serde_json::from_slice::<State>(old).is_err()
             {
@@ -166,7 +166,7 @@ fn move_aside(dir: &Path) -> Result<PathBuf, rustix::io::Errno> {
             n => format!("{STATE_FILE}.unreadable-{now}-{n}"),
         };
         let to = dir.join(name);
-        // The state directory is root's alone (atomic::read checked its chain): paths are safe here.
+        // The state directory is root's alone (safe_fs::read checked its chain): paths are safe here.
         match rustix::fs::renameat_with(
             rustix::fs::CWD,
             &from,
