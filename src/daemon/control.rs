@@ -1,20 +1,19 @@
 //! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh, reload).
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::safe_fs::{self, FileError};
 use crate::status::Status;
 
 /// A request line is small; anything longer is a hostile or broken client.
@@ -95,153 +94,6 @@ pub enum BindError {
 /// Where a refusal points the admin.
 const SAFE_SOCKET: &str = "or set `socket` to a path in a directory only root can write (by default /run/ecr-refresherd/status.sock)";
 
-/// Symbolic links followed on the way to the socket's directory, at most.
-const MAX_SYMLINKS: usize = 40;
-
-/// An opened directory on the way to the socket.
-struct OpenDir {
-    fd: OwnedFd,
-    stat: Stat,
-    path: PathBuf,
-}
-
-/// Opens `dir` (absolute) from `/` one component at a time (`O_NOFOLLOW`) and checks that no one
-/// but root (or the user the daemon runs as) can change it: every directory is owned by root (or
-/// us); the socket's own directory is writable by its owner only; one above it is writable by
-/// others only when sticky (then no one else can rename what root owns in it). Symbolic links are
-/// followed only when root (or we) owns them, in such a directory. Missing directories are created
-/// 0755 under such a parent. Returns the directory's descriptor, or why it is refused (with the fix).
-// Kept apart so it can give way to atomic.rs's walk of root-controlled directories.
-fn open_socket_dir(dir: &Path) -> Result<OwnedFd, String> {
-    let me = rustix::process::geteuid().as_raw();
-    let trusted = |uid: u32| uid == 0 || uid == me;
-    let open = |at: &dyn AsFd, name: &OsStr, path: PathBuf| -> Result<OpenDir, String> {
-        let fd = rustix::fs::openat(
-            at,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let stat = rustix::fs::fstat(&fd).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(OpenDir { fd, stat, path })
-    };
-    // The check every directory on the way passes; the socket's own directory has a stricter one.
-    let check = |d: &OpenDir| -> Result<(), String> {
-        let mode = d.stat.st_mode;
-        if !trusted(d.stat.st_uid) {
-            return Err(format!(
-                "{} belongs to {}, who could swap the socket for a link to any file; fix with: chown root: {}, {SAFE_SOCKET}",
-                d.path.display(),
-                crate::safe_fs::user_name(d.stat.st_uid),
-                d.path.display()
-            ));
-        }
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            return Err(writable_by_others(d));
-        }
-        Ok(())
-    };
-    let root = open(&rustix::fs::CWD, OsStr::new("/"), PathBuf::from("/"))?;
-    check(&root)?;
-    let mut chain = vec![root];
-    // Components still to walk, as a stack, so a link's target can be pushed in their place.
-    let mut todo: Vec<OsString> = dir
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let (mut links, mut created) = (0, Vec::new());
-    while let Some(name) = todo.pop() {
-        if name == ".." {
-            if chain.len() > 1 {
-                chain.pop();
-            }
-            continue;
-        }
-        let here = chain.last().ok_or("an empty walk")?;
-        let path = here.path.join(&name);
-        match rustix::fs::statat(&here.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Err(Errno::NOENT) if !created.contains(&path) => {
-                match rustix::fs::mkdirat(&here.fd, name.as_os_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
-                }
-                created.push(path);
-                todo.push(name);
-            }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                // `here` passed the check: no one else can replace a link root owns in it.
-                if !trusted(st.st_uid) {
-                    return Err(format!(
-                        "{} is a symbolic link of {}; we never follow it; {SAFE_SOCKET}",
-                        path.display(),
-                        crate::safe_fs::user_name(st.st_uid)
-                    ));
-                }
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(format!("{}: too many symbolic links", dir.display()));
-                }
-                let target = rustix::fs::readlinkat(&here.fd, name.as_os_str(), Vec::new())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
-                if target.is_absolute() {
-                    chain.truncate(1);
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => todo.push(n.to_os_string()),
-                        Component::ParentDir => todo.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
-                return Err(format!("{} is not a directory", path.display()));
-            }
-            Ok(_) => {
-                let mine = created.contains(&path);
-                let mut d = open(&here.fd, &name, path)?;
-                if mine && d.stat.st_uid == me {
-                    // Created by us just now: 0755 whatever the umask (clients must reach the socket).
-                    let chmod = |d: &OpenDir| {
-                        rustix::fs::fchmod(&d.fd, Mode::from_raw_mode(0o755))?;
-                        rustix::fs::fstat(&d.fd)
-                    };
-                    d.stat =
-                        chmod(&d).map_err(|e| format!("cannot chmod {}: {e}", d.path.display()))?;
-                }
-                check(&d)?;
-                chain.push(d);
-            }
-        }
-    }
-    let last = chain.pop().ok_or("an empty walk")?;
-    if last.stat.st_mode & 0o022 != 0 {
-        return Err(writable_by_others(&last));
-    }
-    Ok(last.fd)
-}
-
-fn writable_by_others(d: &OpenDir) -> String {
-    format!(
-        "{} is writable by {} (mode {:04o}), so they could swap the socket for a link to any file; the socket's directory must be writable by root only; fix with: chmod go-w {}, {SAFE_SOCKET}",
-        d.path.display(),
-        if d.stat.st_mode & 0o002 != 0 {
-            "everyone".to_string()
-        } else {
-            format!("group {}", d.stat.st_gid)
-        },
-        d.stat.st_mode & 0o7777,
-        d.path.display()
-    )
-}
 
 /// Binds the control socket with its final owner, group and mode (0660 root:group, group root when
 /// none is configured), replacing a stale socket file but refusing to steal one a live daemon
@@ -263,9 +115,16 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindE
     let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) else {
         return Err(io("bind")(std::io::ErrorKind::InvalidInput.into()));
     };
-    let dir = open_socket_dir(dir).map_err(|why| BindError::UnsafeDirectory {
-        path: path.to_path_buf(),
-        why,
+    let dir = safe_fs::open_private_dir(&absolute).map_err(|e| match e {
+        FileError::Refused { reason, .. } => BindError::UnsafeDirectory {
+            path: path.to_path_buf(),
+            why: format!("{reason}; {SAFE_SOCKET}"),
+        },
+        other => BindError::Io {
+            path: dir.to_path_buf(),
+            op: "open directory",
+            source: std::io::Error::other(other.to_string()),
+        },
     })?;
     // The directory by its descriptor (short, and it cannot be renamed under us); the full path
     // when /proc is missing or the name too long for a socket address (equally safe: every

@@ -18,6 +18,7 @@ mod write;
 
 pub use read::{DirInfo, FileInfo, Inspection, inspect, read, read_trusted};
 
+pub use walk::open_private_dir;
 pub use write::{remove_stray_temp_files, update};
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Opening the directories on the way to a file, one descriptor at a time, and checking them.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -32,39 +32,78 @@ pub(super) struct Dir {
     pub(super) path: PathBuf,
 }
 
-/// Opens the parent directory of `path`, component by component, following only symbolic links that
-/// sit in root-controlled directories. Missing directories are reported as `None` from the first
-/// missing one on, with the last existing directory.
-pub(super) fn walk_parent(path: &Path) -> Result<(Vec<Dir>, Vec<std::ffi::OsString>), FileError> {
+/// Opens the directory `name` in `at` without following a link there.
+fn open_dir(at: &dyn AsFd, name: &OsStr, shown: &Path) -> Result<Dir, Errno> {
+    let fd = rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    Ok(Dir {
+        fd,
+        stat,
+        path: shown.to_path_buf(),
+    })
+}
+
+/// Pushes the components of `p` onto the walk's stack (last first), keeping `..`.
+fn push_components(todo: &mut Vec<OsString>, p: &Path) {
+    for c in p.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_os_string()),
+            Component::ParentDir => todo.push("..".into()),
+            _ => {}
+        }
+    }
+}
+
+/// Where the link `name` in `here` points, if we may follow it: only in a root-controlled
+/// directory, and (as the kernel's `protected_symlinks` rule, since in a sticky directory others
+/// may write, like /tmp, anyone can plant a link) only a link root itself owns.
+fn link_target(here: &Dir, name: &OsStr, link: &Stat, path: &Path) -> Result<PathBuf, FileError> {
+    let shown = here.path.join(name);
+    if !root_controlled(&here.stat) {
+        return Err(refused(
+            path,
+            format!(
+                "{} is a symbolic link in {}, which {} controls; we never follow such links",
+                shown.display(),
+                here.path.display(),
+                user_name(here.stat.st_uid)
+            ),
+        ));
+    }
+    if link.st_uid != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "{} is a symbolic link owned by {} in {}, where others can add entries; we follow only root's links there",
+                shown.display(),
+                user_name(link.st_uid),
+                here.path.display()
+            ),
+        ));
+    }
+    let target = rustix::fs::readlinkat(&here.fd, name, Vec::new())
+        .map_err(|e| io_err(&shown, "readlink", e))?;
+    Ok(PathBuf::from(OsStr::from_bytes(target.as_bytes())))
+}
+
+/// Opens the parent directory of `path`, component by component, following only symbolic links
+/// root placed where only root can change them. When a directory is missing, returns the chain
+/// up to the last existing one and the missing names.
+pub(super) fn walk_parent(path: &Path) -> Result<(Vec<Dir>, Vec<OsString>), FileError> {
     let parent = path
         .parent()
         .ok_or_else(|| refused(path, "the path has no parent directory"))?;
-    let open_dir = |at: &dyn AsFd, name: &OsStr, shown: &Path| -> Result<Dir, Errno> {
-        let fd = rustix::fs::openat(
-            at,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let stat = rustix::fs::fstat(&fd)?;
-        Ok(Dir {
-            fd,
-            stat,
-            path: shown.to_path_buf(),
-        })
-    };
     let root = open_dir(&rustix::fs::CWD, OsStr::new("/"), Path::new("/"))
         .map_err(|e| io_err(path, "open /", e))?;
     let mut chain = vec![root];
-    // Components still to resolve, in reverse order (a stack), so symlink targets can be pushed.
-    let mut todo: Vec<std::ffi::OsString> = parent
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect();
+    // Components still to resolve, as a stack, so a link's target can be pushed in its place.
+    let mut todo = Vec::new();
+    push_components(&mut todo, parent);
     let mut links = 0;
     while let Some(name) = todo.pop() {
         if name == ".." {
@@ -73,72 +112,30 @@ pub(super) fn walk_parent(path: &Path) -> Result<(Vec<Dir>, Vec<std::ffi::OsStri
             }
             continue;
         }
-        if name == "." {
-            continue;
-        }
         let here = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
         let shown = here.path.join(&name);
-        match rustix::fs::statat(&here.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let st = match rustix::fs::statat(&here.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => {
                 todo.push(name);
                 todo.reverse();
                 return Ok((chain, todo));
             }
             Err(e) => return Err(io_err(&shown, "stat", e)),
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                if !root_controlled(&here.stat) {
-                    return Err(refused(
-                        path,
-                        format!(
-                            "{} is a symbolic link in {}, which {} controls; we never follow such links",
-                            shown.display(),
-                            here.path.display(),
-                            user_name(here.stat.st_uid)
-                        ),
-                    ));
-                }
-                // In a sticky directory others may write (like /tmp) anyone can plant a link: as
-                // the kernel's protected_symlinks rule, follow only a link root itself owns.
-                if st.st_uid != 0 {
-                    return Err(refused(
-                        path,
-                        format!(
-                            "{} is a symbolic link owned by {} in {}, where others can add entries; we follow only root's links there",
-                            shown.display(),
-                            user_name(st.st_uid),
-                            here.path.display()
-                        ),
-                    ));
-                }
+            Ok(st) => st,
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
                 links += 1;
                 if links > MAX_SYMLINKS {
                     return Err(refused(path, "too many levels of symbolic links"));
                 }
-                let target = rustix::fs::readlinkat(&here.fd, name.as_os_str(), Vec::new())
-                    .map_err(|e| io_err(&shown, "readlink", e))?;
-                let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+                let target = link_target(here, &name, &st, path)?;
                 if target.is_absolute() {
                     chain.truncate(1);
                 }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => todo.push(n.to_os_string()),
-                        Component::ParentDir => todo.push("..".into()),
-                        _ => {}
-                    }
-                }
+                push_components(&mut todo, &target);
             }
-            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
-                return Err(refused(
-                    path,
-                    format!(
-                        "{} is {}, not a directory",
-                        shown.display(),
-                        describe(FileType::from_raw_mode(st.st_mode))
-                    ),
-                ));
-            }
-            Ok(_) => {
+            FileType::Directory => {
                 let dir = open_dir(&here.fd, &name, &shown).map_err(|e| match e {
                     Errno::LOOP | Errno::NOTDIR => refused(
                         path,
@@ -148,9 +145,80 @@ pub(super) fn walk_parent(path: &Path) -> Result<(Vec<Dir>, Vec<std::ffi::OsStri
                 })?;
                 chain.push(dir);
             }
+            other => {
+                let why = format!(
+                    "{} is {}, not a directory",
+                    shown.display(),
+                    describe(other)
+                );
+                return Err(refused(path, why));
+            }
         }
     }
     Ok((chain, Vec::new()))
+}
+
+/// Opens the directory of `path` (e.g. a socket's) requiring that only root (or the daemon's own
+/// uid) can change it or anything above it: owned so, and writable by no one else; an ancestor
+/// may be sticky world-writable (others cannot replace root's entries there), the directory
+/// itself not. Missing directories are created 0755 through their parent's descriptor.
+pub fn open_private_dir(path: &Path) -> Result<OwnedFd, FileError> {
+    let me = rustix::process::geteuid().as_raw();
+    let (mut chain, missing) = walk_parent(path)?;
+    for d in &chain {
+        private_check(d, me, path, false)?;
+    }
+    for name in missing {
+        let here = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
+        let shown = here.path.join(&name);
+        match rustix::fs::mkdirat(&here.fd, name.as_os_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(io_err(&shown, "create directory", e)),
+        }
+        let d = open_dir(&here.fd, &name, &shown).map_err(|e| io_err(&shown, "open", e))?;
+        if d.stat.st_uid == me {
+            // Ours, just made: 0755 whatever the umask, so clients reach what is inside.
+            rustix::fs::fchmod(&d.fd, Mode::from_raw_mode(0o755))
+                .map_err(|e| io_err(&shown, "chmod", e))?;
+        }
+        private_check(&d, me, path, false)?;
+        chain.push(d);
+    }
+    let last = chain.pop().ok_or_else(|| refused(path, "empty walk"))?;
+    private_check(&last, me, path, true)?;
+    Ok(last.fd)
+}
+
+fn private_check(d: &Dir, me: u32, path: &Path, last: bool) -> Result<(), FileError> {
+    let (mode, uid) = (d.stat.st_mode, d.stat.st_uid);
+    if uid != 0 && uid != me {
+        return Err(refused(
+            path,
+            format!(
+                "{} belongs to {}, who could swap what we create there for a link to any file; fix with: chown root: {}",
+                d.path.display(),
+                user_name(uid),
+                d.path.display()
+            ),
+        ));
+    }
+    if mode & 0o022 != 0 && (last || mode & 0o1000 == 0) {
+        let who = if mode & 0o002 != 0 {
+            "everyone".to_string()
+        } else {
+            format!("group {}", d.stat.st_gid)
+        };
+        return Err(refused(
+            path,
+            format!(
+                "{} is writable by {who} (mode {:04o}), so they could swap what we create there for a link to any file; it must be writable by root only; fix with: chmod go-w {}",
+                d.path.display(),
+                mode & 0o7777,
+                d.path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that no one but `uid` (and root) can change anything on the way, from the first
