@@ -94,7 +94,6 @@ pub enum BindError {
 /// Where a refusal points the admin.
 const SAFE_SOCKET: &str = "or set `socket` to a path in a directory only root can write (by default /run/ecr-refresherd/status.sock)";
 
-
 /// Binds the control socket with its final owner, group and mode (0660 root:group, group root when
 /// none is configured), replacing a stale socket file but refusing to steal one a live daemon
 /// answers on.

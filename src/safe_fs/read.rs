@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use super::*;
@@ -109,6 +109,38 @@ pub fn read_trusted(path: &Path, max: usize) -> Result<Vec<u8>, FileError> {
     read_trusted_at(path, max, 0)
 }
 
+/// A file root may act on: a regular file of root's (or ours) that no one else may write.
+fn trusted_file(st: &Stat, me: u32, path: &Path) -> Result<(), FileError> {
+    let ft = FileType::from_raw_mode(st.st_mode);
+    if ft != FileType::RegularFile {
+        return Err(refused(
+            path,
+            format!("it is {}, not a regular file", describe(ft)),
+        ));
+    }
+    if st.st_uid != 0 && st.st_uid != me {
+        return Err(refused(
+            path,
+            format!(
+                "it belongs to {}, who could make root act on anything; fix with: chown root: {}",
+                user_name(st.st_uid),
+                path.display()
+            ),
+        ));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "it is writable by group or others (mode {:04o}); fix with: chmod go-w {}",
+                st.st_mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<Vec<u8>, FileError> {
     let me = rustix::process::geteuid().as_raw();
     let name = path
@@ -164,33 +196,7 @@ pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<V
         e => io_err(path, "open", e),
     })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
-    let ft = FileType::from_raw_mode(st.st_mode);
-    if ft != FileType::RegularFile {
-        return Err(refused(
-            path,
-            format!("it is {}, not a regular file", describe(ft)),
-        ));
-    }
-    if st.st_uid != 0 && st.st_uid != me {
-        return Err(refused(
-            path,
-            format!(
-                "it belongs to {}, who could make root act on anything; fix with: chown root: {}",
-                user_name(st.st_uid),
-                path.display()
-            ),
-        ));
-    }
-    if st.st_mode & 0o022 != 0 {
-        return Err(refused(
-            path,
-            format!(
-                "it is writable by group or others (mode {:04o}); fix with: chmod go-w {}",
-                st.st_mode & 0o7777,
-                path.display()
-            ),
-        ));
-    }
+    trusted_file(&st, me, path)?;
     let mut bytes = Vec::new();
     File::from(fd)
         .take(max as u64 + 1)

@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -220,6 +221,39 @@ pub fn update<E: std::fmt::Display>(
 
 /// Writes `bytes` to a temp file and renames it over the target if the target is still as `seen`.
 /// Returns false (and leaves no temp file) when the target changed meanwhile.
+/// Gives our new temp file (created by us, as the owner, in this very call) its final group and
+/// mode, its content, and makes it durable.
+fn fill_temp(
+    fd: OwnedFd,
+    loc: &Located,
+    gid: u32,
+    mode: u32,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(), FileError> {
+    let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat temp file", e))?;
+    if st.st_uid != loc.owner.uid || st.st_gid != gid {
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(loc.owner.uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| io_err(path, "chown temp file", e))?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+        .map_err(|e| io_err(path, "chmod temp file", e))?;
+    let mut file = File::from(fd);
+    let io = |op: &'static str| {
+        move |source| FileError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    file.write_all(bytes).map_err(io("write"))?;
+    file.sync_all().map_err(io("fsync"))
+}
+
 pub(super) fn replace(
     loc: &Located,
     path: &Path,
@@ -254,28 +288,7 @@ pub(super) fn replace(
         e
     };
     let result = (|| {
-        let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat temp file", e))?;
-        if st.st_uid != loc.owner.uid || st.st_gid != gid {
-            rustix::fs::fchown(
-                &fd,
-                Some(rustix::fs::Uid::from_raw(loc.owner.uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )
-            .map_err(|e| io_err(path, "chown temp file", e))?;
-        }
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
-            .map_err(|e| io_err(path, "chmod temp file", e))?;
-        let mut file = File::from(fd);
-        file.write_all(bytes).map_err(|source| FileError::Io {
-            path: path.to_path_buf(),
-            op: "write",
-            source,
-        })?;
-        file.sync_all().map_err(|source| FileError::Io {
-            path: path.to_path_buf(),
-            op: "fsync",
-            source,
-        })?;
+        fill_temp(fd, loc, gid, mode, bytes, path)?;
         let now = match rustix::fs::statat(
             &loc.dir.fd,
             loc.name.as_os_str(),
