@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, ConfigError, Settings, SystemAccounts};
-use crate::ecr::token;
+use crate::config::{self, ConfigError, InstanceHostError, Settings, SystemAccounts};
+use crate::ecr::token::{self, IdentityError};
 use crate::safe_fs;
 use crate::targets::files::owner_policy;
 
@@ -20,6 +20,24 @@ pub mod exit {
     pub const CONFIG: u8 = 2;
     /// `status` and the other clients: no daemon answered.
     pub const UNKNOWN: u8 = 3;
+}
+
+/// Why no settings could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no settings in {} and no instance identity to fall back on ({source}); write a config file (see config.example.toml)", path.display())]
+    NoIdentity {
+        path: PathBuf,
+        #[source]
+        source: IdentityError,
+    },
+    #[error(transparent)]
+    InstanceHost(#[from] InstanceHostError),
+    /// A blocking task that read the config did not finish (the runtime is stopping).
+    #[error("reading the config was interrupted")]
+    Interrupted,
 }
 
 /// Where the settings come from, keyed on the config path that was asked for (`--config`, or
@@ -67,22 +85,22 @@ impl Source {
     }
 
     /// The settings: the file's, or the instance default from IMDSv2.
-    pub async fn load(&self) -> Result<Settings, String> {
-        match self.read() {
-            Ok(Some(s)) => Ok(s),
-            Ok(None) => self.instance_default().await,
-            Err(e) => Err(e.to_string()),
+    pub async fn load(&self) -> Result<Settings, StartupError> {
+        match self.read()? {
+            Some(s) => Ok(s),
+            None => self.instance_default().await,
         }
     }
 
     /// One registry, this instance's, in root's docker config.
-    pub async fn instance_default(&self) -> Result<Settings, String> {
-        let (account, region) = token::instance_identity().await.map_err(|e| {
-            format!(
-                "no settings in {} and no instance identity to fall back on ({e}); write a config file (see config.example.toml)",
-                self.path.display()
-            )
-        })?;
+    pub async fn instance_default(&self) -> Result<Settings, StartupError> {
+        let (account, region) =
+            token::instance_identity()
+                .await
+                .map_err(|source| StartupError::NoIdentity {
+                    path: self.path.clone(),
+                    source,
+                })?;
         let settings = config::zero_config(&account, &region)?;
         tracing::info!(
             registry = %settings.registries[0].host,

@@ -30,7 +30,7 @@ pub async fn once(cli: &Cli) -> u8 {
     let settings = match Source::of(cli.config.as_deref()).load().await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ecr-refresherd: {}", shown_lines(&e));
+            eprintln!("ecr-refresherd: {}", shown_lines(&e.to_string()));
             return exit::CONFIG;
         }
     };
@@ -111,7 +111,7 @@ pub async fn check(cli: &Cli) -> u8 {
     let settings = match Source::of(cli.config.as_deref()).load().await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ecr-refresherd: {}", shown_lines(&e));
+            eprintln!("ecr-refresherd: {}", shown_lines(&e.to_string()));
             return exit::CONFIG;
         }
     };

@@ -227,10 +227,22 @@ pub fn log_warnings(settings: &Settings) {
     }
 }
 
+/// The instance's registry host (from IMDS) is not an ECR host.
+#[derive(Debug, thiserror::Error)]
+#[error("the instance's registry {host}: {source}")]
+pub struct InstanceHostError {
+    host: String,
+    #[source]
+    source: crate::ecr::registry::HostError,
+}
+
 /// Settings for a host that has no config file: one registry, root's docker config.
-pub fn zero_config(account: &str, region: &str) -> Result<Settings, String> {
+pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHostError> {
     let host = format!("{account}.dkr.ecr.{region}.amazonaws.com");
-    let registry = Registry::parse(&host).map_err(|e| format!("{host}: {e}"))?;
+    let registry = Registry::parse(&host).map_err(|source| InstanceHostError {
+        host: host.clone(),
+        source,
+    })?;
     Ok(Settings {
         source: None,
         daemon: DaemonSettings::default(),

@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::safe_fs::{self, FileError};
+use crate::startup::StartupError;
 use crate::status::Status;
 
 /// A request line is small; anything longer is a hostile or broken client.
@@ -66,11 +67,27 @@ pub enum Response {
 pub enum Action {
     Refresh {
         host: Option<String>,
-        reply: oneshot::Sender<Result<Vec<RefreshResult>, String>>,
+        reply: oneshot::Sender<Result<Vec<RefreshResult>, UnknownHost>>,
     },
     Reload {
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, StartupError>>,
     },
+}
+
+/// A `refresh` named a host that is not a configured registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not a configured registry")]
+pub struct UnknownHost(pub String);
+
+/// Why a request line is not understood.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the request must be one JSON line of at most 4096 bytes")]
+    NotALine,
+    #[error("the request is not UTF-8")]
+    NotUtf8,
+    #[error("bad request: {0}")]
+    Bad(#[from] serde_json::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +310,9 @@ async fn handle(
                 message: format!("cannot read the request: {e}"),
             },
             Ok(Ok(_)) => match parse_request(&line) {
-                Err(message) => Response::Error { message },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
                 Ok(req) => answer(req, &status, &actions).await,
             },
         };
@@ -303,12 +322,12 @@ async fn handle(
 }
 
 /// Parses one request line as read from a client (at most 4096 bytes, ending in a newline).
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     if line.len() as u64 > MAX_REQUEST || line.last() != Some(&b'\n') {
-        return Err("the request must be one JSON line of at most 4096 bytes".into());
+        return Err(RequestError::NotALine);
     }
-    let text = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_string())?;
-    serde_json::from_str(text.trim()).map_err(|e| format!("bad request: {e}"))
+    let text = std::str::from_utf8(line).map_err(|_| RequestError::NotUtf8)?;
+    Ok(serde_json::from_str(text.trim())?)
 }
 
 async fn answer(
@@ -329,7 +348,9 @@ async fn answer(
             }
             match tokio::time::timeout(ACTION_TIMEOUT, rx).await {
                 Ok(Ok(Ok(results))) => Response::Refresh { results },
-                Ok(Ok(Err(message))) => Response::Error { message },
+                Ok(Ok(Err(e))) => Response::Error {
+                    message: e.to_string(),
+                },
                 Ok(Err(_)) => Response::Error {
                     message: "the daemon is stopping".into(),
                 },
@@ -347,7 +368,10 @@ async fn answer(
             }
             match tokio::time::timeout(ACTION_TIMEOUT, rx).await {
                 Ok(Ok(Ok(message))) => Response::Reload { ok: true, message },
-                Ok(Ok(Err(message))) => Response::Reload { ok: false, message },
+                Ok(Ok(Err(e))) => Response::Reload {
+                    ok: false,
+                    message: e.to_string(),
+                },
                 Ok(Err(_)) => Response::Error {
                     message: "the daemon is stopping".into(),
                 },
@@ -456,15 +480,21 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
         assert_eq!(
-            parse_request(b"{\"cmd\":\"status\"}\n"),
-            Ok(Request::Status)
+            parse_request(b"{\"cmd\":\"status\"}\n").ok(),
+            Some(Request::Status)
         );
         assert!(
             parse_request(b"{\"cmd\":\"status\"}")
                 .unwrap_err()
+                .to_string()
                 .contains("one JSON line")
         );
         assert!(parse_request(&[b' '; 5000]).is_err());
-        assert!(parse_request(b"\xff\n").unwrap_err().contains("UTF-8"));
+        assert!(
+            parse_request(b"\xff\n")
+                .unwrap_err()
+                .to_string()
+                .contains("UTF-8")
+        );
     }
 }

@@ -488,6 +488,7 @@ fn refresh_of_an_unknown_host_is_an_error_and_one_host_names_only_itself() {
     assert!(
         core.refresh(Some("ghcr.io"), t(0))
             .unwrap_err()
+            .to_string()
             .contains("not a configured registry")
     );
     let one = core.refresh(Some(H2), t(0)).unwrap();

@@ -20,16 +20,16 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch as snapshot};
 
-use self::control::{Action as Request, RefreshResult};
+use self::control::{Action as Request, RefreshResult, UnknownHost};
 use self::core::{Action, Core, Ticket};
 use self::watch::{Changes, WatchSet, WatcherHandle};
 use crate::cli::Cli;
 use crate::config::Settings;
 use crate::ecr::token::{AwsTokenSource, GroupKey, Token, TokenError, TokenSource};
 use crate::logging;
-use crate::startup::{self, Source, exit};
+use crate::startup::{self, Source, StartupError, exit};
 use crate::status::{self, ConfigStatus, Status};
-use crate::targets::consumer::{Consumer, Job};
+use crate::targets::consumer::{Consumer, DeliveryError, Job};
 use crate::targets::diagnose;
 use crate::targets::files::AuthFiles;
 use crate::targets::state::State;
@@ -38,7 +38,7 @@ use crate::targets::state::State;
 enum Done {
     Delivered {
         job: Job,
-        result: Result<bool, String>,
+        result: Result<bool, DeliveryError>,
     },
     Diagnosed {
         path: PathBuf,
@@ -159,7 +159,7 @@ impl<S: TokenSource> Loop<S> {
     fn on_done(&mut self, done: Done) {
         let actions = match done {
             Done::Delivered { job, result } => {
-                if result == Ok(true) {
+                if matches!(result, Ok(true)) {
                     tracing::info!(target_path = %job.target.path.display(), set = job.desired.set.len(), removed = job.desired.remove.len(), "auth file written");
                 }
                 self.core
@@ -213,14 +213,14 @@ impl<S: TokenSource> Loop<S> {
     }
 
     /// Re-reads the config. An invalid one is reported and the running config stays.
-    async fn reload(&mut self) -> Result<String, String> {
+    async fn reload(&mut self) -> Result<String, StartupError> {
         systemd::reloading();
         let result = self.reload_inner().await;
         match &result {
             Ok(m) => tracing::info!("{m}"),
             Err(e) => {
                 tracing::error!(error = %e, "config rejected; still running the previous config");
-                self.config_status.error = Some(e.clone());
+                self.config_status.error = Some(e.to_string());
             }
         }
         self.publish(SystemTime::now());
@@ -228,12 +228,12 @@ impl<S: TokenSource> Loop<S> {
         result
     }
 
-    async fn reload_inner(&mut self) -> Result<String, String> {
+    async fn reload_inner(&mut self) -> Result<String, StartupError> {
         let source = self.config.clone();
         let read = tokio::task::spawn_blocking(move || source.read())
             .await
-            .map_err(|e| e.to_string())?;
-        let new = match read.map_err(|e| e.to_string())? {
+            .map_err(|_| StartupError::Interrupted)?;
+        let new = match read? {
             Some(s) => s,
             // No settings in the file: the instance default, kept if it already applies.
             None if self.core.settings().source.is_none() => {
@@ -274,7 +274,7 @@ impl<S: TokenSource> Loop<S> {
     fn on_refresh(
         &mut self,
         host: Option<String>,
-        reply: oneshot::Sender<Result<Vec<RefreshResult>, String>>,
+        reply: oneshot::Sender<Result<Vec<RefreshResult>, UnknownHost>>,
     ) {
         let tickets = match self.core.refresh(host.as_deref(), SystemTime::now()) {
             Ok(t) => t,
@@ -387,7 +387,10 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ecr-refresherd: {}", crate::escape::shown_lines(&e));
+            eprintln!(
+                "ecr-refresherd: {}",
+                crate::escape::shown_lines(&e.to_string())
+            );
             return exit::CONFIG;
         }
     };

@@ -402,10 +402,23 @@ impl<T: TokenSource> TokenSource for Arc<T> {
     }
 }
 
+/// Why this instance's identity could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)")]
+    Disabled,
+    #[error("instance metadata (IMDSv2) did not answer: {0}")]
+    Unreachable(String),
+    #[error("the instance identity document is not JSON: {0}")]
+    NotJson(String),
+    #[error("the instance identity document has no {0}")]
+    Missing(&'static str),
+}
+
 /// The account and region of this EC2 instance, from IMDSv2's identity document.
-pub async fn instance_identity() -> Result<(String, String), String> {
+pub async fn instance_identity() -> Result<(String, String), IdentityError> {
     if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-        return Err("instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)".into());
+        return Err(IdentityError::Disabled);
     }
     let client = aws_config::imds::Client::builder()
         .max_attempts(2)
@@ -415,19 +428,14 @@ pub async fn instance_identity() -> Result<(String, String), String> {
     let doc = client
         .get("/latest/dynamic/instance-identity/document")
         .await
-        .map_err(|e| {
-            format!(
-                "instance metadata (IMDSv2) did not answer: {}",
-                DisplayErrorContext(&e)
-            )
-        })?;
-    let v: serde_json::Value = serde_json::from_str(doc.as_ref())
-        .map_err(|e| format!("the instance identity document is not JSON: {e}"))?;
-    let field = |k: &str| {
+        .map_err(|e| IdentityError::Unreachable(DisplayErrorContext(&e).to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(doc.as_ref()).map_err(|e| IdentityError::NotJson(e.to_string()))?;
+    let field = |k: &'static str| {
         v.get(k)
             .and_then(|x| x.as_str())
             .map(str::to_string)
-            .ok_or_else(|| format!("the instance identity document has no {k}"))
+            .ok_or(IdentityError::Missing(k))
     };
     Ok((field("accountId")?, field("region")?))
 }

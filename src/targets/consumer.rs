@@ -52,8 +52,12 @@ impl Job {
     }
 }
 
+/// Why a delivery failed; each kind of consumer has its own errors, the core only shows them.
+pub type DeliveryError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Something that receives credentials. `deliver` runs on a blocking thread and may block (a hung
 /// file system blocks only its own delivery); `Ok(true)` when something changed.
 pub trait Consumer: Send + Sync + 'static {
-    fn deliver(&self, job: &Job) -> Result<bool, String>;
+    /// Makes the consumer hold what `job` says.
+    fn deliver(&self, job: &Job) -> Result<bool, DeliveryError>;
 }

@@ -12,7 +12,7 @@ use crate::ecr::registry::Registry;
 use crate::ecr::token::{GroupKey, Token, TokenError, TokenSource};
 use crate::safe_fs::{self, FileError, Outcome, OwnerPolicy};
 use crate::targets::authfile::{self, Desired};
-use crate::targets::consumer::{Consumer, Job};
+use crate::targets::consumer::{Consumer, DeliveryError, Job};
 use crate::targets::state::{Managed, State};
 
 /// The result of one registry's token fetch.
@@ -231,10 +231,9 @@ pub fn job_for(
 pub struct AuthFiles;
 
 impl Consumer for AuthFiles {
-    fn deliver(&self, job: &Job) -> Result<bool, String> {
-        write_target(&job.target, &job.desired)
-            .map(|w| w.outcome == Outcome::Written)
-            .map_err(|e| e.to_string())
+    fn deliver(&self, job: &Job) -> Result<bool, DeliveryError> {
+        let written = write_target(&job.target, &job.desired)?;
+        Ok(written.outcome == Outcome::Written)
     }
 }
 

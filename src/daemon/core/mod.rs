@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock;
 use crate::config::Settings;
+use crate::daemon::control::UnknownHost;
 use crate::daemon::schedule::{self, Policy};
 use crate::ecr::token::{GroupKey, Token, TokenError};
 use crate::status::{RegistryStatus, TargetStatus};
-use crate::targets::consumer::Job;
+use crate::targets::consumer::{DeliveryError, Job};
 use crate::targets::files;
 use crate::targets::state::State;
 
@@ -313,7 +314,7 @@ impl Core {
     pub(crate) fn delivered(
         &mut self,
         job: &Job,
-        result: Result<bool, String>,
+        result: Result<bool, DeliveryError>,
         now: SystemTime,
         rand: f64,
     ) -> Vec<Action> {
@@ -350,7 +351,8 @@ impl Core {
                     return vec![Action::SaveState];
                 }
             }
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 if t.last_error.as_deref() != Some(msg.as_str()) {
                     tracing::error!(target_path = %path.display(), error = %msg, "cannot write auth file");
                     t.rediagnose = true;
@@ -406,14 +408,14 @@ impl Core {
         &mut self,
         host: Option<&str>,
         now: SystemTime,
-    ) -> Result<Vec<(Vec<String>, Ticket)>, String> {
+    ) -> Result<Vec<(Vec<String>, Ticket)>, UnknownHost> {
         let keys: Vec<GroupKey> = match host {
             Some(h) => vec![
                 self.plan
                     .group_of_host
                     .get(h)
                     .cloned()
-                    .ok_or_else(|| format!("{h} is not a configured registry"))?,
+                    .ok_or_else(|| UnknownHost(h.to_string()))?,
             ],
             None => self.groups.keys().cloned().collect(),
         };
