@@ -33,6 +33,7 @@ pub struct Cli {
     )]
     pub run_dir: PathBuf,
 
+    /// What to do; the daemon (`run`) when none is given.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -45,6 +46,7 @@ pub struct SocketArg {
     pub socket: Option<PathBuf>,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: keep every auth file fresh until stopped (the default).
@@ -62,6 +64,7 @@ pub enum Command {
         /// Print the daemon's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Where the daemon listens.
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -69,11 +72,13 @@ pub enum Command {
     Refresh {
         /// One registry host; default: all.
         host: Option<String>,
+        /// Where the daemon listens.
         #[command(flatten)]
         socket: SocketArg,
     },
     /// Ask the running daemon to re-read its config; exits non-zero when the new config is invalid.
     Reload {
+        /// Where the daemon listens.
         #[command(flatten)]
         socket: SocketArg,
     },

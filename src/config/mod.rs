@@ -25,6 +25,7 @@ pub const DEFAULT_SOCKET: &str = "/run/ecr-refresherd/status.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ecr-refresherd";
 /// Bounds of the `[daemon]` durations.
 pub const MAX_RETRY_MIN: Duration = Duration::from_secs(3600);
+/// The longest `retry_max`.
 pub const MAX_RETRY_MAX: Duration = Duration::from_secs(24 * 3600);
 /// An ECR token lives 12 hours: a longer floor would let every token lapse.
 pub const MAX_MIN_INTERVAL: Duration = Duration::from_secs(12 * 3600);
@@ -36,24 +37,38 @@ pub const DEFAULT_TARGET: &str = "/root/.docker/config.json";
 pub struct Settings {
     /// The file this came from; `None` for the zero-config default.
     pub source: Option<PathBuf>,
+    /// The `[daemon]` section.
     pub daemon: DaemonSettings,
+    /// The `[[registry]]` entries, in file order.
     pub registries: Vec<RegistrySettings>,
+    /// The `[[target]]` entries, in file order (root's docker config when there are none).
     pub targets: Vec<TargetSettings>,
     /// Things that work but that an operator should hear about (located like errors).
     pub warnings: Vec<Diagnostic>,
 }
 
+/// The `[daemon]` section, with its defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
+    /// Refresh after this fraction of a token's lifetime (0 < x < 1).
     pub refresh_at: f64,
+    /// Up to this fraction of that interval is taken off at random.
     pub jitter: f64,
+    /// The first retry after a failure.
     pub retry_min: Duration,
+    /// The longest retry interval (capped exponential backoff).
     pub retry_max: Duration,
+    /// The fewest seconds between two successful fetches of one group.
     pub min_interval: Duration,
+    /// Remove our entries whose token expired with no valid successor.
     pub remove_expired: bool,
+    /// The control socket.
     pub socket: PathBuf,
+    /// The group whose members may use the socket.
     pub socket_group: Option<GroupSpec>,
+    /// Where the daemon remembers what it wrote.
     pub state_dir: PathBuf,
+    /// error, warn, info, debug or trace.
     pub log_level: String,
 }
 
@@ -77,25 +92,37 @@ impl Default for DaemonSettings {
 /// How a registry's API call is authenticated. Registries with equal sources share credentials.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CredentialSource {
+    /// A named profile from the shared AWS config files.
     pub profile: Option<String>,
+    /// A role assumed through STS in the registry's region.
     pub role_arn: Option<String>,
+    /// The external id for `role_arn`.
     pub external_id: Option<String>,
+    /// The session name for `role_arn`.
     pub session_name: Option<String>,
 }
 
+/// One `[[registry]]` entry, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrySettings {
+    /// The registry host as written.
     pub host: String,
+    /// What the host says: account, region, partition, or ECR Public.
     pub registry: Registry,
+    /// How the API call is authenticated.
     pub credentials: CredentialSource,
+    /// The ECR API endpoint, when not the default.
     pub endpoint_url: Option<String>,
     /// Names of the targets this registry is written to.
     pub targets: Vec<String>,
 }
 
+/// One `[[target]]` entry, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSettings {
+    /// The name registries refer to (the path when none is given).
     pub name: String,
+    /// The auth file, absolute.
     pub path: PathBuf,
     /// The owner to write as; `None`: the owner of the nearest existing ancestor directory.
     pub user: Option<UserSpec>,
@@ -106,6 +133,7 @@ pub struct TargetSettings {
 /// A target's user as the config names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSpec {
+    /// The name or number as written.
     pub name: String,
     /// Set when the config gives a number. A name is looked up at each write instead: the user
     /// may not exist yet (created after the daemon started), and that target alone waits for it.
@@ -115,24 +143,32 @@ pub struct UserSpec {
 /// A group named in the config, resolved at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
+    /// The group name (or number) as written.
     pub name: String,
+    /// Its gid.
     pub gid: u32,
 }
 
 /// One problem in a config file, located.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column, in characters.
     pub column: usize,
+    /// What is wrong, and how to fix it where that is known.
     pub message: String,
 }
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("{}: cannot read: {source}", path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -140,11 +176,18 @@ pub enum ConfigError {
     #[error("{0}")]
     Untrusted(FileError),
     /// The file holds no setting at all (every line commented out, as packaged).
+    /// The file holds no setting at all (every line commented out, as packaged).
     #[error("{}: holds no settings", path.display())]
-    Empty { path: PathBuf },
+    Empty {
+        /// The config file.
+        path: PathBuf,
+    },
+    /// The file has errors, each located.
     #[error("{}", render(path, diagnostics))]
     Invalid {
+        /// The config file.
         path: PathBuf,
+        /// Every problem found.
         diagnostics: Vec<Diagnostic>,
     },
 }
@@ -166,6 +209,7 @@ impl fmt::Display for Diagnostic {
 
 /// Resolves group names; a seam so tests do not depend on the machine's group database.
 pub trait Accounts {
+    /// The group of this name, if there is one.
     fn group(&self, name: &str) -> Option<GroupSpec>;
 }
 

@@ -33,43 +33,76 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a `refresh` or `reload` may take before the client is told so.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A client's request, one JSON line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
+    /// The daemon's status snapshot.
     Status,
+    /// Refresh every registry, or one.
     Refresh {
+        /// One registry host; all when absent.
         #[serde(default)]
         host: Option<String>,
     },
+    /// Re-read the config and say whether it was applied.
     Reload,
 }
 
 /// The outcome of refreshing one registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshResult {
+    /// The registry host.
     pub host: String,
+    /// Whether it holds a valid token now.
     pub ok: bool,
+    /// When that token expires (RFC 3339).
     pub expires_at: Option<String>,
+    /// Why not, when it failed.
     pub error: Option<String>,
 }
 
+/// The daemon's answer, one JSON line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Response {
-    Status { status: Box<Status> },
-    Refresh { results: Vec<RefreshResult> },
-    Reload { ok: bool, message: String },
-    Error { message: String },
+    /// The answer to `status`.
+    Status {
+        /// The snapshot.
+        status: Box<Status>,
+    },
+    /// The answer to `refresh`.
+    Refresh {
+        /// One per registry host.
+        results: Vec<RefreshResult>,
+    },
+    /// The answer to `reload`: applied or not, and why.
+    Reload {
+        /// Whether the new config was applied.
+        ok: bool,
+        /// What happened, or why it was rejected.
+        message: String,
+    },
+    /// The request could not be served.
+    Error {
+        /// Why.
+        message: String,
+    },
 }
 
 /// What the server asks of the daemon's main loop.
 #[derive(Debug)]
 pub enum Action {
+    /// A client asks for a refresh.
     Refresh {
+        /// One registry host; all when absent.
         host: Option<String>,
+        /// Where the per-host outcome goes.
         reply: oneshot::Sender<Result<Vec<RefreshResult>, UnknownHost>>,
     },
+    /// A client asks for a reload.
     Reload {
+        /// Where the verdict goes.
         reply: oneshot::Sender<Result<String, StartupError>>,
     },
 }
@@ -82,27 +115,43 @@ pub struct UnknownHost(pub String);
 /// Why a request line is not understood.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// Not one newline-terminated line of at most 4096 bytes.
     #[error("the request must be one JSON line of at most 4096 bytes")]
     NotALine,
+    /// Not UTF-8.
     #[error("the request is not UTF-8")]
     NotUtf8,
+    /// Not a request we know.
     #[error("bad request: {0}")]
     Bad(#[from] serde_json::Error),
 }
 
+/// Why the control socket could not be bound.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
+    /// A live daemon answers on that socket.
     #[error("{}: another ecr-refresherd is already answering on this socket; stop it first", .0.display())]
     InUse(PathBuf),
+    /// Something that is not a socket is at that path.
     #[error("{}: exists and is not a socket; remove it or choose another `socket`", .0.display())]
     NotASocket(PathBuf),
     /// A directory on the way lets someone other than root swap the socket for a link.
+    /// The socket's directory is not root's alone.
     #[error("{}: refusing the socket directory: {why}", path.display())]
-    UnsafeDirectory { path: PathBuf, why: String },
+    UnsafeDirectory {
+        /// The socket path.
+        path: PathBuf,
+        /// What is wrong, and the fix.
+        why: String,
+    },
+    /// A system call failed.
     #[error("{}: {op}: {source}", path.display())]
     Io {
+        /// The socket path.
         path: PathBuf,
+        /// What we were doing.
         op: &'static str,
+        /// Why it failed.
         #[source]
         source: std::io::Error,
     },
@@ -383,14 +432,19 @@ async fn answer(
     }
 }
 
+/// Why a client could not ask the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing answers on the socket.
     #[error("no ecr-refresherd answers on {}: {source}", path.display())]
     NoDaemon {
+        /// The socket path.
         path: PathBuf,
+        /// Why the connection failed.
         #[source]
         source: std::io::Error,
     },
+    /// The answer could not be read or understood.
     #[error("the daemon's answer: {0}")]
     Protocol(String),
 }

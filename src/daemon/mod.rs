@@ -8,9 +8,9 @@
 
 pub mod control;
 pub(crate) mod core;
-pub mod schedule;
-pub mod systemd;
-pub mod watch;
+pub(crate) mod schedule;
+pub(crate) mod systemd;
+pub(crate) mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

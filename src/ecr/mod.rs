@@ -1,4 +1,4 @@
 //! Amazon ECR: registry host shapes, token groups, tokens and where they come from.
 
 pub mod registry;
-pub mod token;
+pub(crate) mod token;

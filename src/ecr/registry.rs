@@ -5,17 +5,26 @@ use std::fmt;
 /// The AWS partition a private registry lives in; it decides which credentials can work there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Partition {
+    /// The commercial partition.
     Aws,
+    /// China.
     AwsCn,
+    /// AWS GovCloud (US).
     AwsUsGov,
+    /// The European Sovereign Cloud.
     AwsEusc,
+    /// US ISO (C2S).
     AwsIso,
+    /// US ISOB (SC2S).
     AwsIsoB,
+    /// EU ISOE.
     AwsIsoE,
+    /// US ISOF.
     AwsIsoF,
 }
 
 impl Partition {
+    /// The partition's name, as in ARNs.
     pub fn as_str(self) -> &'static str {
         match self {
             Partition::Aws => "aws",
@@ -35,8 +44,11 @@ impl Partition {
 pub enum Registry {
     /// A private ECR registry: one account in one region.
     Private {
+        /// The 12-digit account id.
         account: String,
+        /// The region the API lives in.
         region: String,
+        /// The partition.
         partition: Partition,
         /// The host uses the FIPS endpoint (`dkr.ecr-fips` / `dkr-ecr-fips`); the API call does too.
         fips: bool,
@@ -62,6 +74,7 @@ accepted registry hosts:
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct HostError {
+    /// Why the host is not an ECR registry host.
     pub reason: String,
 }
 

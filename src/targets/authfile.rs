@@ -17,18 +17,26 @@ pub use crate::safe_fs::MAX_FILE_SIZE;
 /// Why a file's content cannot be merged; the file is then left untouched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    /// The file is larger than we read.
     #[error("larger than 4 MiB ({0} bytes)")]
     TooLarge(usize),
+    /// The file is not UTF-8 (offset of the first bad byte).
     #[error("not UTF-8 (invalid byte at offset {0})")]
     NotUtf8(usize),
+    /// The file is not valid JSON.
     #[error("not valid JSON at line {line} column {column}: {message}")]
     Syntax {
+        /// 1-based line.
         line: usize,
+        /// 1-based column.
         column: usize,
+        /// What the parser said.
         message: String,
     },
+    /// The top level is not an object.
     #[error("the top level is not a JSON object")]
     NotObject,
+    /// `auths` is not an object.
     #[error("\"auths\" is not a JSON object")]
     AuthsNotObject,
     /// Readers disagree on such a file (docker merges two `"auths"` objects, we would keep one).
@@ -36,15 +44,21 @@ pub enum FormatError {
         "duplicate key {key:?} at line {line} column {column}: readers disagree on which value counts; remove one of them"
     )]
     DuplicateKey {
+        /// The repeated key.
         key: String,
+        /// 1-based line of its second occurrence.
         line: usize,
+        /// 1-based column.
         column: usize,
     },
     /// serde_json (arbitrary_precision) would read this object back as a number.
     #[error("reserved key {key:?} at line {line} column {column}: it cannot be kept as written")]
     ReservedKey {
+        /// The key.
         key: String,
+        /// 1-based line.
         line: usize,
+        /// 1-based column.
         column: usize,
     },
 }

@@ -18,21 +18,27 @@ use crate::targets::state::{Managed, State};
 /// The result of one registry's token fetch.
 #[derive(Debug, Clone)]
 pub struct RegistryResult {
+    /// The registry host.
     pub host: String,
+    /// Its token, or why there is none.
     pub result: Result<Token, TokenError>,
 }
 
 /// The result of writing one target.
 #[derive(Debug)]
 pub struct TargetResult {
+    /// The target's name.
     pub name: String,
+    /// The auth file.
     pub path: PathBuf,
+    /// What writing it did, or why it failed.
     pub result: Result<Written, FileError>,
 }
 
 /// What a successful target update did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
+    /// Whether the file changed.
     pub outcome: Outcome,
     /// Hosts whose entries now hold a fresh token.
     pub set: usize,
@@ -40,13 +46,17 @@ pub struct Written {
     pub removed: usize,
 }
 
+/// What one round (`once`) did.
 #[derive(Debug)]
 pub struct RoundReport {
+    /// Per registry.
     pub registries: Vec<RegistryResult>,
+    /// Per target.
     pub targets: Vec<TargetResult>,
 }
 
 impl RoundReport {
+    /// Whether every registry and every target succeeded.
     pub fn all_ok(&self) -> bool {
         self.registries.iter().all(|r| r.result.is_ok())
             && self.targets.iter().all(|t| t.result.is_ok())

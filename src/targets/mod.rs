@@ -2,7 +2,7 @@
 //! what the daemon manages in them.
 
 pub mod authfile;
-pub mod consumer;
-pub mod diagnose;
+pub(crate) mod consumer;
+pub(crate) mod diagnose;
 pub mod files;
 pub mod state;

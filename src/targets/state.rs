@@ -20,6 +20,7 @@ pub struct Managed {
 }
 
 impl Managed {
+    /// An entry whose token expires at `expires_at`.
     pub fn new(expires_at: SystemTime) -> Managed {
         Managed {
             expires_at: expires_at
@@ -28,6 +29,7 @@ impl Managed {
         }
     }
 
+    /// When the token we wrote expires.
     pub fn expires_at(&self) -> SystemTime {
         // Saturating: the number comes from a file.
         crate::clock::add(UNIX_EPOCH, Duration::from_secs(self.expires_at))
@@ -37,6 +39,7 @@ impl Managed {
 /// Target path -> host -> what we wrote there.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// Target path -> host -> what we wrote there.
     #[serde(default)]
     pub targets: BTreeMap<PathBuf, BTreeMap<String, Managed>>,
 }
@@ -148,6 +151,7 @@ impl State {
         .map(|_| ())
     }
 
+    /// What we manage in one target.
     pub fn managed(&self, target: &Path) -> Option<&BTreeMap<String, Managed>> {
         self.targets.get(target)
     }
