@@ -53,6 +53,25 @@ pub fn shown(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// JSON text made safe for a terminal without changing what it decodes to: the characters that
+/// act and that JSON writers leave raw (C1 controls, bidi controls, line separators; all outside
+/// ASCII, so only inside strings) become `\uXXXX` escapes. C0 controls are escaped by every JSON
+/// writer already.
+pub fn json(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| !c.is_ascii() && acts(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if !c.is_ascii() && acts(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Text of several lines of our own making (a config error per line): each line [`shown`], the
 /// line feeds between them kept.
 pub fn shown_lines(s: &str) -> String {
@@ -67,6 +86,20 @@ pub fn path(p: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_its_meaning_and_loses_what_acts() {
+        let v = serde_json::json!({"k": "a\u{9b}2J\u{202e}evil\u{2028}é\n"});
+        let text = serde_json::to_string_pretty(&v).unwrap();
+        let safe = json(&text);
+        assert!(
+            !safe.contains('\u{9b}') && !safe.contains('\u{202e}') && !safe.contains('\u{2028}')
+        );
+        assert!(safe.contains('é'), "other text stays");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, v, "decodes to the same values");
+        assert!(matches!(json("{\"a\": 1}"), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn plain_text_is_borrowed() {

@@ -64,7 +64,8 @@ pub async fn status(cli: &Cli, arg: &SocketArg, json: bool) -> u8 {
     };
     let now = SystemTime::now();
     if json {
-        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+        let text = serde_json::to_string_pretty(&st).unwrap_or_default();
+        println!("{}", crate::escape::json(&text));
     } else {
         print!("{}", status::render(&st, now));
     }

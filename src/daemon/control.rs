@@ -238,6 +238,29 @@ struct Budget {
     others: usize,
     refused: u64,
     last_logged: Option<Instant>,
+    /// When each uid but root last asked for a refresh or a reload.
+    last_action: HashMap<u32, Instant>,
+}
+
+/// A uid other than root may ask for one refresh or reload this often: each one is work for the
+/// loop and lines in the log.
+const ACTION_SPACING: Duration = Duration::from_secs(1);
+
+/// Whether `uid` may ask for an action now (root always may).
+fn may_act(budget: &Mutex<Budget>, uid: Option<u32>) -> bool {
+    if uid == Some(0) {
+        return true;
+    }
+    let uid = uid.unwrap_or(u32::MAX);
+    let now = Instant::now();
+    let mut b = budget.lock().unwrap_or_else(|e| e.into_inner());
+    b.last_action
+        .retain(|_, at| now.duration_since(*at) < ACTION_SPACING);
+    if b.last_action.contains_key(&uid) {
+        return false;
+    }
+    b.last_action.insert(uid, now);
+    true
 }
 
 /// One admitted connection of a uid other than root; gives its place back when dropped.
@@ -335,8 +358,9 @@ pub async fn serve(
         };
         let status = status.clone();
         let actions = actions.clone();
+        let budget = Arc::clone(&budget);
         tokio::spawn(async move {
-            handle(stream, status, actions).await;
+            handle(stream, status, actions, &budget, uid).await;
             drop(slot);
         });
     }
@@ -346,25 +370,31 @@ async fn handle(
     stream: UnixStream,
     status: watch::Receiver<Status>,
     actions: mpsc::Sender<Action>,
+    budget: &Mutex<Budget>,
+    uid: Option<u32>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
     let mut line = Vec::new();
-    let response =
-        match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-            Err(_) => Response::Error {
-                message: format!("no request line within {} s", READ_TIMEOUT.as_secs()),
+    let response = match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+    {
+        Err(_) => Response::Error {
+            message: format!("no request line within {} s", READ_TIMEOUT.as_secs()),
+        },
+        Ok(Err(e)) => Response::Error {
+            message: format!("cannot read the request: {e}"),
+        },
+        Ok(Ok(_)) => match parse_request(&line) {
+            Err(e) => Response::Error {
+                message: e.to_string(),
             },
-            Ok(Err(e)) => Response::Error {
-                message: format!("cannot read the request: {e}"),
+            Ok(req) if req != Request::Status && !may_act(budget, uid) => Response::Error {
+                message: "at most one refresh or reload a second for each user; try again".into(),
             },
-            Ok(Ok(_)) => match parse_request(&line) {
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
-                Ok(req) => answer(req, &status, &actions).await,
-            },
-        };
+            Ok(req) => answer(req, &status, &actions).await,
+        },
+    };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;

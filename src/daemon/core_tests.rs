@@ -346,6 +346,31 @@ fn only_changed_targets_are_delivered() {
 }
 
 #[test]
+fn a_flood_of_changes_starts_at_most_one_delivery_a_second() {
+    let (mut core, _) = started("", &[H1], &["/t/a.json"]);
+    let a = BTreeSet::from([PathBuf::from("/t/a.json")]);
+    let mut started_at = Vec::new();
+    for ms in (0..3000).step_by(10) {
+        let now = t(10) + Duration::from_millis(ms);
+        core.changed(&a);
+        for j in jobs(core.poll(now)) {
+            started_at.push(ms);
+            core.delivered(&j, Ok(false), now, 0.0);
+        }
+    }
+    assert_eq!(
+        started_at,
+        [0, 1000, 2000],
+        "a user rewriting their file costs one read a second"
+    );
+    core.changed(&a);
+    assert_eq!(
+        core.next_wake(t(12) + Duration::from_millis(500)),
+        Duration::from_millis(500)
+    );
+}
+
+#[test]
 fn at_most_max_writes_run_at_once() {
     let paths: Vec<String> = (0..10).map(|i| format!("/t/{i}.json")).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();

@@ -45,6 +45,8 @@ enum Done {
         owner: Option<String>,
         notes: Vec<String>,
     },
+    /// A state save finished.
+    Saved,
 }
 
 /// The loop's own state: the core, and the handles of what it started.
@@ -68,6 +70,10 @@ struct Loop<S: TokenSource> {
     watchdog: Option<Duration>,
     last_ping: Instant,
     last_summary: String,
+    /// A state save is running; another was asked for meanwhile. One at a time, so an older
+    /// snapshot never lands after a newer one.
+    saving: bool,
+    save_again: bool,
 }
 
 /// What to watch: every target, and the config path asked for (also while the instance default
@@ -106,15 +112,7 @@ impl<S: TokenSource> Loop<S> {
                     });
                 }
                 Action::Diagnose(i) => self.diagnose(i),
-                Action::SaveState => {
-                    let state = self.core.state().clone();
-                    let dir = self.core.settings().daemon.state_dir.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = state.save(&dir) {
-                            tracing::error!(error = %e, "cannot save state");
-                        }
-                    });
-                }
+                Action::SaveState => self.save_state(),
                 Action::Answer { id, result } => {
                     if let Some(tx) = self.waiters.remove(&id) {
                         let _ = tx.send(result);
@@ -127,6 +125,23 @@ impl<S: TokenSource> Loop<S> {
                 }
             }
         }
+    }
+
+    fn save_state(&mut self) {
+        if self.saving {
+            self.save_again = true;
+            return;
+        }
+        self.saving = true;
+        let state = self.core.state().clone();
+        let dir = self.core.settings().daemon.state_dir.clone();
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = state.save(&dir) {
+                tracing::error!(error = %e, "cannot save state");
+            }
+            let _ = tx.send(Done::Saved);
+        });
     }
 
     fn diagnose(&self, i: usize) {
@@ -167,6 +182,13 @@ impl<S: TokenSource> Loop<S> {
             }
             Done::Diagnosed { path, owner, notes } => {
                 self.core.diagnosed(&path, owner, notes);
+                Vec::new()
+            }
+            Done::Saved => {
+                self.saving = false;
+                if std::mem::take(&mut self.save_again) {
+                    self.save_state();
+                }
                 Vec::new()
             }
         };
@@ -217,6 +239,7 @@ impl<S: TokenSource> Loop<S> {
         systemd::reloading();
         let result = self.reload_inner().await;
         match &result {
+            Ok(m) if m.ends_with("unchanged") => tracing::debug!("{m}"),
             Ok(m) => tracing::info!("{m}"),
             Err(e) => {
                 tracing::error!(error = %e, "config rejected; still running the previous config");
@@ -458,6 +481,8 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         watchdog: systemd::watchdog_interval(),
         last_ping: Instant::now(),
         last_summary: String::new(),
+        saving: false,
+        save_again: false,
     };
     let main = tokio::spawn(daemon.run(changes_rx, requests_rx, signals));
     let code = ready_then_wait(main, ready_rx, start_timeout).await;

@@ -18,7 +18,7 @@ mod write;
 
 pub use read::{DirInfo, inspect, read, read_trusted};
 
-pub use walk::open_private_dir;
+pub use walk::{nearest_dir, open_private_dir};
 pub use write::{remove_stray_temp_files, update};
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! Who writes a file (its owner, by policy), and what may be created for it; acting as that owner.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -19,15 +20,30 @@ pub(super) struct FsIdentity {
 }
 
 impl FsIdentity {
-    pub(super) fn become_user(owner: Owner) -> FsIdentity {
+    /// Acts as `owner` on this thread; refuses (rather than act as root) when the kernel did not
+    /// take the change (no CAP_SETUID/CAP_SETGID), which `setfsuid` itself never reports.
+    pub(super) fn become_user(owner: Owner, path: &Path) -> Result<FsIdentity, FileError> {
         if !rustix::process::geteuid().is_root() || owner.uid == 0 {
-            return FsIdentity { saved: None };
+            return Ok(FsIdentity { saved: None });
         }
         let old_gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(owner.gid)).as_raw();
         let old_uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(owner.uid)).as_raw();
-        FsIdentity {
+        let id = FsIdentity {
             saved: Some((old_uid, old_gid)),
+        };
+        // An invalid id changes nothing and returns the current one.
+        let now_uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)).as_raw();
+        let now_gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(u32::MAX)).as_raw();
+        if (now_uid, now_gid) != (owner.uid, owner.gid) {
+            return Err(refused(
+                path,
+                format!(
+                    "cannot act as {} (setfsuid/setfsgid did not take: CAP_SETUID/CAP_SETGID missing?)",
+                    user_name(owner.uid)
+                ),
+            ));
         }
+        Ok(id)
     }
 }
 
@@ -115,9 +131,19 @@ pub(super) fn resolve(
             // A root-owned home is a home being made (`useradd -m` creates it as root, then
             // chowns it) or made by hand: inferring "root" there would put root's files in
             // the user's home.
+            refuse_sticky_inference(chain, path)?;
             let homes = (uid == 0).then(Homes::load);
             if let Some(homes) = homes
-                && let Some(home) = chain.iter().find(|d| homes.is_home(&d.path))
+                && let Some(home) = chain
+                    .windows(2)
+                    .map(|w| &w[1])
+                    .zip(chain.iter())
+                    .find(|(d, up)| {
+                        d.path.file_name().is_some_and(|n| {
+                            homes.is_home(&up.path, Some((up.stat.st_dev, up.stat.st_ino)), n)
+                        })
+                    })
+                    .map(|(d, _)| d)
             {
                 return Err(refused(
                     path,
@@ -135,25 +161,85 @@ pub(super) fn resolve(
     })
 }
 
-/// Where home directories are: [`home_bases`] and every regular user's home (uid 1000 and up;
-/// system accounts have homes like `/bin` or `/`).
+/// With the owner inferred (no `user`), a directory below a sticky world-writable one (like /tmp)
+/// belongs to whoever created it first: that is no owner to hand a token to.
+fn refuse_sticky_inference(chain: &[Dir], path: &Path) -> Result<(), FileError> {
+    for w in chain.windows(2) {
+        let (up, d) = (&w[0], &w[1]);
+        if up.stat.st_mode & 0o1002 == 0o1002 && d.stat.st_uid != 0 {
+            return Err(refused(
+                path,
+                format!(
+                    "{} belongs to {}, but it sits in {}, where anyone may create it first: set `user` for this target to say whose it is",
+                    d.path.display(),
+                    user_name(d.stat.st_uid),
+                    up.path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where home directories are: [`home_bases`] and every account's home but root's (system
+/// accounts' too: a `portainer` service user made with `useradd -r`). Compared by path as
+/// written and, for what exists, by device and inode, so a base reached through a link is
+/// recognised too.
 pub(super) struct Homes {
     bases: BTreeSet<PathBuf>,
-    homes: Vec<PathBuf>,
+    base_ids: Vec<(u64, u64)>,
+    /// Each home as written, with its parent's identity when that exists.
+    homes: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+fn id_of(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Homes {
-    fn load() -> Homes {
+    pub(super) fn load() -> Homes {
+        let bases = home_bases();
+        let base_ids = bases.iter().filter_map(|b| id_of(b)).collect();
+        let homes = passwd_homes(|uid| uid != 0)
+            .into_iter()
+            .filter(|h| h.parent().is_some())
+            .map(|h| {
+                let pid = h.parent().and_then(id_of);
+                (h, pid)
+            })
+            .collect();
         Homes {
-            bases: home_bases(),
-            homes: passwd_homes(|uid| (1000..65534).contains(&uid)),
+            bases,
+            base_ids,
+            homes,
         }
     }
 
-    /// A regular user's home, or a directory directly in a home base (never `/` itself).
-    fn is_home(&self, dir: &Path) -> bool {
-        dir.parent().is_some_and(|p| self.bases.contains(p))
-            || (dir != Path::new("/") && self.homes.iter().any(|h| h == dir))
+    /// Whether `name` in the directory `parent` (`parent_id` when it exists) is a home, or where
+    /// one goes (directly in a home base).
+    pub(super) fn is_home(
+        &self,
+        parent: &Path,
+        parent_id: Option<(u64, u64)>,
+        name: &OsStr,
+    ) -> bool {
+        let in_base =
+            self.bases.contains(parent) || parent_id.is_some_and(|id| self.base_ids.contains(&id));
+        in_base
+            || self.homes.iter().any(|(h, pid)| {
+                h.file_name() == Some(name)
+                    && (h.parent() == Some(parent) || (pid.is_some() && *pid == parent_id))
+            })
+    }
+
+    /// Whether `dir` (to be created) is above some account's home or a home base.
+    pub(super) fn is_above_a_home(&self, dir: &Path) -> bool {
+        self.homes
+            .iter()
+            .map(|(h, _)| h)
+            .chain(self.bases.iter())
+            .any(|h| h != dir && h.starts_with(dir))
     }
 }
 
@@ -177,7 +263,7 @@ pub(super) fn home_bases() -> BTreeSet<PathBuf> {
     bases
 }
 
-/// The home directories of the passwd entries whose uid passes `keep`.
+/// The home directories of the passwd entries whose uid passes `keep` (never `/`).
 pub(super) fn passwd_homes(keep: impl Fn(u32) -> bool) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
         return Vec::new();
@@ -186,7 +272,8 @@ pub(super) fn passwd_homes(keep: impl Fn(u32) -> bool) -> Vec<PathBuf> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             let uid: u32 = f.get(2)?.parse().ok()?;
-            (keep(uid) && f.get(5).is_some_and(|h| h.starts_with('/'))).then(|| PathBuf::from(f[5]))
+            (keep(uid) && f.get(5).is_some_and(|h| h.starts_with('/') && *h != "/"))
+                .then(|| PathBuf::from(f[5]))
         })
         .collect()
 }
@@ -198,6 +285,7 @@ pub(super) fn passwd_homes(keep: impl Fn(u32) -> bool) -> Vec<PathBuf> {
 /// where home directories live (see [`home_bases`]).
 pub(super) fn may_create(
     dir: &Path,
+    below: &[std::ffi::OsString],
     parent: &Dir,
     owner: Owner,
     path: &Path,
@@ -228,7 +316,20 @@ pub(super) fn may_create(
             ),
         ));
     }
-    if Homes::load().is_home(dir) {
+    let homes = Homes::load();
+    let id = Some((parent.stat.st_dev, parent.stat.st_ino));
+    let name_of = dir.file_name().unwrap_or_default();
+    let deeper = below.iter().scan(dir.to_path_buf(), |at, name| {
+        let up = at.clone();
+        at.push(name);
+        Some((up, at.clone()))
+    });
+    let mut home = homes.is_home(&parent.path, id, name_of) || homes.is_above_a_home(dir);
+    for (up, d) in deeper {
+        home |= homes.is_home(&up, None, d.file_name().unwrap_or_default())
+            || homes.is_above_a_home(&d);
+    }
+    if home {
         return Err(refused(
             path,
             format!(
@@ -263,13 +364,13 @@ pub(super) fn locate(
         if !create {
             return Ok(None);
         }
-        may_create(&last.path.join(first), last, owner, path)?;
+        may_create(&last.path.join(first), &missing[1..], last, owner, path)?;
     }
     for part in missing {
         let here = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
         let shown = here.path.join(&part);
         {
-            let _id = FsIdentity::become_user(owner);
+            let _id = FsIdentity::become_user(owner, path)?;
             match rustix::fs::mkdirat(&here.fd, part.as_os_str(), Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(io_err(&shown, "create directory", e)),

@@ -12,7 +12,7 @@ use rustix::io::Errno;
 use super::*;
 
 use super::owner::{FsIdentity, Located, may_create, resolve};
-use super::walk::{check_chain, walk_parent, writable_by_others};
+use super::walk::{check_chain, walk_parent};
 use super::write::read_target;
 
 /// Reads a target as its writer would, with the same checks, without creating anything.
@@ -70,7 +70,7 @@ pub(super) fn look(
     let last = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
     check_chain(&chain, owner.uid, path)?;
     if let Some(first) = missing.first().filter(|_| creatable) {
-        may_create(&last.path.join(first), last, owner, path)?;
+        may_create(&last.path.join(first), &missing[1..], last, owner, path)?;
     }
     let dirs = chain
         .iter()
@@ -91,7 +91,7 @@ pub(super) fn look(
                 name: path.file_name().unwrap_or_default().to_os_string(),
                 owner,
             };
-            let _id = FsIdentity::become_user(owner);
+            let _id = FsIdentity::become_user(owner, path)?;
             read_target(&loc, path)?.map(|c| FileInfo {
                 mode: c.stat.st_mode & 0o7777,
                 bytes: c.bytes,
@@ -151,17 +151,15 @@ pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<V
         return Err(io_err(path, "open", Errno::NOENT));
     }
     for d in &chain {
-        if (d.stat.st_uid != 0 && d.stat.st_uid != me) || writable_by_others(&d.stat) {
+        // Group write counts, root's group too: the config needs root and nobody else.
+        let writable = d.stat.st_mode & 0o022 != 0 && d.stat.st_mode & 0o1000 == 0;
+        if (d.stat.st_uid != 0 && d.stat.st_uid != me) || writable {
             return Err(refused(
                 path,
                 format!(
                     "{} can be changed by {} (owner {}, mode {:04o}); a config root acts on must sit in directories only root can write",
                     d.path.display(),
-                    if writable_by_others(&d.stat) {
-                        "others"
-                    } else {
-                        "its owner"
-                    },
+                    if writable { "others" } else { "its owner" },
                     user_name(d.stat.st_uid),
                     d.stat.st_mode & 0o7777
                 ),

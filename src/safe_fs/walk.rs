@@ -266,3 +266,12 @@ pub(super) fn check_chain(chain: &[Dir], uid: u32, file: &Path) -> Result<(), Fi
     }
     Ok(())
 }
+
+/// The nearest existing directory on the way to `path`, opened as the write path opens it (no
+/// link followed but root's own in root's directories): its descriptor, (device, inode) and
+/// path. `None` when the walk refuses the way (a user's link, say): nothing is watched there.
+pub fn nearest_dir(path: &Path) -> Option<(OwnedFd, (u64, u64), PathBuf)> {
+    let (mut chain, _) = walk_parent(path).ok()?;
+    let d = chain.pop()?;
+    Some((d.fd, (d.stat.st_dev, d.stat.st_ino), d.path))
+}

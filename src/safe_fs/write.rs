@@ -163,7 +163,7 @@ pub fn update<E: std::fmt::Display>(
             format!("writing as {} needs root", user_name(loc.owner.uid)),
         ));
     }
-    let _id = FsIdentity::become_user(loc.owner);
+    let _id = FsIdentity::become_user(loc.owner, path)?;
     for _ in 0..MAX_ATTEMPTS {
         let current = match read_target(&loc, path) {
             Err(FileError::Busy { .. }) => continue,
@@ -369,7 +369,7 @@ pub fn remove_stray_temp_files(path: &Path, policy: OwnerPolicy) -> Result<usize
     let Some(loc) = locate(path, &policy, false)? else {
         return Ok(0);
     };
-    let _id = FsIdentity::become_user(loc.owner);
+    let _id = FsIdentity::become_user(loc.owner, path)?;
     let mut prefix = b".".to_vec();
     prefix.extend_from_slice(loc.name.as_bytes());
     prefix.extend_from_slice(TEMP_MARK.as_bytes());

@@ -423,6 +423,7 @@ pub fn diagnose(map: &Map<String, Value>, managed: &BTreeSet<String>) -> Vec<Str
     if let Some(Value::String(store)) = map.get("credsStore")
         && !store.is_empty()
     {
+        let store = short(store);
         warnings.push(format!(
             "\"credsStore\": {store:?} is set: docker asks docker-credential-{store} first and never reads the entries we write; remove credsStore"
         ));
@@ -430,6 +431,7 @@ pub fn diagnose(map: &Map<String, Value>, managed: &BTreeSet<String>) -> Vec<Str
     if let Some(Value::Object(helpers)) = map.get("credHelpers") {
         for host in managed {
             if let Some(helper) = helpers.get(host.as_str()) {
+                let helper = short(&helper.to_string());
                 warnings.push(format!(
                     "\"credHelpers\" has {host:?} -> {helper}: docker and podman use that helper instead of our entry; remove it"
                 ));
@@ -438,6 +440,18 @@ pub fn diagnose(map: &Map<String, Value>, managed: &BTreeSet<String>) -> Vec<Str
     }
     warnings
 }
+
+/// A value from a user's file, cut to [`SHORT`] characters for a message: status goes to every
+/// reader, and one user's file must not make it megabytes.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(SHORT) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Characters of a foreign value shown in a diagnosis.
+const SHORT: usize = 80;
 
 /// Whether this file holds an `auths` entry for `host` under any key naming it.
 pub fn has_entry_for(map: &Map<String, Value>, host: &str) -> bool {

@@ -83,8 +83,20 @@ pub fn diagnose_target(
     d.warnings.extend(unreachable_dirs(&seen.dirs, owner));
     d.warnings
         .extend(podman_shadows(settings, target, owner, &hosts, run_dir));
+    // One per managed host at most, and a file's own hosts are few: a bound keeps a status
+    // answer small whatever a user's file holds.
+    if d.warnings.len() > MAX_WARNINGS {
+        let more = d.warnings.len() - MAX_WARNINGS;
+        d.warnings.truncate(MAX_WARNINGS);
+        d.warnings.push(format!(
+            "… and {more} more warnings (see `ecr-refresherd check`)"
+        ));
+    }
     d
 }
+
+/// Warnings kept per target.
+const MAX_WARNINGS: usize = 16;
 
 /// Directories on the way that the owner cannot enter, so their own tools cannot read the file.
 fn unreachable_dirs(dirs: &[safe_fs::DirInfo], owner: Owner) -> Vec<String> {

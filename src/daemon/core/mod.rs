@@ -30,6 +30,8 @@ pub(crate) const MAX_WRITES: usize = 4;
 /// The loop wakes at least this often, so deadlines follow the wall clock across a suspend or a
 /// clock jump (tokio's timers are monotonic and stand still while the machine sleeps).
 pub(crate) const TICK: Duration = Duration::from_secs(30);
+/// Changes on disk start a target's delivery at most this often.
+pub(crate) const EVENT_SPACING: Duration = Duration::from_secs(1);
 
 /// Something the loop must do for the core.
 #[derive(Debug)]
@@ -151,6 +153,7 @@ impl Core {
                 tracing::error!(group = %key, expires_at = %clock::rfc3339(t.expires_at), "token expired and no new one could be had yet");
             }
         }
+        self.want_changed(now);
         self.want_due_deliveries(now);
         self.start_deliveries(now, &mut actions);
         self.check_ready(now, &mut actions);
@@ -392,7 +395,21 @@ impl Core {
     pub(crate) fn changed(&mut self, paths: &BTreeSet<PathBuf>) {
         for (i, t) in self.settings.targets.iter().enumerate() {
             if paths.contains(&t.path) {
-                self.targets[i].wanted = true;
+                self.targets[i].changed = true;
+            }
+        }
+    }
+
+    /// Changes on disk become deliveries, at most one per target per [`EVENT_SPACING`].
+    fn want_changed(&mut self, now: SystemTime) {
+        for t in &mut self.targets {
+            let spaced = t
+                .last_change_delivery
+                .is_none_or(|at| clock::add(at, EVENT_SPACING) <= now);
+            if t.changed && t.writing.is_none() && spaced {
+                t.changed = false;
+                t.wanted = true;
+                t.last_change_delivery = Some(now);
             }
         }
     }
@@ -518,6 +535,9 @@ impl Core {
             }
             if let Some(s) = t.writing {
                 until(clock::add(s, STUCK));
+            }
+            if let (true, Some(at)) = (t.changed, t.last_change_delivery) {
+                until(clock::add(at, EVENT_SPACING));
             }
         }
         if self.settings.daemon.remove_expired {

@@ -24,6 +24,11 @@ pub(crate) struct Target {
     pub(super) diagnosing: bool,
     /// A diagnosis is wanted once the running one ends.
     pub(super) rediagnose: bool,
+    /// The file changed on disk (an inotify event) and was not looked at since.
+    pub(super) changed: bool,
+    /// When a change last started a delivery: changes start at most one per [`super::EVENT_SPACING`],
+    /// so a user rewriting their own file in a loop costs the daemon one read a second.
+    pub(super) last_change_delivery: Option<SystemTime>,
 }
 
 pub(super) fn target_status(t: &TargetSettings, rt: &Target, now: SystemTime) -> TargetStatus {
