@@ -21,7 +21,7 @@ struct Attacker(Child);
 impl Attacker {
     fn spawn(uid: u32, dir: &Path, code: &str) -> Attacker {
         use std::os::unix::process::CommandExt;
-        let child = Command::new("python3")
+        let child = Command::new("/usr/bin/python3")
             .arg("-c")
             .arg(code)
             .current_dir(dir)
