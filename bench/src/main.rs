@@ -383,6 +383,65 @@ fn scale(b: &Bench) -> Result<Scale> {
     })
 }
 
+struct Big {
+    peak_kb: u64,
+    steady_kb: u64,
+    cpu_per_min: Duration,
+    heal: Vec<Duration>,
+}
+
+/// 4b. The daemon at scale: 1,000 registries over 20 regions and 100 targets: its peak memory,
+/// its CPU while idle, and how fast it heals a deleted target.
+fn big(b: &Bench, secs: u64) -> Result<Big> {
+    let fake = FakeAws::start().map_err(|e| e.to_string())?;
+    let hosts: Vec<String> = (0..1000).map(host).collect();
+    let (cfg, tfiles) = b.setup("big", &hosts, 100, "")?;
+    let child = b
+        .cmd(&fake)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let end = Instant::now() + Duration::from_secs(120);
+    while !tfiles.iter().all(|t| has_entry(t, &hosts[999])) {
+        if Instant::now() > end {
+            kill(child);
+            return Err("big: targets not written".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    let (cpu0, _) = cpu_and_switches(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let (cpu1, _) = cpu_and_switches(pid);
+    let cpu_per_min = Duration::from_nanos(cpu1.saturating_sub(cpu0)) * 60 / secs as u32;
+    let mut heal = Vec::new();
+    for i in 0..10 {
+        let t = &tfiles[i * 10];
+        std::thread::sleep(Duration::from_millis(1100));
+        let t0 = Instant::now();
+        std::fs::remove_file(t).map_err(|e| e.to_string())?;
+        while !has_entry(t, &hosts[0]) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                kill(child);
+                return Err(format!("big: heal {i} did not happen"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        heal.push(t0.elapsed());
+    }
+    let r = Big {
+        peak_kb: proc_kb(pid, "VmHWM:"),
+        steady_kb: proc_kb(pid, "VmRSS:"),
+        cpu_per_min,
+        heal,
+    };
+    kill(child);
+    Ok(r)
+}
+
 struct Storm {
     daemons: usize,
     all_after: Duration,
@@ -726,6 +785,34 @@ fn main() {
             ),
             Some(s.calls == 20 && s.written == s.targets && s.wall < Duration::from_secs(1)),
         ),
+        Err(e) => notes.push(e),
+    }
+    match big(&b, idle_secs) {
+        Ok(mut g) => {
+            row(
+                "peak RSS of `run`, 1,000 registries / 20 regions / 100 targets",
+                "≤ 24 MiB",
+                format!(
+                    "{:.1} MiB (steady {:.1} MiB)",
+                    g.peak_kb as f64 / 1024.0,
+                    g.steady_kb as f64 / 1024.0
+                ),
+                Some(g.peak_kb <= 24 * 1024),
+            );
+            row(
+                "CPU while idle at that scale",
+                "-",
+                format!("{:.1} ms per minute", g.cpu_per_min.as_secs_f64() * 1000.0),
+                None,
+            );
+            let med = percentile(&mut g.heal, 0.5);
+            row(
+                "heal at that scale: a deleted 1,000-entry target restored (10 trials)",
+                "-",
+                format!("median {}", ms(med)),
+                None,
+            );
+        }
         Err(e) => notes.push(e),
     }
     match storm(&b, 300) {
