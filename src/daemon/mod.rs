@@ -85,6 +85,52 @@ fn watch_set(settings: &Settings, config: &Source) -> WatchSet {
     }
 }
 
+impl Loop<AwsTokenSource> {
+    fn new(
+        core: Core,
+        config: Source,
+        run_dir: PathBuf,
+        status_tx: snapshot::Sender<Status>,
+        watcher: Option<WatcherHandle>,
+        ready: oneshot::Sender<()>,
+    ) -> Self {
+        let now = SystemTime::now();
+        let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Loop {
+            config_status: ConfigStatus {
+                path: core
+                    .settings()
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                loaded_at: Some(now),
+                error: None,
+            },
+            core,
+            source: Arc::new(AwsTokenSource::new(1)),
+            consumer: Arc::new(AuthFiles),
+            config,
+            run_dir,
+            started_at: now,
+            fetches: BTreeMap::new(),
+            fetch_tx,
+            fetch_rx,
+            done_tx,
+            done_rx,
+            waiters: BTreeMap::new(),
+            status_tx,
+            watcher,
+            ready: Some(ready),
+            watchdog: systemd::watchdog_interval(),
+            last_ping: Instant::now(),
+            last_summary: String::new(),
+            saving: false,
+            save_again: false,
+        }
+    }
+}
+
 impl<S: TokenSource> Loop<S> {
     /// Performs the core's actions.
     fn perform(&mut self, actions: Vec<Action>) {
@@ -447,8 +493,6 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = snapshot::channel(false);
     let server = tokio::spawn(control::serve(listener, status_rx, requests_tx, stop_rx));
-    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = oneshot::channel();
     tracing::info!(
         registries = settings.registries.len(),
@@ -457,33 +501,15 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         "ecr-refresherd {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let daemon = Loop {
-        core: Core::new(Arc::clone(&settings), state, now),
-        source: Arc::new(AwsTokenSource::new(1)),
-        consumer: Arc::new(AuthFiles),
-        config_status: ConfigStatus {
-            path: settings.source.as_ref().map(|p| p.display().to_string()),
-            loaded_at: Some(now),
-            error: None,
-        },
+    let core = Core::new(Arc::clone(&settings), state, now);
+    let daemon = Loop::new(
+        core,
         config,
-        run_dir: cli.run_dir.clone(),
-        started_at: now,
-        fetches: BTreeMap::new(),
-        fetch_tx,
-        fetch_rx,
-        done_tx,
-        done_rx,
-        waiters: BTreeMap::new(),
+        cli.run_dir.clone(),
         status_tx,
         watcher,
-        ready: Some(ready_tx),
-        watchdog: systemd::watchdog_interval(),
-        last_ping: Instant::now(),
-        last_summary: String::new(),
-        saving: false,
-        save_again: false,
-    };
+        ready_tx,
+    );
     let main = tokio::spawn(daemon.run(changes_rx, requests_rx, signals));
     let code = ready_then_wait(main, ready_rx, start_timeout).await;
     let _ = stop_tx.send(true);
