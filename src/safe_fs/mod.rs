@@ -98,6 +98,20 @@ fn refused(path: &Path, reason: impl Into<String>) -> FileError {
     }
 }
 
+/// Reads `file` up to `max + 1` bytes (so a caller can tell it was too large).
+fn read_at_most(file: &std::fs::File, max: usize, path: &Path) -> Result<Vec<u8>, FileError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
+    Ok(bytes)
+}
+
 /// The user name of `uid`, or the number when it has no passwd entry.
 pub fn user_name(uid: u32) -> String {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))

@@ -2,7 +2,6 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -195,15 +194,7 @@ pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<V
     })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
     trusted_file(&st, me, path)?;
-    let mut bytes = Vec::new();
-    File::from(fd)
-        .take(max as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| FileError::Io {
-            path: path.to_path_buf(),
-            op: "read",
-            source,
-        })?;
+    let bytes = read_at_most(&File::from(fd), max, path)?;
     if bytes.len() > max {
         return Err(FileError::Content {
             path: path.to_path_buf(),

@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -65,16 +65,8 @@ pub(super) fn read_target(loc: &Located, path: &Path) -> Result<Option<Current>,
         });
     }
     check_file(&opened, loc.owner, path)?;
-    let mut bytes = Vec::new();
     let file = File::from(fd);
-    (&file)
-        .take(MAX_FILE_SIZE as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| FileError::Io {
-            path: path.to_path_buf(),
-            op: "read",
-            source,
-        })?;
+    let bytes = read_at_most(&file, MAX_FILE_SIZE, path)?;
     Ok(Some(Current {
         bytes,
         stat: opened,
