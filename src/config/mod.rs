@@ -89,17 +89,14 @@ impl Default for DaemonSettings {
     }
 }
 
-/// How a registry's API call is authenticated. Registries with equal sources share credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CredentialSource {
-    /// A named profile from the shared AWS config files.
-    pub profile: Option<String>,
-    /// A role assumed through STS in the registry's region.
-    pub role_arn: Option<String>,
-    /// The external id for `role_arn`.
-    pub external_id: Option<String>,
-    /// The session name for `role_arn`.
-    pub session_name: Option<String>,
+pub use crate::ecr::token::CredentialSource;
+use crate::ecr::token::GroupKey;
+
+impl GroupKey {
+    /// The token group of a configured registry.
+    pub(crate) fn of(reg: &RegistrySettings) -> GroupKey {
+        GroupKey::new(&reg.registry, &reg.credentials, reg.endpoint_url.as_deref())
+    }
 }
 
 /// One `[[registry]]` entry, validated.

@@ -14,8 +14,20 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata};
 use base64::Engine;
 
-use crate::config::{CredentialSource, RegistrySettings};
 use crate::ecr::registry::{Partition, Registry};
+
+/// How a registry's API call is authenticated. Registries with equal sources share credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CredentialSource {
+    /// A named profile from the shared AWS config files.
+    pub profile: Option<String>,
+    /// A role assumed through STS in the registry's region.
+    pub role_arn: Option<String>,
+    /// The external id for `role_arn`.
+    pub external_id: Option<String>,
+    /// The session name for `role_arn`.
+    pub session_name: Option<String>,
+}
 
 /// Registries that share one `GetAuthorizationToken` call: a token covers every registry the
 /// principal may pull from in that region, so one call per (partition, region, credentials, endpoint).
@@ -32,8 +44,14 @@ pub struct GroupKey {
 }
 
 impl GroupKey {
-    pub fn of(reg: &RegistrySettings) -> GroupKey {
-        let (public, partition, fips, dual_stack) = match &reg.registry {
+    /// The group of a registry host: ECR Public or private ECR in the host's partition and API
+    /// region, with the given credentials and endpoint.
+    pub fn new(
+        registry: &Registry,
+        credentials: &CredentialSource,
+        endpoint_url: Option<&str>,
+    ) -> GroupKey {
+        let (public, partition, fips, dual_stack) = match registry {
             Registry::Public => (true, Partition::Aws, false, false),
             Registry::Private {
                 partition,
@@ -45,11 +63,11 @@ impl GroupKey {
         GroupKey {
             public,
             partition,
-            region: reg.registry.api_region().to_string(),
+            region: registry.api_region().to_string(),
             fips,
             dual_stack,
-            credentials: reg.credentials.clone(),
-            endpoint_url: reg.endpoint_url.clone(),
+            credentials: credentials.clone(),
+            endpoint_url: endpoint_url.map(str::to_string),
         }
     }
 }
@@ -509,29 +527,27 @@ mod tests {
 
     #[test]
     fn groups_share_region_and_credentials() {
-        let reg = |host: &str, profile: Option<&str>| RegistrySettings {
-            host: host.into(),
-            registry: Registry::parse(host).unwrap(),
-            credentials: CredentialSource {
+        let reg = |host: &str, profile: Option<&str>| {
+            let credentials = CredentialSource {
                 profile: profile.map(str::to_string),
                 ..Default::default()
-            },
-            endpoint_url: None,
-            targets: vec![],
+            };
+            (Registry::parse(host).unwrap(), credentials)
         };
-        let a = GroupKey::of(&reg("111111111111.dkr.ecr.us-east-1.amazonaws.com", None));
-        let b = GroupKey::of(&reg("222222222222.dkr.ecr.us-east-1.amazonaws.com", None));
-        let c = GroupKey::of(&reg("111111111111.dkr.ecr.us-west-2.amazonaws.com", None));
-        let d = GroupKey::of(&reg(
+        let key = |(r, c): (Registry, CredentialSource)| GroupKey::new(&r, &c, None);
+        let a = key(reg("111111111111.dkr.ecr.us-east-1.amazonaws.com", None));
+        let b = key(reg("222222222222.dkr.ecr.us-east-1.amazonaws.com", None));
+        let c = key(reg("111111111111.dkr.ecr.us-west-2.amazonaws.com", None));
+        let d = key(reg(
             "111111111111.dkr.ecr.us-east-1.amazonaws.com",
             Some("other"),
         ));
-        let e = GroupKey::of(&reg(
+        let e = key(reg(
             "111111111111.dkr.ecr-fips.us-east-1.amazonaws.com",
             None,
         ));
-        let p1 = GroupKey::of(&reg("public.ecr.aws", None));
-        let p2 = GroupKey::of(&reg("ecr-public.aws.com", None));
+        let p1 = key(reg("public.ecr.aws", None));
+        let p2 = key(reg("ecr-public.aws.com", None));
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
