@@ -30,8 +30,10 @@ pub(crate) const MAX_WRITES: usize = 4;
 /// The loop wakes at least this often, so deadlines follow the wall clock across a suspend or a
 /// clock jump (tokio's timers are monotonic and stand still while the machine sleeps).
 pub(crate) const TICK: Duration = Duration::from_secs(30);
-/// Changes on disk start a target's delivery at most this often.
-pub(crate) const EVENT_SPACING: Duration = Duration::from_secs(1);
+/// Changes on disk start a target's delivery at most this often...
+pub(crate) const EVENT_SPACING: Duration = Duration::from_millis(200);
+/// ...and at most this share of the time: the next one waits for `took × (1/share − 1)`.
+pub(crate) const EVENT_SHARE: u32 = 5;
 
 /// Something the loop must do for the core.
 #[derive(Debug)]
@@ -337,7 +339,9 @@ impl Core {
         };
         let policy = self.policy;
         let t = &mut self.targets[i];
-        t.writing = None;
+        if let Some(since) = t.writing.take() {
+            t.last_took = elapsed(since, now);
+        }
         match result {
             Ok(written) => {
                 t.rediagnose |= t.last_error.is_some();
@@ -405,7 +409,7 @@ impl Core {
         for t in &mut self.targets {
             let spaced = t
                 .last_change_delivery
-                .is_none_or(|at| clock::add(at, EVENT_SPACING) <= now);
+                .is_none_or(|at| clock::add(at, change_spacing(t)) <= now);
             if t.changed && t.writing.is_none() && spaced {
                 t.changed = false;
                 t.wanted = true;
@@ -537,7 +541,7 @@ impl Core {
                 until(clock::add(s, STUCK));
             }
             if let (true, Some(at)) = (t.changed, t.last_change_delivery) {
-                until(clock::add(at, EVENT_SPACING));
+                until(clock::add(at, change_spacing(t)));
             }
         }
         if self.settings.daemon.remove_expired {
@@ -574,6 +578,11 @@ impl Core {
             .collect();
         (registries, targets)
     }
+}
+
+/// How long after a change-started delivery the next may start.
+fn change_spacing(t: &Target) -> Duration {
+    EVENT_SPACING.max(t.last_took.saturating_mul(EVENT_SHARE))
 }
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {

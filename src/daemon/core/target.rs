@@ -26,9 +26,12 @@ pub(crate) struct Target {
     pub(super) rediagnose: bool,
     /// The file changed on disk (an inotify event) and was not looked at since.
     pub(super) changed: bool,
-    /// When a change last started a delivery: changes start at most one per [`super::EVENT_SPACING`],
-    /// so a user rewriting their own file in a loop costs the daemon one read a second.
+    /// When a change last started a delivery, and how long the last delivery took: changes
+    /// start deliveries at most every [`super::EVENT_SPACING`], and never more often than
+    /// [`super::EVENT_SHARE`] of the time, so a user rewriting their own (large) file in a loop
+    /// costs the daemon a bounded share of a core.
     pub(super) last_change_delivery: Option<SystemTime>,
+    pub(super) last_took: std::time::Duration,
 }
 
 pub(super) fn target_status(t: &TargetSettings, rt: &Target, now: SystemTime) -> TargetStatus {
