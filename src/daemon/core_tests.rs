@@ -590,6 +590,23 @@ fn a_target_removed_by_a_reload_loses_our_entries_then_is_forgotten() {
 }
 
 #[test]
+fn at_most_max_writes_diagnoses_run_at_once() {
+    let paths: Vec<String> = (0..10).map(|i| format!("/t/{i}.json")).collect();
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let s = settings("", &[H1], &refs);
+    let mut core = Core::new(Arc::clone(&s), State::default(), t(0));
+    let count = |a: &[Action]| {
+        a.iter()
+            .filter(|a| matches!(a, Action::Diagnose(_)))
+            .count()
+    };
+    assert_eq!(count(&core.poll(t(0))), MAX_WRITES);
+    assert_eq!(count(&core.poll(t(1))), 0);
+    core.diagnosed(Path::new("/t/0.json"), None, vec![]);
+    assert_eq!(count(&core.poll(t(1))), 1, "one finished, one more starts");
+}
+
+#[test]
 fn a_reload_rediagnoses_every_target() {
     let (mut core, _) = started("", &[H1], &["/t/a.json", "/t/b.json"]);
     for i in 0..2 {

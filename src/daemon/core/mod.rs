@@ -24,8 +24,8 @@ use crate::targets::state::State;
 /// A write running longer than this is shown as stuck, and no longer counts against
 /// [`MAX_WRITES`]: a hung file system holds its one thread and delays nothing else.
 pub(crate) const STUCK: Duration = Duration::from_secs(10);
-/// Writes running at once (not counting stuck ones): bounds the memory of merging many large
-/// files together.
+/// Writes (and, apart, diagnoses) running at once, not counting stuck ones: bounds the memory
+/// of parsing many large files together.
 pub(crate) const MAX_WRITES: usize = 4;
 /// The loop wakes at least this often, so deadlines follow the wall clock across a suspend or a
 /// clock jump (tokio's timers are monotonic and stand still while the machine sleeps).
@@ -159,10 +159,16 @@ impl Core {
         self.want_due_deliveries(now);
         self.start_deliveries(now, &mut actions);
         self.check_ready(now, &mut actions);
+        // Diagnoses read and parse the files too: as many at once as writes, no more.
+        let mut running = self.targets.iter().filter(|t| t.diagnosing).count();
         for (i, t) in self.targets.iter_mut().enumerate() {
+            if running >= MAX_WRITES {
+                break;
+            }
             if t.rediagnose && !t.diagnosing {
                 t.rediagnose = false;
                 t.diagnosing = true;
+                running += 1;
                 actions.push(Action::Diagnose(i));
             }
         }
