@@ -1,15 +1,12 @@
 //! Config parsing never panics; an accepted config is internally consistent.
 #![no_main]
 
-use ecr_refresherd::config::{Accounts, GroupSpec, UserSpec, parse};
+use ecr_refresherd::config::{Accounts, GroupSpec, parse};
 use libfuzzer_sys::fuzz_target;
 
 struct NoAccounts;
 
 impl Accounts for NoAccounts {
-    fn user(&self, name: &str) -> Option<UserSpec> {
-        (name == "portainer").then(|| UserSpec { name: name.into(), uid: 1000, gid: Some(1000) })
-    }
     fn group(&self, _: &str) -> Option<GroupSpec> {
         None
     }
@@ -22,8 +19,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!s.registries.is_empty());
             assert!(!s.targets.is_empty());
             for r in &s.registries {
-                for t in &r.targets {
-                    assert!(s.targets.iter().any(|x| &x.name == t), "unknown target accepted");
+                if let ecr_refresherd::config::RegistryTargets::Only(names) = &r.targets {
+                    for t in names {
+                        assert!(s.targets.iter().any(|x| &x.name == t), "unknown target accepted");
+                    }
                 }
             }
             for t in &s.targets {

@@ -99,6 +99,26 @@ impl GroupKey {
     }
 }
 
+/// The targets a registry is written to. "Every target" is kept as such, not as a copy of every
+/// name per registry (1,000 registries x 100 targets would hold 100,000 names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryTargets {
+    /// Every target (no `targets` key).
+    All,
+    /// Only these, by name, each once.
+    Only(Vec<String>),
+}
+
+impl RegistryTargets {
+    /// Whether the target named `name` gets this registry.
+    pub fn covers(&self, name: &str) -> bool {
+        match self {
+            RegistryTargets::All => true,
+            RegistryTargets::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
 /// One `[[registry]]` entry, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistrySettings {
@@ -111,7 +131,7 @@ pub struct RegistrySettings {
     /// The ECR API endpoint, when not the default.
     pub endpoint_url: Option<String>,
     /// Names of the targets this registry is written to.
-    pub targets: Vec<String>,
+    pub targets: RegistryTargets,
 }
 
 /// One `[[target]]` entry, validated.
@@ -292,7 +312,7 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHost
             registry,
             credentials: CredentialSource::default(),
             endpoint_url: None,
-            targets: vec![DEFAULT_TARGET.to_string()],
+            targets: RegistryTargets::All,
         }],
         targets: vec![TargetSettings {
             name: DEFAULT_TARGET.to_string(),
@@ -407,10 +427,11 @@ user = "portainer"
         assert_eq!(s.daemon.log_level, "debug");
         assert!(!s.daemon.remove_expired);
         assert_eq!(s.registries.len(), 2);
-        assert_eq!(s.registries[0].targets, vec!["root"]);
+        let only = |v: &[&str]| RegistryTargets::Only(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(s.registries[0].targets, only(&["root"]));
         assert_eq!(
             s.registries[1].targets,
-            vec!["root", "/home/portainer/.docker/config.json"]
+            only(&["root", "/home/portainer/.docker/config.json"])
         );
         assert_eq!(
             s.registries[0].credentials.role_arn.as_deref(),
@@ -479,7 +500,8 @@ user = "portainer"
         assert_eq!(s.daemon, DaemonSettings::default());
         assert_eq!(s.targets.len(), 1);
         assert_eq!(s.targets[0].path, PathBuf::from(DEFAULT_TARGET));
-        assert_eq!(s.registries[0].targets, vec![DEFAULT_TARGET]);
+        assert_eq!(s.registries[0].targets, RegistryTargets::All);
+        assert!(s.registries[0].targets.covers(DEFAULT_TARGET));
     }
 
     #[test]

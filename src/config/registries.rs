@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use toml::Spanned;
 
+use super::RegistryTargets;
 use super::check::Checker;
 use super::raw::RawRegistry;
 use super::{CredentialSource, RegistrySettings, TargetSettings};
@@ -126,9 +127,9 @@ fn endpoint_url(c: &mut Checker, r: &RawRegistry) -> Option<String> {
 }
 
 /// The targets this registry is written to: those it names (each once), or all of them.
-fn target_names(c: &mut Checker, r: &RawRegistry, targets: &[TargetSettings]) -> Vec<String> {
+fn target_names(c: &mut Checker, r: &RawRegistry, targets: &[TargetSettings]) -> RegistryTargets {
     match &r.targets {
-        None => targets.iter().map(|t| t.name.clone()).collect(),
+        None => RegistryTargets::All,
         Some(list) => {
             if list.get_ref().is_empty() {
                 c.error(
@@ -153,7 +154,7 @@ fn target_names(c: &mut Checker, r: &RawRegistry, targets: &[TargetSettings]) ->
                     out.push(n.get_ref().clone());
                 }
             }
-            out
+            RegistryTargets::Only(out)
         }
     }
 }

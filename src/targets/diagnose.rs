@@ -26,7 +26,7 @@ pub fn managed_hosts(settings: &Settings, target: &TargetSettings) -> BTreeSet<S
     settings
         .registries
         .iter()
-        .filter(|r| r.targets.contains(&target.name))
+        .filter(|r| r.targets.covers(&target.name))
         .map(|r| r.host.clone())
         .collect()
 }

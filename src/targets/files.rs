@@ -111,7 +111,7 @@ pub fn desired_for(
     let wanted: BTreeSet<&str> = settings
         .registries
         .iter()
-        .filter(|r| r.targets.contains(&target.name))
+        .filter(|r| r.targets.covers(&target.name))
         .map(|r| r.host.as_str())
         .collect();
     for host in &wanted {

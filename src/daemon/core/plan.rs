@@ -28,7 +28,7 @@ impl Plan {
                 .or_default()
                 .push(r.host.clone());
             for (i, t) in settings.targets.iter().enumerate() {
-                if r.targets.contains(&t.name) {
+                if r.targets.covers(&t.name) {
                     plan.targets_of_group
                         .entry(key.clone())
                         .or_default()
