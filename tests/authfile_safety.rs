@@ -307,7 +307,7 @@ fn a_corrupt_state_is_moved_aside_not_replaced() {
 #[test]
 fn an_oversized_state_is_moved_aside_not_replaced() {
     let mut big = b"{\"targets\": {}}".to_vec();
-    big.resize(4 * 1024 * 1024 + 1, b' ');
+    big.resize(64 * 1024 * 1024 + 1, b' ');
     unreadable_state_is_kept(&big, "oversized");
 }
 

@@ -16,10 +16,10 @@ mod read;
 mod walk;
 mod write;
 
-pub use read::{DirInfo, inspect, read, read_trusted};
+pub use read::{DirInfo, inspect, read, read_sized, read_trusted};
 
 pub use walk::{nearest_dir, open_private_dir};
-pub use write::{remove_stray_temp_files, update};
+pub use write::{remove_stray_temp_files, update, update_sized};
 
 use std::path::{Path, PathBuf};
 

@@ -84,6 +84,8 @@ pub(super) struct Located {
     pub(super) dir: Dir,
     pub(super) name: std::ffi::OsString,
     pub(super) owner: Owner,
+    /// The largest file read or written there.
+    pub(super) limit: usize,
 }
 
 /// The home directory of `uid` in the passwd database.
@@ -410,5 +412,10 @@ pub(super) fn locate(
         chain.push(dir);
     }
     let dir = chain.pop().ok_or_else(|| refused(path, "empty walk"))?;
-    Ok(Some(Located { dir, name, owner }))
+    Ok(Some(Located {
+        dir,
+        name,
+        owner,
+        limit: MAX_FILE_SIZE,
+    }))
 }

@@ -17,7 +17,16 @@ use super::write::read_target;
 /// Reads a target as its writer would, with the same checks, without creating anything.
 /// `Ok(None)` when the file or its directory does not exist.
 pub fn read(path: &Path, policy: OwnerPolicy) -> Result<Option<Vec<u8>>, FileError> {
-    Ok(look(path, policy, false)?.file.map(|f| f.bytes))
+    read_sized(path, policy, MAX_FILE_SIZE)
+}
+
+/// [`read`], for a file that may be up to `limit` bytes (the daemon's own state).
+pub fn read_sized(
+    path: &Path,
+    policy: OwnerPolicy,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, FileError> {
+    Ok(look(path, policy, false, limit)?.file.map(|f| f.bytes))
 }
 
 /// One directory on the way to a target, as the write path opened it.
@@ -53,13 +62,14 @@ pub struct Inspection {
 /// A target that does not exist yet is also refused here when `update` would refuse to create
 /// its directories (a missing home, a missing user).
 pub fn inspect(path: &Path, policy: OwnerPolicy) -> Result<Inspection, FileError> {
-    look(path, policy, true)
+    look(path, policy, true, MAX_FILE_SIZE)
 }
 
 pub(super) fn look(
     path: &Path,
     policy: OwnerPolicy,
     creatable: bool,
+    limit: usize,
 ) -> Result<Inspection, FileError> {
     if path.file_name().is_none() {
         return Err(refused(path, "the path does not name a file"));
@@ -89,6 +99,7 @@ pub(super) fn look(
                 dir,
                 name: path.file_name().unwrap_or_default().to_os_string(),
                 owner,
+                limit,
             };
             let _id = FsIdentity::become_user(owner, path)?;
             read_target(&loc, path)?.map(|c| FileInfo {

@@ -44,7 +44,7 @@ pub(super) fn read_target(loc: &Located, path: &Path) -> Result<Option<Current>,
         Err(e) => return Err(io_err(path, "stat", e)),
         Ok(st) => st,
     };
-    check_file(&st, loc.owner, path)?;
+    check_file(&st, loc, path)?;
     let fd = rustix::fs::openat(
         &loc.dir.fd,
         loc.name.as_os_str(),
@@ -64,9 +64,9 @@ pub(super) fn read_target(loc: &Located, path: &Path) -> Result<Option<Current>,
             path: path.to_path_buf(),
         });
     }
-    check_file(&opened, loc.owner, path)?;
+    check_file(&opened, loc, path)?;
     let file = File::from(fd);
-    let bytes = read_at_most(&file, MAX_FILE_SIZE, path)?;
+    let bytes = read_at_most(&file, loc.limit, path)?;
     Ok(Some(Current {
         bytes,
         stat: opened,
@@ -84,7 +84,8 @@ pub(super) struct Current {
 }
 
 /// Refuses a target that is not a plain file of its owner with a single link.
-pub(super) fn check_file(st: &Stat, owner: Owner, path: &Path) -> Result<(), FileError> {
+pub(super) fn check_file(st: &Stat, loc: &Located, path: &Path) -> Result<(), FileError> {
+    let owner = loc.owner;
     let ft = FileType::from_raw_mode(st.st_mode);
     if ft == FileType::Symlink {
         return Err(refused(
@@ -118,13 +119,26 @@ pub(super) fn check_file(st: &Stat, owner: Owner, path: &Path) -> Result<(), Fil
             ),
         ));
     }
-    if st.st_size as u64 > MAX_FILE_SIZE as u64 {
+    if st.st_size as u64 > loc.limit as u64 {
         return Err(FileError::Content {
             path: path.to_path_buf(),
-            reason: format!("larger than 4 MiB ({} bytes)", st.st_size),
+            reason: format!(
+                "larger than {} ({} bytes)",
+                size_name(loc.limit),
+                st.st_size
+            ),
         });
     }
     Ok(())
+}
+
+/// "4 MiB" for the default limit, bytes otherwise.
+fn size_name(limit: usize) -> String {
+    if limit % (1024 * 1024) == 0 {
+        format!("{} MiB", limit / (1024 * 1024))
+    } else {
+        format!("{limit} bytes")
+    }
 }
 
 pub(super) fn temp_name(name: &OsStr) -> std::ffi::OsString {
@@ -144,10 +158,22 @@ pub fn update<E: std::fmt::Display>(
     path: &Path,
     policy: OwnerPolicy,
     mode: Option<u32>,
+    change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+) -> Result<Outcome, FileError> {
+    update_sized(path, policy, mode, MAX_FILE_SIZE, change)
+}
+
+/// [`update`], for a file that may be up to `limit` bytes (the daemon's own state).
+pub fn update_sized<E: std::fmt::Display>(
+    path: &Path,
+    policy: OwnerPolicy,
+    mode: Option<u32>,
+    limit: usize,
     mut change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
 ) -> Result<Outcome, FileError> {
-    let loc =
+    let mut loc =
         locate(path, &policy, true)?.ok_or_else(|| refused(path, "parent directory missing"))?;
+    loc.limit = limit;
     if !rustix::process::geteuid().is_root() && loc.owner.uid != rustix::process::geteuid().as_raw()
     {
         return Err(refused(
@@ -183,7 +209,7 @@ pub fn update<E: std::fmt::Display>(
                 )
                 .map_err(|e| io_err(path, "open", e))?;
                 let st2 = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
-                check_file(&st2, loc.owner, path)?;
+                check_file(&st2, &loc, path)?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(m))
                     .map_err(|e| io_err(path, "chmod", e))?;
                 return Ok(Outcome::Written);
@@ -191,11 +217,12 @@ pub fn update<E: std::fmt::Display>(
             return Ok(Outcome::Unchanged);
         };
         // Never write what we would ourselves refuse to read back.
-        if new.len() > MAX_FILE_SIZE {
+        if new.len() > loc.limit {
             return Err(FileError::Content {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "the new content would be larger than 4 MiB ({} bytes); not written",
+                    "the new content would be larger than {} ({} bytes); not written",
+                    size_name(loc.limit),
                     new.len()
                 ),
             });

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ecr::registry::Registry;
 use crate::safe_fs::{self, FileError, OwnerPolicy};
-use crate::targets::authfile::MAX_FILE_SIZE;
 
 const STATE_FILE: &str = "state.json";
+/// The largest state file read or written. It is root's own file, and it grows with targets x
+/// registries (about 90 bytes an entry): 1,000 registries in 100 targets take some 9 MB.
+const STATE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// One entry we manage in one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +55,12 @@ impl State {
     /// ECR registry hosts are dropped: we never write them, so the state has no say over them.
     /// The warning, if any, says what happened.
     pub fn load(dir: &Path) -> (State, Option<String>) {
+        State::load_limited(dir, STATE_LIMIT)
+    }
+
+    fn load_limited(dir: &Path, limit: usize) -> (State, Option<String>) {
         let path = dir.join(STATE_FILE);
-        let why = match safe_fs::read(&path, root_policy()) {
+        let why = match safe_fs::read_sized(&path, root_policy(), limit) {
             Ok(None) => return (State::default(), None),
             Ok(Some(bytes)) => match serde_json::from_slice::<State>(&bytes) {
                 Ok(mut s) => {
@@ -123,22 +129,27 @@ impl State {
     /// Never replaces a state file it cannot read (see [`State::load`]), and never writes one the
     /// loader would refuse (larger than 4 MiB).
     pub fn save(&self, dir: &Path) -> Result<(), FileError> {
+        self.save_limited(dir, STATE_LIMIT)
+    }
+
+    fn save_limited(&self, dir: &Path, limit: usize) -> Result<(), FileError> {
         let path = dir.join(STATE_FILE);
         // Never replace the state with an empty file: that would forget what we manage.
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| FileError::Content {
             path: path.clone(),
             reason: format!("cannot encode the state: {e}"),
         })?;
-        if bytes.len() > MAX_FILE_SIZE {
+        if bytes.len() > limit {
             return Err(FileError::Content {
                 path,
                 reason: format!(
-                    "the state would take {} bytes, more than the 4 MiB it may be read back with; not saved",
-                    bytes.len()
+                    "the state would take {} bytes, more than the {} MiB it may be read back with; not saved",
+                    bytes.len(),
+                    limit / (1024 * 1024)
                 ),
             });
         }
-        safe_fs::update(&path, root_policy(), Some(0o600), |old| {
+        safe_fs::update_sized(&path, root_policy(), Some(0o600), limit, |old| {
             if let Some(old) = old
                 && serde_json::from_slice::<State>(old).is_err()
             {
@@ -196,6 +207,8 @@ fn root_policy() -> OwnerPolicy {
 
 #[cfg(test)]
 mod tests {
+    /// The tests use the auth files' limit for the state: the same rules, smaller files.
+    const MAX_FILE_SIZE: usize = 4 * 1024 * 1024;
     use super::*;
 
     const H: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -229,10 +242,10 @@ mod tests {
     fn a_saved_state_loads_back() {
         let d = dir();
         let s = one("/root/.docker/config.json", &[H, "public.ecr.aws"]);
-        s.save(d.path()).unwrap();
-        assert_eq!(State::load(d.path()), (s, None));
+        s.save_limited(d.path(), MAX_FILE_SIZE).unwrap();
+        assert_eq!(State::load_limited(d.path(), MAX_FILE_SIZE), (s, None));
         assert_eq!(
-            State::load(&d.path().join("none")),
+            State::load_limited(&d.path().join("none"), MAX_FILE_SIZE),
             (State::default(), None)
         );
     }
@@ -249,8 +262,8 @@ mod tests {
             )]
             .into(),
         );
-        s.save(d.path()).unwrap();
-        let (loaded, warning) = State::load(d.path());
+        s.save_limited(d.path(), MAX_FILE_SIZE).unwrap();
+        let (loaded, warning) = State::load_limited(d.path(), MAX_FILE_SIZE);
         assert_eq!(
             loaded,
             one("/a/config.json", &[H]),
@@ -294,7 +307,7 @@ mod tests {
             let d = dir();
             let p = d.path().join(STATE_FILE);
             std::fs::write(&p, &bad).unwrap();
-            let (s, warning) = State::load(d.path());
+            let (s, warning) = State::load_limited(d.path(), MAX_FILE_SIZE);
             assert_eq!(s, State::default());
             let w = warning.unwrap_or_else(|| {
                 panic!("{:?}", String::from_utf8_lossy(&bad[..bad.len().min(40)]))
@@ -306,7 +319,7 @@ mod tests {
             assert_eq!(std::fs::read(d.path().join(&n[0])).unwrap(), bad);
             // A second unreadable file in the same second gets its own name.
             std::fs::write(&p, &bad).unwrap();
-            let (_, w2) = State::load(d.path());
+            let (_, w2) = State::load_limited(d.path(), MAX_FILE_SIZE);
             assert_eq!(names(d.path()).len(), 2, "{w2:?}");
         }
     }
@@ -316,13 +329,17 @@ mod tests {
         let d = dir();
         let p = d.path().join(STATE_FILE);
         std::fs::write(&p, b"garbage").unwrap();
-        let err = one("/a/config.json", &[H]).save(d.path()).unwrap_err();
+        let err = one("/a/config.json", &[H])
+            .save_limited(d.path(), MAX_FILE_SIZE)
+            .unwrap_err();
         assert!(err.to_string().contains("unreadable"), "{err}");
         assert_eq!(std::fs::read(&p).unwrap(), b"garbage");
         let mut big = b"{}".to_vec();
         big.resize(MAX_FILE_SIZE + 1, b' ');
         std::fs::write(&p, &big).unwrap();
-        let err = one("/a/config.json", &[H]).save(d.path()).unwrap_err();
+        let err = one("/a/config.json", &[H])
+            .save_limited(d.path(), MAX_FILE_SIZE)
+            .unwrap_err();
         assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
         assert_eq!(std::fs::read(&p).unwrap(), big);
     }
@@ -341,13 +358,15 @@ mod tests {
                     .collect(),
             );
         }
-        s.save(d.path()).unwrap_err();
+        s.save_limited(d.path(), MAX_FILE_SIZE).unwrap_err();
         assert!(names(d.path()).is_empty(), "nothing written");
-        one("/a/config.json", &[H]).save(d.path()).unwrap();
-        let err = s.save(d.path()).unwrap_err();
+        one("/a/config.json", &[H])
+            .save_limited(d.path(), MAX_FILE_SIZE)
+            .unwrap();
+        let err = s.save_limited(d.path(), MAX_FILE_SIZE).unwrap_err();
         assert!(err.to_string().contains("more than the 4 MiB"), "{err}");
         assert_eq!(
-            State::load(d.path()).0,
+            State::load_limited(d.path(), MAX_FILE_SIZE).0,
             one("/a/config.json", &[H]),
             "the old state stays"
         );
