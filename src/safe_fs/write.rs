@@ -134,7 +134,7 @@ pub(super) fn check_file(st: &Stat, loc: &Located, path: &Path) -> Result<(), Fi
 
 /// "4 MiB" for the default limit, bytes otherwise.
 fn size_name(limit: usize) -> String {
-    if limit % (1024 * 1024) == 0 {
+    if limit.is_multiple_of(1024 * 1024) {
         format!("{} MiB", limit / (1024 * 1024))
     } else {
         format!("{limit} bytes")
