@@ -178,12 +178,18 @@ impl<S: TokenSource> Loop<S> {
             self.save_again = true;
             return;
         }
+        let bytes = match self.core.state().encode() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot save state");
+                return;
+            }
+        };
         self.saving = true;
-        let state = self.core.state().clone();
         let dir = self.core.settings().daemon.state_dir.clone();
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = state.save(&dir) {
+            if let Err(e) = crate::targets::state::save_encoded_state(&bytes, &dir) {
                 tracing::error!(error = %e, "cannot save state");
             }
             let _ = tx.send(Done::Saved);

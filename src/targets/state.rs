@@ -127,18 +127,39 @@ impl State {
     /// Saves the state atomically (0600, root).
     ///
     /// Never replaces a state file it cannot read (see [`State::load`]), and never writes one the
-    /// loader would refuse (larger than 4 MiB).
+    /// loader would refuse (larger than [`STATE_LIMIT`]).
     pub fn save(&self, dir: &Path) -> Result<(), FileError> {
         self.save_limited(dir, STATE_LIMIT)
     }
 
-    fn save_limited(&self, dir: &Path, limit: usize) -> Result<(), FileError> {
-        let path = dir.join(STATE_FILE);
+    /// The state as it is saved (compact JSON: at scale it is megabytes).
+    pub fn encode(&self) -> Result<Vec<u8>, FileError> {
         // Never replace the state with an empty file: that would forget what we manage.
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| FileError::Content {
-            path: path.clone(),
+        serde_json::to_vec(self).map_err(|e| FileError::Content {
+            path: PathBuf::from(STATE_FILE),
             reason: format!("cannot encode the state: {e}"),
-        })?;
+        })
+    }
+
+    fn save_limited(&self, dir: &Path, limit: usize) -> Result<(), FileError> {
+        save_encoded(&self.encode()?, dir, limit)
+    }
+
+    /// What we manage in one target.
+    pub fn managed(&self, target: &Path) -> Option<&BTreeMap<String, Managed>> {
+        self.targets.get(target)
+    }
+}
+
+/// Saves an encoded state (see [`State::encode`]) atomically (0600, root): the loop encodes
+/// it, a blocking thread writes it, so no copy of the whole state is made.
+pub fn save_encoded_state(bytes: &[u8], dir: &Path) -> Result<(), FileError> {
+    save_encoded(bytes, dir, STATE_LIMIT)
+}
+
+fn save_encoded(bytes: &[u8], dir: &Path, limit: usize) -> Result<(), FileError> {
+    let path = dir.join(STATE_FILE);
+    {
         if bytes.len() > limit {
             return Err(FileError::Content {
                 path,
@@ -149,22 +170,18 @@ impl State {
                 ),
             });
         }
+        // Only whether the file there is JSON: checked without building it (it may be megabytes).
         safe_fs::update_sized(&path, root_policy(), Some(0o600), limit, |old| {
             if let Some(old) = old
-                && serde_json::from_slice::<State>(old).is_err()
+                && serde_json::from_slice::<serde::de::IgnoredAny>(old).is_err()
             {
                 return Err(
                     "the state file there is unreadable and was not moved aside; move it away to save the state",
                 );
             }
-            Ok((old != Some(bytes.as_slice())).then(|| bytes.clone()))
+            Ok((old != Some(bytes)).then(|| bytes.to_vec()))
         })
         .map(|_| ())
-    }
-
-    /// What we manage in one target.
-    pub fn managed(&self, target: &Path) -> Option<&BTreeMap<String, Managed>> {
-        self.targets.get(target)
     }
 }
 
@@ -349,8 +366,8 @@ mod tests {
         let d = dir();
         let host = |i: usize| format!("{i:012}.dkr.ecr.us-east-1.amazonaws.com");
         let mut s = State::default();
-        // About 90 bytes per pretty-printed entry: 50,000 entries exceed 4 MiB.
-        for t in 0..50 {
+        // About 75 bytes per entry: 70,000 entries exceed 4 MiB.
+        for t in 0..70 {
             s.targets.insert(
                 PathBuf::from(format!("/home/u{t}/.docker/config.json")),
                 (0..1000)
