@@ -258,7 +258,8 @@ pub(super) fn home_bases() -> BTreeSet<PathBuf> {
         }
     }
     for home in passwd_homes(|uid| (1000..65534).contains(&uid)) {
-        if let Some(parent) = home.parent() {
+        // A user whose home sits at the top (`/app`) does not make `/` a place of homes.
+        if let Some(parent) = home.parent().filter(|p| *p != Path::new("/")) {
             bases.insert(parent.to_path_buf());
         }
     }
