@@ -225,7 +225,9 @@ impl Watcher {
         Some((
             md.dev(),
             md.ino(),
-            md.mtime_nsec() + md.mtime() * 1_000_000_000,
+            md.mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
             md.ctime(),
         ))
     }
