@@ -429,9 +429,12 @@ user = "portainer"
         assert_eq!(s.registries.len(), 2);
         let only = |v: &[&str]| RegistryTargets::Only(v.iter().map(|s| s.to_string()).collect());
         assert_eq!(s.registries[0].targets, only(&["root"]));
-        assert_eq!(
-            s.registries[1].targets,
-            only(&["root", "/home/portainer/.docker/config.json"])
+        // No `targets` key: every target, without a copy of every name.
+        assert_eq!(s.registries[1].targets, RegistryTargets::All);
+        assert!(
+            s.registries[1]
+                .targets
+                .covers("/home/portainer/.docker/config.json")
         );
         assert_eq!(
             s.registries[0].credentials.role_arn.as_deref(),
