@@ -151,6 +151,7 @@ impl<S: TokenSource> Loop<S> {
                     }
                 }
                 Action::Deliver(job) => {
+                    tracing::debug!(target_path = %job.target.path.display(), "delivering");
                     let (consumer, tx) = (Arc::clone(&self.consumer), self.done_tx.clone());
                     tokio::task::spawn_blocking(move || {
                         let result = consumer.deliver(&job);
