@@ -607,6 +607,30 @@ fn at_most_max_writes_diagnoses_run_at_once() {
 }
 
 #[test]
+fn a_write_finishing_after_its_target_was_removed_is_undone() {
+    let (mut core, s) = started("", &[H1], &["/t/a.json", "/t/b.json"]);
+    succeed(&mut core, &s, H1, "pw", 0, 12 * HOUR);
+    let writes = jobs(core.poll(t(0)));
+    let late = writes
+        .iter()
+        .find(|j| j.target.path == Path::new("/t/b.json"))
+        .unwrap();
+    // b is removed while its write is under way; the removal runs first...
+    let removal = jobs(core.reload(settings("", &[H1], &["/t/a.json"]), t(1)));
+    assert!(
+        removal.is_empty(),
+        "nothing recorded for b yet, nothing to remove"
+    );
+    // ...then the late write lands, putting H1 back into b: it is removed again.
+    let again = jobs(core.delivered(late, Ok(true), t(2), 0.0));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].target.path, PathBuf::from("/t/b.json"));
+    assert!(again[0].desired.set.is_empty() && again[0].desired.remove.contains(H1));
+    core.delivered(&again[0], Ok(true), t(3), 0.0);
+    assert!(core.state().managed(Path::new("/t/b.json")).is_none());
+}
+
+#[test]
 fn a_reload_rediagnoses_every_target() {
     let (mut core, _) = started("", &[H1], &["/t/a.json", "/t/b.json"]);
     for i in 0..2 {

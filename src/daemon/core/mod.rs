@@ -19,6 +19,7 @@ use crate::ecr::token::{GroupKey, Token, TokenError};
 use crate::status::{RegistryStatus, TargetStatus};
 use crate::targets::consumer::{DeliveryError, Job};
 use crate::targets::files;
+use crate::targets::state::Managed;
 use crate::targets::state::State;
 
 /// A write running longer than this is shown as stuck, and no longer counts against
@@ -331,7 +332,16 @@ impl Core {
     ) -> Vec<Action> {
         let path = job.target.path.as_path();
         let Some(i) = self.index_of(path) else {
-            // A consumer no longer configured: this was the removal of our entries.
+            // A consumer no longer configured. A write that was under way when the reload
+            // removed it may have put our entries back after their removal: remove them again.
+            if result.is_ok() && !job.desired.set.is_empty() {
+                let mut managed = self.state.managed(path).cloned().unwrap_or_default();
+                for host in job.desired.set.keys() {
+                    managed.insert(host.clone(), Managed::new(now));
+                }
+                return vec![Action::Deliver(Job::unmanage(job.target.clone(), &managed))];
+            }
+            // This was the removal of our entries.
             return match result {
                 Ok(_) => {
                     tracing::info!(target_path = %path.display(), "target removed from the config; its entries were removed");
