@@ -61,6 +61,47 @@ pub struct TargetStatus {
     pub warnings: Vec<String>,
 }
 
+/// A Portainer instance whose registry records the daemon keeps fresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortainerStatus {
+    pub url: String,
+    /// What `/api/system/status` said, once reached.
+    pub version: Option<String>,
+    /// The last attempt reached it (TLS included).
+    pub reachable: bool,
+    /// Whether the API key is an administrator's (`None`: not known yet).
+    pub admin: Option<bool>,
+    /// When the records were last read back.
+    #[serde(with = "wire_time")]
+    pub last_check: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    #[serde(with = "wire_time")]
+    pub next_attempt: Option<SystemTime>,
+    pub records: Vec<RecordStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One registry record of a Portainer instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordStatus {
+    pub id: u32,
+    pub name: String,
+    /// Portainer's registry type: 3 Custom, 7 ECR (static keys), ...
+    #[serde(rename = "type")]
+    pub kind: u32,
+    pub url: String,
+    /// The managed registry host it gets tokens for (`None`: not kept fresh).
+    pub host: Option<String>,
+    /// When we last set its credentials (or found them already set).
+    #[serde(with = "wire_time")]
+    pub last_update: Option<SystemTime>,
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigStatus {
     pub path: Option<String>,
@@ -81,6 +122,8 @@ pub struct Status {
     pub tasks: usize,
     pub registries: Vec<RegistryStatus>,
     pub targets: Vec<TargetStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portainer: Vec<PortainerStatus>,
     pub config: ConfigStatus,
 }
 
@@ -118,7 +161,7 @@ pub use crate::startup::exit::{
 };
 
 /// 0: every registry holds an unexpired token and none is failing; 1: some refresh is failing but
-/// every token is still valid; 2: some registry has no valid token (expired, or not obtained yet).
+/// every token is still valid, or a Portainer instance or record is failing; 2: some registry has no valid token (expired, or not obtained yet).
 pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
     let mut code = EXIT_OK;
     for r in &status.registries {
@@ -129,6 +172,13 @@ pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
         if r.consecutive_failures > 0 || r.state == RegistryState::Failing {
             code = EXIT_WARNING;
         }
+    }
+    let portainer_failing = status
+        .portainer
+        .iter()
+        .any(|p| p.last_error.is_some() || p.records.iter().any(|r| r.last_error.is_some()));
+    if portainer_failing {
+        code = code.max(EXIT_WARNING);
     }
     code
 }
@@ -236,6 +286,10 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         ]);
     }
     out += &table(&rows);
+    if !status.portainer.is_empty() {
+        out.push('\n');
+        out += &render_portainer(&status.portainer, now);
+    }
     for r in &status.registries {
         for w in &r.warnings {
             out += &format!("warning: {}: {}\n", shown(&r.host), shown(w));
@@ -263,6 +317,83 @@ pub fn render(status: &Status, now: SystemTime) -> String {
     }
     out.push('\n');
     out
+}
+
+/// The Portainer instances, then one row per record.
+fn render_portainer(instances: &[PortainerStatus], now: SystemTime) -> String {
+    let dash = |o: Option<&str>| o.map_or("-".to_string(), |e| shown(e).into_owned());
+    let mut rows = vec![[
+        "PORTAINER".to_string(),
+        "VERSION".into(),
+        "REACHABLE".into(),
+        "ADMIN KEY".into(),
+        "LAST CHECK".into(),
+        "LAST ERROR".into(),
+    ]];
+    for p in instances {
+        rows.push([
+            shown(&p.url).into_owned(),
+            dash(p.version.as_deref()),
+            if p.reachable { "yes" } else { "no" }.into(),
+            match p.admin {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
+            .into(),
+            p.last_check.map_or("-".into(), |t| relative(t, now)),
+            dash(p.last_error.as_deref()),
+        ]);
+    }
+    let mut out = table(&rows);
+    let mut rows = vec![[
+        "RECORD".to_string(),
+        "NAME".into(),
+        "TYPE".into(),
+        "URL".into(),
+        "LAST UPDATE".into(),
+        "LAST ERROR".into(),
+    ]];
+    for p in instances {
+        for r in &p.records {
+            rows.push([
+                format!("{} #{}", shown(&p.url), r.id),
+                shown(&r.name).into_owned(),
+                kind_name(r.kind).into(),
+                shown(&r.url).into_owned(),
+                r.last_update.map_or("-".into(), |t| relative(t, now)),
+                dash(r.last_error.as_deref()),
+            ]);
+        }
+    }
+    if rows.len() > 1 {
+        out += &table(&rows);
+    }
+    for p in instances {
+        for w in &p.warnings {
+            out += &format!("warning: {}: {}\n", shown(&p.url), shown(w));
+        }
+        for r in &p.records {
+            for w in &r.warnings {
+                out += &format!("warning: {} #{}: {}\n", shown(&p.url), r.id, shown(w));
+            }
+        }
+    }
+    out
+}
+
+/// Portainer's name for a registry type.
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        1 => "quay",
+        2 => "azure",
+        3 => "custom",
+        4 => "gitlab",
+        5 => "proget",
+        6 => "dockerhub",
+        7 => "ecr",
+        _ => "other",
+    }
 }
 
 fn table<const N: usize>(rows: &[[String; N]]) -> String {

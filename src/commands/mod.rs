@@ -10,8 +10,10 @@ use crate::cli::Cli;
 use crate::ecr::token::AwsTokenSource;
 use crate::escape::{self, shown, shown_lines};
 use crate::logging;
+use crate::portainer;
 use crate::safe_fs::Outcome;
 use crate::startup::{self, Source, exit};
+use crate::status::{PortainerStatus, kind_name};
 use crate::targets::diagnose;
 use crate::targets::files;
 use crate::targets::state::State;
@@ -80,6 +82,21 @@ pub async fn once(cli: &Cli) -> u8 {
             Err(e) => println!("{}", shown(&format!("target {label}: FAILED: {e}"))),
         }
     }
+    let mut portainer_ok = true;
+    if !settings.portainers.is_empty() {
+        let creds: crate::targets::consumer::Credentials = report
+            .registries
+            .iter()
+            .filter_map(|r| Some((r.host.clone(), r.result.as_ref().ok()?.clone())))
+            .collect();
+        for p in &settings.portainers {
+            let mut instance =
+                portainer::Instance::new(p.clone(), portainer::managed_hosts(&settings));
+            let outcome = instance.round(Some(&creds), true).await;
+            portainer_ok &= outcome.ok;
+            print_portainer(instance.status(), Some(outcome.updated));
+        }
+    }
     let saved = tokio::task::spawn_blocking(move || state.save(&state_dir)).await;
     let state_ok = match saved {
         Ok(Ok(())) => true,
@@ -98,14 +115,71 @@ pub async fn once(cli: &Cli) -> u8 {
             false
         }
     };
-    if report.all_ok() && state_ok {
+    if report.all_ok() && state_ok && portainer_ok {
         exit::OK
     } else {
         exit::FAILED
     }
 }
 
-/// `check`: validate the config and diagnose every target; no AWS call.
+/// One line for a Portainer instance, one per record of interest; whether an error was shown.
+fn print_portainer(p: &PortainerStatus, updated: Option<usize>) -> (bool, bool) {
+    let (mut error, mut warning) = (false, false);
+    match &p.last_error {
+        Some(e) => {
+            println!("{}", shown(&format!("portainer {}: ERROR: {e}", p.url)));
+            error = true;
+        }
+        None => {
+            let kept = p.records.iter().filter(|r| r.host.is_some()).count();
+            let mut line = format!(
+                "portainer {}: ok (Portainer {}, an administrator's key; {kept} record{} kept fresh",
+                p.url,
+                p.version.as_deref().unwrap_or("?"),
+                if kept == 1 { "" } else { "s" }
+            );
+            if let Some(n) = updated {
+                line += &format!(", {n} updated");
+            }
+            line.push(')');
+            println!("{}", shown(&line));
+        }
+    }
+    for w in &p.warnings {
+        println!("{}", shown(&format!("portainer {}: warning: {w}", p.url)));
+        warning = true;
+    }
+    for r in &p.records {
+        let label = if r.name.is_empty() {
+            format!("portainer {} record {}", p.url, r.id)
+        } else {
+            format!(
+                "portainer {} record {} {:?} ({}, {})",
+                p.url,
+                r.id,
+                r.name,
+                kind_name(r.kind),
+                r.url
+            )
+        };
+        match (&r.last_error, &r.host) {
+            (Some(e), _) => {
+                println!("{}", shown(&format!("{label}: ERROR: {e}")));
+                error = true;
+            }
+            (None, Some(_)) => println!("{}", shown(&format!("{label}: ok"))),
+            (None, None) => {}
+        }
+        for w in &r.warnings {
+            println!("{}", shown(&format!("{label}: warning: {w}")));
+            warning = true;
+        }
+    }
+    (error, warning)
+}
+
+/// `check`: validate the config, diagnose every target, and ask each Portainer instance (read
+/// only); no AWS call.
 pub async fn check(cli: &Cli) -> u8 {
     logging::init("warn", false);
     let settings = match Source::of(cli.config.as_deref()).load().await {
@@ -144,6 +218,16 @@ pub async fn check(cli: &Cli) -> u8 {
         }
         for w in &d.warnings {
             println!("{}", shown(&format!("target {label}: warning: {w}")));
+            code = code.max(exit::FAILED);
+        }
+    }
+    for p in &settings.portainers {
+        let mut instance = portainer::Instance::new(p.clone(), portainer::managed_hosts(&settings));
+        instance.round(None, true).await;
+        let (error, warning) = print_portainer(instance.status(), None);
+        if error {
+            code = exit::CONFIG;
+        } else if warning {
             code = code.max(exit::FAILED);
         }
     }

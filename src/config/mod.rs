@@ -3,6 +3,7 @@
 
 mod check;
 mod daemon;
+mod portainer;
 mod raw;
 mod registries;
 mod syntax;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use crate::ecr::registry::Registry;
 use crate::safe_fs::{self, FileError};
 use check::Checker;
+pub use portainer::{PortainerSettings, RecordSelection};
 use raw::RawConfig;
 
 /// Where the daemon looks for its config when `--config` is not given.
@@ -43,6 +45,8 @@ pub struct Settings {
     pub registries: Vec<RegistrySettings>,
     /// The `[[target]]` entries, in file order (root's docker config when there are none).
     pub targets: Vec<TargetSettings>,
+    /// The `[[portainer]]` instances, in file order.
+    pub portainers: Vec<PortainerSettings>,
     /// Things that work but that an operator should hear about (located like errors).
     pub warnings: Vec<Diagnostic>,
 }
@@ -320,6 +324,7 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHost
             user: None,
             mode: None,
         }],
+        portainers: Vec::new(),
         warnings: Vec::new(),
     })
 }
@@ -341,12 +346,14 @@ pub fn parse(
     // Targets first: registries refer to them by name.
     let targets = targets::targets(&mut c, &raw.target);
     let registries = registries::registries(&mut c, &raw.registry, &targets);
+    let portainers = portainer::portainers(&mut c, &raw.portainer);
     let warnings = c.finish()?;
     Ok(Settings {
         source: source.map(Path::to_path_buf),
         daemon,
         registries,
         targets,
+        portainers,
         warnings,
     })
 }
@@ -416,6 +423,14 @@ mode = "0640"
 [[target]]
 path = "/home/portainer/.docker/config.json"
 user = "portainer"
+
+[[portainer]]
+url = "https://127.0.0.1:9443"
+api_key_file = "/etc/ecr-refresherd/portainer.key"
+ca_file = "/etc/ecr-refresherd/portainer-ca.pem"
+pin_sha256 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+registries = [3, 4]
+check_every = "2m"
 "#;
 
     #[test]
@@ -441,6 +456,11 @@ user = "portainer"
             Some("arn:aws:iam::123456789012:role/pull")
         );
         assert_eq!(s.targets[0].mode, Some(0o640));
+        let p = &s.portainers[0];
+        assert_eq!(p.url, "https://127.0.0.1:9443");
+        assert_eq!(p.records, RecordSelection::Only(vec![3, 4]));
+        assert_eq!(p.check_every, Duration::from_secs(120));
+        assert_eq!(p.pin_sha256.map(|x| x[1]), Some(0x11));
         assert_eq!(s.targets[0].user.as_ref().and_then(|u| u.uid), Some(0));
         let portainer = s.targets[1].user.as_ref().expect("a user");
         assert_eq!(
@@ -462,6 +482,7 @@ user = "portainer"
             (Section::Daemon, keys(doc["daemon"].as_table().unwrap())),
             (Section::Registry, keys(&first("registry"))),
             (Section::Target, keys(&first("target"))),
+            (Section::Portainer, keys(&first("portainer"))),
         ] {
             let listed: BTreeSet<String> = section.keys().iter().map(|k| k.to_string()).collect();
             assert_eq!(listed, set, "{section:?}");
@@ -476,6 +497,103 @@ user = "portainer"
             );
             assert_eq!(err(&extra)[0].message, want);
         }
+    }
+
+    /// Every `[[portainer]]` mistake is located at its value, with what to write instead.
+    #[test]
+    fn portainer_errors_are_located() {
+        let base = format!("[[registry]]\nhost = \"{H}\"\n[[portainer]]\n");
+        let key = "api_key_file = \"/etc/k\"\n";
+        for (body, line, column, want) in [
+            (
+                format!("url = \"http://p:9000\"\n{key}"),
+                4,
+                7,
+                "must start with https://",
+            ),
+            (
+                format!("url = \"https://u:pw@p\"\n{key}"),
+                4,
+                7,
+                "must not hold a user",
+            ),
+            (
+                format!("url = \"https://p:0\"\n{key}"),
+                4,
+                7,
+                "invalid port",
+            ),
+            (
+                "url = \"https://p\"\napi_key_file = \"k\"\n".to_string(),
+                5,
+                16,
+                "api_key_file must be an absolute path",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}ca_file = \"../ca\"\n"),
+                6,
+                11,
+                "ca_file must be an absolute path",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}pin_sha256 = \"abc\"\n"),
+                6,
+                14,
+                "is not a SHA-256 fingerprint",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}registries = []\n"),
+                6,
+                14,
+                "at least one record id",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}registries = [1, 0]\n"),
+                6,
+                18,
+                "registry id 0 is not",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}registries = [2, 2]\n"),
+                6,
+                18,
+                "duplicate registry id 2",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}check_every = \"1s\"\n"),
+                6,
+                15,
+                "check_every must be at least 10s",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}check_every = \"soon\"\n"),
+                6,
+                15,
+                "is not a duration",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}[[portainer]]\nurl = \"https://p/\"\n{key}"),
+                7,
+                7,
+                "duplicate [[portainer]] url \"https://p\"",
+            ),
+            (
+                format!("url = \"https://p\"\n{key}registries = [\"a\"]\n"),
+                6,
+                15,
+                "invalid type",
+            ),
+            (format!("{key}"), 3, 1, "missing field `url`"),
+        ] {
+            let d = err(&format!("{base}{body}"));
+            assert_eq!((d[0].line, d[0].column), (line, column), "{body:?}: {d:?}");
+            assert!(d[0].message.contains(want), "{body:?}: {d:?}");
+        }
+        let s = ok(&format!("{base}url = \"https://p:9443/\"\n{key}"));
+        assert_eq!(s.portainers[0].url, "https://p:9443");
+        assert_eq!(s.portainers[0].records, RecordSelection::Matching);
+        assert_eq!(s.portainers[0].check_every, portainer::DEFAULT_CHECK_EVERY);
+        assert_eq!(s.portainers[0].ca_file, None);
     }
 
     /// serde's words after an unknown key tell the section: no section's are the end of another's.
@@ -683,19 +801,19 @@ user = "portainer"
         let mut wrong = Vec::new();
         for (header, column, want) in [
             (
-                "[[portainer]]",
+                "[[webhook]]",
                 3,
-                "unknown key \"portainer\" at the top level; expected one of: daemon, registry, target",
+                "unknown key \"webhook\" at the top level; expected one of: daemon, registry, target, portainer",
             ),
             (
                 "[[registries]]",
                 3,
-                "unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target",
+                "unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target, portainer",
             ),
             (
                 "[daemonn]",
                 2,
-                "unknown key \"daemonn\" at the top level; did you mean \"daemon\"? The top-level tables are: daemon, registry, target",
+                "unknown key \"daemonn\" at the top level; did you mean \"daemon\"? The top-level tables are: daemon, registry, target, portainer",
             ),
         ] {
             for text in [

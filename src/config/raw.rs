@@ -11,6 +11,8 @@ pub(super) struct RawConfig {
     pub(super) registry: Vec<Spanned<RawRegistry>>,
     #[serde(default)]
     pub(super) target: Vec<Spanned<RawTarget>>,
+    #[serde(default)]
+    pub(super) portainer: Vec<Spanned<RawPortainer>>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +51,17 @@ pub(super) struct RawTarget {
     pub(super) mode: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPortainer {
+    pub(super) url: Spanned<String>,
+    pub(super) api_key_file: Spanned<String>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) pin_sha256: Option<Spanned<String>>,
+    pub(super) registries: Option<Spanned<Vec<Spanned<i64>>>>,
+    pub(super) check_every: Option<Spanned<String>>,
+}
+
 /// A table of the file, named by the struct that reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
@@ -56,14 +69,16 @@ pub(super) enum Section {
     Daemon,
     Registry,
     Target,
+    Portainer,
 }
 
 impl Section {
-    pub(super) const ALL: [Section; 4] = [
+    pub(super) const ALL: [Section; 5] = [
         Section::Top,
         Section::Daemon,
         Section::Registry,
         Section::Target,
+        Section::Portainer,
     ];
 
     /// How the file opens the table; `None` for the top level.
@@ -73,6 +88,7 @@ impl Section {
             Section::Daemon => Some("[daemon]"),
             Section::Registry => Some("[[registry]]"),
             Section::Target => Some("[[target]]"),
+            Section::Portainer => Some("[[portainer]]"),
         }
     }
 
@@ -89,6 +105,7 @@ impl Section {
             Section::Daemon => fields::<RawDaemon>(),
             Section::Registry => fields::<RawRegistry>(),
             Section::Target => fields::<RawTarget>(),
+            Section::Portainer => fields::<RawPortainer>(),
         }
     }
 }

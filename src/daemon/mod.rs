@@ -27,6 +27,7 @@ use crate::cli::Cli;
 use crate::config::Settings;
 use crate::ecr::token::{AwsTokenSource, GroupKey, Token, TokenError, TokenSource};
 use crate::logging;
+use crate::portainer::Portainers;
 use crate::startup::{self, Source, StartupError, exit};
 use crate::status::{self, ConfigStatus, Status};
 use crate::targets::consumer::{Consumer, DeliveryError, Job};
@@ -66,6 +67,8 @@ struct Loop<S: TokenSource> {
     waiters: BTreeMap<u64, oneshot::Sender<Result<Token, TokenError>>>,
     status_tx: snapshot::Sender<Status>,
     watcher: Option<WatcherHandle>,
+    /// Portainer instances, each on its own task, fed the credentials when they change.
+    portainers: Portainers,
     ready: Option<oneshot::Sender<()>>,
     watchdog: Option<Duration>,
     last_ping: Instant,
@@ -97,6 +100,8 @@ impl Loop<AwsTokenSource> {
         let now = SystemTime::now();
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut portainers = Portainers::default();
+        portainers.configure(core.settings());
         Loop {
             config_status: ConfigStatus {
                 path: core
@@ -121,6 +126,7 @@ impl Loop<AwsTokenSource> {
             waiters: BTreeMap::new(),
             status_tx,
             watcher,
+            portainers,
             ready: Some(ready),
             watchdog: systemd::watchdog_interval(),
             last_ping: Instant::now(),
@@ -259,7 +265,16 @@ impl<S: TokenSource> Loop<S> {
                 .num_alive_tasks(),
             registries,
             targets,
+            portainer: self.portainers.statuses(),
             config: self.config_status.clone(),
+        }
+    }
+
+    /// Hands the consumers answered from memory what the daemon holds now.
+    fn share_credentials(&self) {
+        if self.portainers.any() {
+            self.portainers
+                .credentials(self.core.credentials(SystemTime::now()));
         }
     }
 
@@ -335,6 +350,8 @@ impl<S: TokenSource> Loop<S> {
         let new = Arc::new(new);
         let actions = self.core.reload(Arc::clone(&new), now);
         self.perform(actions);
+        self.portainers.configure(&new);
+        self.share_credentials();
         if let Some(w) = &self.watcher {
             w.update(watch_set(&new, &self.config));
         }
@@ -397,6 +414,7 @@ impl<S: TokenSource> Loop<S> {
         mut requests: mpsc::Receiver<Request>,
         mut signals: Signals,
     ) -> u8 {
+        let portainer_changed = self.portainers.changed();
         loop {
             let now = SystemTime::now();
             let actions = self.core.poll(now);
@@ -418,7 +436,9 @@ impl<S: TokenSource> Loop<S> {
                     while let Ok((key, r)) = self.fetch_rx.try_recv() {
                         self.on_fetched(key, r);
                     }
+                    self.share_credentials();
                 }
+                _ = portainer_changed.notified() => {}
                 Some(done) = self.done_rx.recv() => self.on_done(done),
                 Some(c) = changes.recv() => {
                     if self.on_changes(c).is_some() {

@@ -160,6 +160,16 @@ impl Token {
     pub fn auth(&self) -> &str {
         &self.auth
     }
+
+    /// The password (the part after `AWS:`), for consumers that take a user name and a
+    /// password. A secret. `None` never happens for a token `new` accepted.
+    pub fn password(&self) -> Option<String> {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&self.auth)
+            .ok()?;
+        let password = decoded.strip_prefix(b"AWS:")?;
+        String::from_utf8(password.to_vec()).ok()
+    }
 }
 
 impl fmt::Debug for Token {
@@ -470,6 +480,8 @@ mod tests {
     fn token_validation() {
         let t = SystemTime::UNIX_EPOCH;
         assert!(Token::new(b64("AWS:secret"), t).is_ok());
+        let tok = Token::new(b64("AWS:pa:ss"), t).unwrap();
+        assert_eq!(tok.password().as_deref(), Some("pa:ss"));
         for (bad, why) in [
             ("not base64!".to_string(), "not base64"),
             (b64("user:secret"), "AWS:<password>"),

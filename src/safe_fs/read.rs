@@ -116,11 +116,16 @@ pub(super) fn look(
 /// StrictModes and sudo demand of their files. Links are followed only where `update` would.
 /// A missing file (or directory) is an `Io` error of kind `NotFound`.
 pub fn read_trusted(path: &Path, max: usize) -> Result<Vec<u8>, FileError> {
-    read_trusted_at(path, max, 0)
+    read_trusted_at(path, max, 0, false)
+}
+
+/// [`read_trusted`] for a secret (an API key): also refused when group or others may read it.
+pub fn read_secret(path: &Path, max: usize) -> Result<Vec<u8>, FileError> {
+    read_trusted_at(path, max, 0, true)
 }
 
 /// A file root may act on: a regular file of root's (or ours) that no one else may write.
-fn trusted_file(st: &Stat, me: u32, path: &Path) -> Result<(), FileError> {
+fn trusted_file(st: &Stat, me: u32, path: &Path, secret: bool) -> Result<(), FileError> {
     let ft = FileType::from_raw_mode(st.st_mode);
     if ft != FileType::RegularFile {
         return Err(refused(
@@ -148,10 +153,25 @@ fn trusted_file(st: &Stat, me: u32, path: &Path) -> Result<(), FileError> {
             ),
         ));
     }
+    if secret && st.st_mode & 0o044 != 0 {
+        return Err(refused(
+            path,
+            format!(
+                "it holds a secret but group or others may read it (mode {:04o}); fix with: chmod 600 {}",
+                st.st_mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
     Ok(())
 }
 
-pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<Vec<u8>, FileError> {
+pub(super) fn read_trusted_at(
+    path: &Path,
+    max: usize,
+    links: usize,
+    secret: bool,
+) -> Result<Vec<u8>, FileError> {
     let me = rustix::process::geteuid().as_raw();
     let name = path
         .file_name()
@@ -191,7 +211,7 @@ pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<V
         let to = rustix::fs::readlinkat(&dir.fd, name, Vec::new())
             .map_err(|e| io_err(path, "readlink", e))?;
         let to = dir.path.join(OsStr::from_bytes(to.as_bytes()));
-        return read_trusted_at(&to, max, links + 1);
+        return read_trusted_at(&to, max, links + 1, secret);
     }
     let fd = rustix::fs::openat(
         &dir.fd,
@@ -204,7 +224,7 @@ pub(super) fn read_trusted_at(path: &Path, max: usize, links: usize) -> Result<V
         e => io_err(path, "open", e),
     })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, "stat", e))?;
-    trusted_file(&st, me, path)?;
+    trusted_file(&st, me, path, secret)?;
     let bytes = read_at_most(&File::from(fd), max, path)?;
     if bytes.len() > max {
         return Err(FileError::Content {

@@ -7,8 +7,13 @@ use std::time::SystemTime;
 
 use crate::config::TargetSettings;
 use crate::ecr::registry::Registry;
+use crate::ecr::token::Token;
 use crate::targets::authfile::Desired;
 use crate::targets::state::{Managed, State};
+
+/// What the daemon holds now: each registry host's valid token. Consumers answered from memory
+/// (Portainer's records) are fed this whenever it changes.
+pub type Credentials = BTreeMap<String, Token>;
 
 /// What one consumer should hold now.
 #[derive(Debug, Clone)]

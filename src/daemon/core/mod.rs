@@ -570,6 +570,18 @@ impl Core {
         wake
     }
 
+    /// Every configured host's valid token, for the consumers answered from memory.
+    pub(crate) fn credentials(&self, now: SystemTime) -> crate::targets::consumer::Credentials {
+        self.settings
+            .registries
+            .iter()
+            .filter_map(|r| {
+                let g = self.groups.get(self.plan.group_of_host.get(&r.host)?)?;
+                Some((r.host.clone(), g.valid_token(now)?.clone()))
+            })
+            .collect()
+    }
+
     /// The registries and targets as `status` shows them.
     pub(crate) fn snapshot(&self, now: SystemTime) -> (Vec<RegistryStatus>, Vec<TargetStatus>) {
         let registries = self
