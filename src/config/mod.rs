@@ -583,7 +583,7 @@ check_every = "2m"
                 15,
                 "invalid type",
             ),
-            (format!("{key}"), 3, 1, "missing field `url`"),
+            (key.to_string(), 3, 1, "missing field `url`"),
         ] {
             let d = err(&format!("{base}{body}"));
             assert_eq!((d[0].line, d[0].column), (line, column), "{body:?}: {d:?}");
