@@ -560,10 +560,10 @@ check_every = "2m"
                 "duplicate registry id 2",
             ),
             (
-                format!("url = \"https://p\"\n{key}check_every = \"1s\"\n"),
+                format!("url = \"https://p\"\n{key}check_every = \"500ms\"\n"),
                 6,
                 15,
-                "check_every must be at least 10s",
+                "check_every must be at least 1s",
             ),
             (
                 format!("url = \"https://p\"\n{key}check_every = \"soon\"\n"),

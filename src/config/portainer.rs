@@ -11,8 +11,8 @@ use super::raw::RawPortainer;
 
 /// How often records are read back when the config does not say.
 pub const DEFAULT_CHECK_EVERY: Duration = Duration::from_secs(300);
-/// Bounds of `check_every`: reading back more often than every 10 s only loads Portainer.
-pub const MIN_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// The shortest `check_every` (each check is two GETs).
+pub const MIN_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The longest `check_every`: a record edited in the UI stays wrong at most this long.
 pub const MAX_CHECK_EVERY: Duration = Duration::from_secs(24 * 3600);
 

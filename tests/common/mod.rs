@@ -20,6 +20,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub fake: FakeAws,
     captured: Mutex<Vec<String>>,
+    /// Secrets of other fakes (a Portainer's API keys and passwords) the scan looks for too.
+    extra_secrets: Mutex<Vec<String>>,
 }
 
 impl World {
@@ -33,6 +35,7 @@ impl World {
             dir,
             fake,
             captured: Mutex::new(Vec::new()),
+            extra_secrets: Mutex::new(Vec::new()),
         }
     }
 
@@ -86,6 +89,14 @@ impl World {
             .push(text);
     }
 
+    /// Adds secrets the scan must not find (another fake's keys and passwords).
+    pub fn add_secrets(&self, secrets: impl IntoIterator<Item = String>) {
+        self.extra_secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(secrets.into_iter().filter(|s| !s.is_empty()));
+    }
+
     /// Forgets everything captured (for the test that checks the scan itself).
     pub fn clear_captured(&self) {
         self.captured
@@ -99,6 +110,13 @@ impl World {
     pub fn assert_no_secrets(&self) {
         let mut secrets = self.fake.secrets();
         secrets.push(fake_aws::FAKE_SECRET_ACCESS_KEY.to_string());
+        secrets.extend(
+            self.extra_secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         assert!(secrets.iter().all(|s| !s.is_empty()));
         let finder = aho_corasick::AhoCorasick::new(&secrets).expect("secret patterns");
         let all = self.captured.lock().unwrap_or_else(|e| e.into_inner());
