@@ -473,6 +473,39 @@ mod tests {
             exit_code(&st(vec![reg(Some(100), 3, now), reg(None, 3, now)]), now),
             2
         );
+        // A failing Portainer instance, or one record of it, is a warning; a warning alone is not.
+        let with = |p: PortainerStatus, regs| Status {
+            portainer: vec![p],
+            ..st(regs)
+        };
+        let down = PortainerStatus {
+            last_error: Some("cannot reach".into()),
+            ..Default::default()
+        };
+        let record_failing = PortainerStatus {
+            records: vec![RecordStatus {
+                last_error: Some("HTTP 409".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let warned = PortainerStatus {
+            warnings: vec!["native ECR".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            exit_code(&with(down.clone(), vec![reg(Some(100), 0, now)]), now),
+            1
+        );
+        assert_eq!(
+            exit_code(&with(record_failing, vec![reg(Some(100), 0, now)]), now),
+            1
+        );
+        assert_eq!(
+            exit_code(&with(warned, vec![reg(Some(100), 0, now)]), now),
+            0
+        );
+        assert_eq!(exit_code(&with(down, vec![reg(None, 0, now)]), now), 2);
     }
 
     #[test]

@@ -579,11 +579,14 @@ fn twenty_malformed_configs_exit_2_with_line_and_column() {
             format!("[daemon]\nsocket_group = \"no-such-group-here\"\n{reg}"),
             ":2:16: unknown group",
         ),
-        // A header names a top-level table, whatever table came before it (issue 10).
+        // A Portainer URL must be https (issue 11).
         (
-            format!("{reg}[[target]]\npath = \"/x/config.json\"\n[[portainer]]\nurl = \"x\"\n"),
-            ":5:3: unknown key \"portainer\" at the top level; expected one of: daemon, registry, target",
+            format!(
+                "{reg}[[target]]\npath = \"/x/config.json\"\n[[portainer]]\nurl = \"x\"\napi_key_file = \"/k\"\n"
+            ),
+            ":6:7: url \"x\": must start with https://",
         ),
+        // A header names a top-level table, whatever table came before it (issue 10).
         (
             format!("{reg}[[target]]\npath = \"/x/config.json\"\n[[registries]]\nhost = \"x\"\n"),
             ":5:3: unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target",
