@@ -253,14 +253,14 @@ fn a_record_edited_in_the_ui_is_restored_and_a_vanished_one_is_reported() {
                     ws.iter().any(|x| {
                         x.as_str()
                             .unwrap_or("")
-                            .contains(&format!("record {gone} \"ecr-gone\" vanished"))
+                            .contains(&format!("record(s) {gone} \"ecr-gone\" vanished"))
                     })
                 })
         }),
         "{}",
         portainer_status(&w, 0)
     );
-    assert!(d.log_text().contains("restoring its credentials"));
+    assert!(d.log_text().contains("restoring their credentials"));
     drop(d);
     finish(&w, &[&fp]);
 }

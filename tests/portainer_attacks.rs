@@ -1643,7 +1643,14 @@ fn key_and_ca_files_a_user_controls_are_refused() {
         let out = w.run(&["check"]);
         let text = output_text(&out);
         assert_eq!(code(&out), 2, "{key} / {ca}: {text}");
-        assert!(text.contains(why), "{key} / {ca}: want {why:?}: {text}");
+        // A key in a sticky world-writable directory is refused for the directory already
+        // (a secret's own directory must be root's alone), before its own shape is looked at.
+        let sticky_key = key.starts_with(&format!("{s}/"))
+            && text.contains("can be changed by others (owner root, mode 1777)");
+        assert!(
+            text.contains(why) || sticky_key,
+            "{key} / {ca}: want {why:?}: {text}"
+        );
         assert!(
             fp.requests().is_empty(),
             "{key} / {ca}: sent {:?}",
@@ -1993,7 +2000,7 @@ fn no_secret_in_trace_logs() {
     w.assert_no_secrets();
 }
 
-/// A list that flaps (2,000 records of ours, then none, then all again, at every check): the
+/// A list that flaps (1,000 records of ours (the most kept fresh), then none, then all again, at every check): the
 /// daemon writes a line to the log for every record at every flap; the log (the journal) must
 /// not grow with the records a server chooses to list.
 #[test]
@@ -2002,7 +2009,7 @@ fn a_flapping_list_does_not_flood_the_log() {
     let w = World::new();
     let certs = Certs::new(&w.path("certs"));
     let leaf = certs.leaf("srv", "IP:127.0.0.1,DNS:localhost", None);
-    let list: Vec<_> = (1..=2000u32)
+    let list: Vec<_> = (1..=1000u32)
         .map(|id| {
             serde_json::json!({"Id": id, "Type": CUSTOM, "Name": format!("r{id}"), "URL": H1,
                 "Authentication": true, "Username": "AWS"})
@@ -2019,7 +2026,7 @@ fn a_flapping_list_does_not_flood_the_log() {
             // Every record is listed until each got its PUT; then every other list is empty.
             ("GET", _) => {
                 let i = n2.fetch_add(1, Relaxed);
-                if puts2.load(Relaxed) < 2000 || i % 2 == 0 {
+                if puts2.load(Relaxed) < 1000 || i % 2 == 0 {
                     Reply::Json(200, list.clone())
                 } else {
                     Reply::Json(200, "[]".into())
@@ -2049,7 +2056,7 @@ fn a_flapping_list_does_not_flood_the_log() {
     assert!(
         wait_for(Duration::from_secs(180), || puts
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2000),
+            >= 1000),
         "{}",
         d.log_text()
     );

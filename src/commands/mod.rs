@@ -82,21 +82,6 @@ pub async fn once(cli: &Cli) -> u8 {
             Err(e) => println!("{}", shown(&format!("target {label}: FAILED: {e}"))),
         }
     }
-    let mut portainer_ok = true;
-    if !settings.portainers.is_empty() {
-        let creds: crate::targets::consumer::Credentials = report
-            .registries
-            .iter()
-            .filter_map(|r| Some((r.host.clone(), r.result.as_ref().ok()?.clone())))
-            .collect();
-        for p in &settings.portainers {
-            let mut instance =
-                portainer::Instance::new(p.clone(), portainer::managed_hosts(&settings));
-            let outcome = instance.round(Some(&creds), true).await;
-            portainer_ok &= outcome.ok;
-            print_portainer(instance.status(), Some(outcome.updated));
-        }
-    }
     let saved = tokio::task::spawn_blocking(move || state.save(&state_dir)).await;
     let state_ok = match saved {
         Ok(Ok(())) => true,
@@ -115,6 +100,23 @@ pub async fn once(cli: &Cli) -> u8 {
             false
         }
     };
+    // After the state is saved: a Portainer that hangs (each round ends within two minutes)
+    // must not keep what was written to the files from being recorded.
+    let mut portainer_ok = true;
+    if !settings.portainers.is_empty() {
+        let creds: crate::targets::consumer::Credentials = report
+            .registries
+            .iter()
+            .filter_map(|r| Some((r.host.clone(), r.result.as_ref().ok()?.clone())))
+            .collect();
+        for p in &settings.portainers {
+            let mut instance =
+                portainer::Instance::new(p.clone(), portainer::managed_hosts(&settings));
+            let outcome = instance.round(Some(&creds), true).await;
+            portainer_ok &= outcome.ok;
+            print_portainer(instance.status(), Some(outcome.updated));
+        }
+    }
     if report.all_ok() && state_ok && portainer_ok {
         exit::OK
     } else {

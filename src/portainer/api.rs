@@ -20,10 +20,17 @@ use super::records::{Record, USERNAME};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A whole request, answer included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest answer read: thousands of records fit.
-const MAX_BODY: usize = 8 * 1024 * 1024;
+/// The largest answer read: thousands of real records (~1 KB each) fit.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The most records a list may hold: bounds the memory a list takes, whatever its shape.
+pub const MAX_LISTED: usize = 20_000;
 /// The longest piece of Portainer's error message shown.
 const MAX_MESSAGE: usize = 200;
+/// The most of an error text looked at (before redaction and cutting).
+const MAX_RAW_MESSAGE: usize = 4 * 1024;
+/// A run this long of any secret's characters is taken out of a message, so a password that is
+/// echoed only in part (cut by the server) shows nothing of itself either.
+const SECRET_RUN: usize = 12;
 
 /// Why a call failed. Never holds the API key or a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +74,9 @@ pub struct Client {
     prefix: String,
     tls: tokio_rustls::TlsConnector,
     key: Arc<str>,
+    /// Every secret an answer could echo (the key, every password we hold or set): taken out of
+    /// any message before it is shown.
+    secrets: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Client {
@@ -94,21 +104,30 @@ impl Client {
             prefix,
             tls: tokio_rustls::TlsConnector::from(tls),
             key: Arc::from(key),
+            secrets: Arc::from(vec![key.to_string()]),
         })
+    }
+
+    /// The secrets (besides the key) to take out of every message.
+    pub fn set_secrets(&mut self, more: impl IntoIterator<Item = String>) {
+        let mut all: Vec<String> = more.into_iter().filter(|s| !s.is_empty()).collect();
+        all.push(self.key.to_string());
+        all.sort();
+        all.dedup();
+        self.secrets = Arc::from(all);
     }
 
     /// The version Portainer reports (a public endpoint: says nothing about the key).
     pub async fn system_status(&self) -> Result<SystemStatus, ApiError> {
-        let body = self
-            .call(Method::GET, "/api/system/status", None, &[])
-            .await?;
+        let body = self.call(Method::GET, "/api/system/status", None).await?;
         decode(&body)
     }
 
     /// Every registry record (administrators only).
     pub async fn list(&self) -> Result<Vec<Record>, ApiError> {
-        let body = self.call(Method::GET, "/api/registries", None, &[]).await?;
-        decode(&body)
+        let body = self.call(Method::GET, "/api/registries", None).await?;
+        let listed: Capped<Record> = decode(&body)?;
+        Ok(listed.0)
     }
 
     /// Sets a record's credentials to user `AWS` and `password`: Portainer applies a user name
@@ -122,9 +141,7 @@ impl Client {
         });
         let body = Bytes::from(body.to_string());
         let path = format!("/api/registries/{id}");
-        let answer = self
-            .call(Method::PUT, &path, Some(body), &[password])
-            .await?;
+        let answer = self.call(Method::PUT, &path, Some(body)).await?;
         decode(&answer)
     }
 
@@ -133,7 +150,6 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Bytes>,
-        secrets: &[&str],
     ) -> Result<Bytes, ApiError> {
         let request = self.request(method, path, body)?;
         let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request))
@@ -148,12 +164,7 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
-        let mut message = error_message(&body, status);
-        for s in secrets.iter().chain(std::iter::once(&&*self.key)) {
-            if !s.is_empty() {
-                message = message.replace(s, "<redacted>");
-            }
-        }
+        let message = error_message(&body, status, &self.secrets);
         Err(match status {
             StatusCode::UNAUTHORIZED => ApiError::BadKey(message),
             StatusCode::FORBIDDEN => ApiError::NotAdmin(message),
@@ -209,15 +220,29 @@ impl Client {
         let unreachable = |what: String| ApiError::Unreachable(format!("{}: {what}", self.base));
         let name = ServerName::try_from(bare.to_string())
             .map_err(|_| unreachable("not a valid server name".into()))?;
+        // Every address the name has, in turn: a local user holding the port of one address
+        // family (Portainer listening on the other) fails the handshake there and is passed by.
         let connect = async {
-            let tcp = TcpStream::connect((bare, port))
+            let addrs: Vec<_> = tokio::net::lookup_host((bare, port))
                 .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            self.tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| unreachable(format!("TLS: {}", tls_reason(&e))))
+                .map_err(|e| unreachable(e.to_string()))?
+                .collect();
+            let mut last = unreachable("the name has no address".into());
+            for addr in addrs {
+                let tcp = match TcpStream::connect(addr).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        last = unreachable(e.to_string());
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                match self.tls.connect(name.clone(), tcp).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = unreachable(format!("TLS: {}", tls_reason(&e))),
+                }
+            }
+            Err(last)
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
@@ -279,8 +304,9 @@ fn tls_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Portainer's `{"message","details"}`, shown escaped and short; the status line otherwise.
-fn error_message(body: &[u8], status: StatusCode) -> String {
+/// Portainer's `{"message","details"}`, with every secret taken out first, then escaped and cut
+/// short; the status line otherwise.
+fn error_message(body: &[u8], status: StatusCode, secrets: &[String]) -> String {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
@@ -288,16 +314,21 @@ fn error_message(body: &[u8], status: StatusCode) -> String {
         #[serde(default)]
         details: String,
     }
-    let text = match serde_json::from_slice::<Answer>(body) {
+    let raw = match serde_json::from_slice::<Answer>(body) {
         Ok(a) if !a.message.is_empty() && !a.details.is_empty() && a.details != a.message => {
-            format!("{}: {}", a.message, a.details)
+            format!(
+                "{}: {}",
+                cut(&a.message, MAX_RAW_MESSAGE),
+                cut(&a.details, MAX_RAW_MESSAGE)
+            )
         }
-        Ok(a) if !a.message.is_empty() => a.message,
+        Ok(a) if !a.message.is_empty() => cut(&a.message, MAX_RAW_MESSAGE).to_string(),
         _ => status
             .canonical_reason()
             .unwrap_or("no explanation")
             .to_string(),
     };
+    let text = redact(&raw, secrets);
     let shown = crate::escape::shown(&text).into_owned();
     match shown.char_indices().nth(MAX_MESSAGE) {
         Some((i, _)) => format!("{}...", &shown[..i]),
@@ -305,9 +336,87 @@ fn error_message(body: &[u8], status: StatusCode) -> String {
     }
 }
 
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Takes every secret out of `text`: whole, and any run of [`SECRET_RUN`] or more characters
+/// that is part of a secret (an echo cut short by the server). Linear: every window of a secret
+/// goes into one set, and each window of the text is looked up once.
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(s.as_str(), "<redacted>");
+    }
+    let mut windows = std::collections::HashSet::new();
+    for s in secrets {
+        let c: Vec<char> = s.chars().collect();
+        for w in c.windows(SECRET_RUN) {
+            windows.insert(w.to_vec());
+        }
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut hidden = vec![false; chars.len()];
+    for (i, w) in chars.windows(SECRET_RUN).enumerate() {
+        if windows.contains(w) {
+            hidden[i..i + SECRET_RUN].iter_mut().for_each(|h| *h = true);
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_run = false;
+    for (c, h) in chars.iter().zip(&hidden) {
+        if *h {
+            if !in_run {
+                out.push_str("<redacted>");
+            }
+            in_run = true;
+        } else {
+            out.push(*c);
+            in_run = false;
+        }
+    }
+    out
+}
+
+/// A JSON array decoded up to [`MAX_LISTED`] items; a longer one is refused as it is read.
+#[derive(Debug)]
+struct Capped<T>(Vec<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Capped<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Capped<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an array of at most {MAX_LISTED} records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == MAX_LISTED {
+                        return Err(serde::de::Error::custom("too many records"));
+                    }
+                    out.push(item);
+                }
+                Ok(Capped(out))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
 /// A JSON answer; a decode error names where, never what (it could be a password).
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().starts_with("too many records") {
+            return ApiError::Invalid(format!("more than {MAX_LISTED} records listed"));
+        }
         ApiError::Invalid(format!(
             "not the JSON Portainer sends ({:?} error at line {}, column {})",
             e.classify(),
@@ -326,19 +435,65 @@ mod tests {
         let m = error_message(
             br#"{"message":"Another registry with the same name already exists","details":"a registry is already defined with this name"}"#,
             StatusCode::CONFLICT,
+            &[],
         );
         assert_eq!(
             m,
             "Another registry with the same name already exists: a registry is already defined with this name"
         );
         assert_eq!(
-            error_message(b"<html>", StatusCode::BAD_GATEWAY),
+            error_message(b"<html>", StatusCode::BAD_GATEWAY, &[]),
             "Bad Gateway"
         );
         let long = format!(r#"{{"message":"{}\u001b[31m"}}"#, "x".repeat(500));
-        let m = error_message(long.as_bytes(), StatusCode::INTERNAL_SERVER_ERROR);
+        let m = error_message(long.as_bytes(), StatusCode::INTERNAL_SERVER_ERROR, &[]);
         assert!(m.chars().count() <= MAX_MESSAGE + 3, "{}", m.len());
         assert!(!m.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn secrets_are_taken_out_before_the_message_is_cut() {
+        let password = format!("fakepw-{}", "p".repeat(2000));
+        let key = "ptr_abc+def/ghi=".to_string();
+        let secrets = [password.clone(), key.clone()];
+        for body in [
+            format!(
+                r#"{{"message":"Invalid request payload","details":"cannot validate {{\"Password\":\"{password}\"}}"}}"#
+            ),
+            format!(
+                r#"{{"message":"x","details":"cut short: {}"}}"#,
+                &password[..100]
+            ),
+            format!(r#"{{"message":"no such key: {key} really"}}"#),
+            format!(r#"{{"message":"{}"}}"#, &password[1500..1530]),
+        ] {
+            let m = error_message(body.as_bytes(), StatusCode::BAD_REQUEST, &secrets);
+            assert!(m.contains("<redacted>"), "{m}");
+            for s in &secrets {
+                for w in s.as_bytes().windows(SECRET_RUN) {
+                    let w = std::str::from_utf8(w).unwrap();
+                    assert!(!m.contains(w), "{m} shows {w:?}");
+                }
+            }
+        }
+        // Ordinary words stay.
+        assert_eq!(
+            redact("Invalid request payload", &secrets),
+            "Invalid request payload"
+        );
+        assert_eq!(redact("pp", &secrets), "pp");
+    }
+
+    #[test]
+    fn a_list_longer_than_the_cap_is_refused() {
+        let ok = format!("[{}]", vec![r#"{"Id":1}"#; MAX_LISTED].join(","));
+        assert_eq!(
+            decode::<Capped<Record>>(ok.as_bytes()).unwrap().0.len(),
+            MAX_LISTED
+        );
+        let long = format!("[{}]", vec![r#"{"Id":1}"#; MAX_LISTED + 1].join(","));
+        let e = decode::<Capped<Record>>(long.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("more than 20000 records"), "{e}");
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub struct Selected {
     pub host: Option<String>,
     /// Why it cannot be kept fresh although it was asked for (an error).
     pub error: Option<String>,
-    /// What works but an operator should hear.
-    pub warnings: Vec<String>,
+    /// A native ECR record for a managed host (static keys only): worth a warning.
+    pub native: bool,
 }
 
 /// Every listed record that concerns us (ours, or one that looks like it should be), and the
@@ -72,10 +72,10 @@ pub struct Selection {
     pub missing: Vec<u32>,
 }
 
-fn native_ecr_hint(r: &Record, host: &str) -> String {
+/// What to do about native ECR records (`which` names them).
+pub fn native_ecr_hint(which: &str) -> String {
     format!(
-        "record {} {:?} is Portainer's native ECR type, which needs static IAM keys; to use this host's tokens instead, add a Custom registry (Registries > Add registry > Custom registry, URL {host}, authentication on, user AWS, any password) and delete this one: it is then kept fresh automatically",
-        r.id, r.name
+        "{which} Portainer's native ECR type, which needs static IAM keys; to use this host's tokens instead, add a Custom registry (Registries > Add registry > Custom registry, the same URL, authentication on, user AWS, any password) and delete the native one: the Custom one is then kept fresh automatically"
     )
 }
 
@@ -98,13 +98,13 @@ pub fn select(
                         id: r.id,
                         host: Some(host),
                         error: None,
-                        warnings: Vec::new(),
+                        native: false,
                     }),
                     NATIVE_ECR => out.records.push(Selected {
                         id: r.id,
                         host: None,
                         error: None,
-                        warnings: vec![native_ecr_hint(r, &host)],
+                        native: true,
                     }),
                     _ => {}
                 }
@@ -118,7 +118,7 @@ pub fn select(
                 };
                 let host = host_of(&r.url);
                 let error = if r.kind == NATIVE_ECR {
-                    Some(native_ecr_hint(r, &host))
+                    Some(native_ecr_hint(&format!("record {} is", r.id)))
                 } else if r.kind != CUSTOM {
                     Some(format!(
                         "record {} is of type {} ({}), not Custom: only a Custom record takes a user name and a token",
@@ -138,7 +138,7 @@ pub fn select(
                     id: r.id,
                     host: error.is_none().then_some(host),
                     error,
-                    warnings: Vec::new(),
+                    native: false,
                 });
             }
         }
@@ -245,8 +245,8 @@ mod tests {
         assert_eq!(ours, [1, 4]);
         let native = s.records.iter().find(|r| r.id == 5).unwrap();
         assert_eq!(native.host, None);
-        assert!(native.warnings[0].contains("native ECR"), "{native:?}");
-        assert!(native.warnings[0].contains("Custom registry"));
+        assert!(native.native, "{native:?}");
+        assert!(s.records.iter().filter(|r| r.native).count() == 1);
         assert!(s.missing.is_empty());
         assert!(s.records.iter().all(|r| r.error.is_none()));
     }

@@ -180,14 +180,18 @@ pub(super) fn read_trusted_at(
     if !missing.is_empty() {
         return Err(io_err(path, "open", Errno::NOENT));
     }
-    for d in &chain {
-        // Group write counts, root's group too: the config needs root and nobody else.
-        let writable = d.stat.st_mode & 0o022 != 0 && d.stat.st_mode & 0o1000 == 0;
+    let last = chain.len().saturating_sub(1);
+    for (i, d) in chain.iter().enumerate() {
+        // Group write counts, root's group too: the config needs root and nobody else. A sticky
+        // directory lets others add names, not change root's: fine above, but a secret's own
+        // directory must not take a name someone else moved in (a root-owned file of theirs).
+        let sticky = d.stat.st_mode & 0o1000 != 0 && !(secret && i == last);
+        let writable = d.stat.st_mode & 0o022 != 0 && !sticky;
         if (d.stat.st_uid != 0 && d.stat.st_uid != me) || writable {
             return Err(refused(
                 path,
                 format!(
-                    "{} can be changed by {} (owner {}, mode {:04o}); a config root acts on must sit in directories only root can write",
+                    "{} can be changed by {} (owner {}, mode {:04o}); a file root trusts (config, API key, CA) must sit in directories only root can write",
                     d.path.display(),
                     if writable { "others" } else { "its owner" },
                     user_name(d.stat.st_uid),
