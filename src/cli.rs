@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SocketArg {
     /// The daemon's control socket [default: `socket` in the config, else /run/ecr-refresherd/status.sock]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "ECR_REFRESHERD_SOCKET")]
     pub socket: Option<PathBuf>,
 }
 
@@ -82,4 +82,23 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// A kubelet credential provider plugin: a CredentialProviderRequest on stdin, the response
+    /// from the daemon's memory on stdout (root only).
+    CredentialProvider {
+        /// Where the daemon listens.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The docker credential helper protocol (what `docker-credential-ecr-refresherd` runs).
+    #[command(hide = true)]
+    CredentialHelper {
+        /// get, store, erase, list or version.
+        action: String,
+        /// Where the daemon listens.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
+
+/// The name under which this executable is the docker credential helper.
+pub const HELPER_NAME: &str = "docker-credential-ecr-refresherd";

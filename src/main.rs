@@ -9,7 +9,20 @@ use ecr_refresherd::commands::{self, client};
 use ecr_refresherd::daemon;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Run as `docker-credential-ecr-refresherd ACTION` (a link to this executable), docker's way.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let as_helper = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == ecr_refresherd::cli::HELPER_NAME);
+    let cli = if as_helper {
+        let mut argv = vec![std::ffi::OsString::from("ecr-refresherd")];
+        argv.push("credential-helper".into());
+        argv.extend(args.into_iter().skip(1));
+        Cli::parse_from(argv)
+    } else {
+        Cli::parse_from(args)
+    };
     // glibc gives each thread that allocates its own arena and keeps what it freed: with the
     // blocking threads that parse files, that multiplied the resident memory at scale.
     // SAFETY: called before any other thread exists; mallopt only sets an allocator parameter.
@@ -39,6 +52,14 @@ fn main() -> ExitCode {
                 client::refresh(&cli, socket, host.as_deref()).await
             }
             Some(Command::Reload { socket }) => client::reload(&cli, socket).await,
+            Some(Command::CredentialProvider { socket }) => {
+                let socket = client::socket_path(&cli, socket);
+                commands::helper::credential_provider(&socket).await
+            }
+            Some(Command::CredentialHelper { action, socket }) => {
+                let socket = client::socket_path(&cli, socket);
+                commands::helper::credential_helper(&socket, action).await
+            }
         }
     });
     // Blocking writes still running (none after a clean stop) must not hold the exit.

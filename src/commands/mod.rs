@@ -2,6 +2,7 @@
 //! exit code.
 
 pub mod client;
+pub mod helper;
 
 use std::path::Path;
 use std::sync::Arc;

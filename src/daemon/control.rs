@@ -1,4 +1,5 @@
-//! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh, reload).
+//! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh,
+//! reload, and a registry's credential, for root only).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::safe_fs::{self, FileError};
 use crate::startup::StartupError;
 use crate::status::Status;
+use crate::targets::consumer::Credentials;
 
 /// A request line is small; anything longer is a hostile or broken client.
 const MAX_REQUEST: u64 = 4096;
@@ -47,6 +49,12 @@ pub enum Request {
     },
     /// Re-read the config and say whether it was applied.
     Reload,
+    /// A registry's credential from the daemon's memory (root only; for the docker credential
+    /// helper and the kubelet credential provider).
+    Credential {
+        /// The registry: a host, or a server URL or image reference naming it.
+        host: String,
+    },
 }
 
 /// The outcome of refreshing one registry.
@@ -62,8 +70,8 @@ pub struct RefreshResult {
     pub error: Option<String>,
 }
 
-/// The daemon's answer, one JSON line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The daemon's answer, one JSON line. Not `Debug`: it may hold a secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Response {
     /// The answer to `status`.
@@ -82,6 +90,17 @@ pub enum Response {
         ok: bool,
         /// What happened, or why it was rejected.
         message: String,
+    },
+    /// The answer to `credential`: a secret, for root only.
+    Credential {
+        /// The registry host the credential is for.
+        host: String,
+        /// Always `AWS` for ECR.
+        username: String,
+        /// The token's password.
+        secret: String,
+        /// When it expires (RFC 3339).
+        expires_at: String,
     },
     /// The request could not be served.
     Error {
@@ -327,6 +346,7 @@ fn admit(budget: &Arc<Mutex<Budget>>, uid: Option<u32>) -> Result<Option<Slot>, 
 pub async fn serve(
     listener: UnixListener,
     status: watch::Receiver<Status>,
+    credentials: watch::Receiver<Arc<Credentials>>,
     actions: mpsc::Sender<Action>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -357,10 +377,11 @@ pub async fn serve(
             }
         };
         let status = status.clone();
+        let credentials = credentials.clone();
         let actions = actions.clone();
         let budget = Arc::clone(&budget);
         tokio::spawn(async move {
-            handle(stream, status, actions, &budget, uid).await;
+            handle(stream, status, credentials, actions, &budget, uid).await;
             drop(slot);
         });
     }
@@ -369,6 +390,7 @@ pub async fn serve(
 async fn handle(
     stream: UnixStream,
     status: watch::Receiver<Status>,
+    credentials: watch::Receiver<Arc<Credentials>>,
     actions: mpsc::Sender<Action>,
     budget: &Mutex<Budget>,
     uid: Option<u32>,
@@ -389,6 +411,7 @@ async fn handle(
             Err(e) => Response::Error {
                 message: e.to_string(),
             },
+            Ok(Request::Credential { host }) => credential(&host, &credentials, uid, budget),
             Ok(req) if req != Request::Status && !may_act(budget, uid) => Response::Error {
                 message: "at most one refresh or reload a second for each user; try again".into(),
             },
@@ -398,6 +421,64 @@ async fn handle(
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+}
+
+/// What the credential helper protocol says for a host it has nothing for.
+pub const NOT_FOUND: &str = "credentials not found in native keychain";
+
+/// A registry's credential, for root alone. Anyone else gets "not found", like an unknown host
+/// (nothing tells them which hosts exist), and is logged (at most one request a second per uid).
+fn credential(
+    asked: &str,
+    credentials: &watch::Receiver<Arc<Credentials>>,
+    uid: Option<u32>,
+    budget: &Mutex<Budget>,
+) -> Response {
+    let not_found = Response::Error {
+        message: NOT_FOUND.into(),
+    };
+    let host = registry_of(asked);
+    if uid != Some(0) {
+        if may_act(budget, uid) {
+            tracing::warn!(
+                uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string()),
+                registry = %crate::escape::shown(&host),
+                "credential request denied: only root may ask for credentials"
+            );
+        }
+        return not_found;
+    }
+    let held = Arc::clone(&credentials.borrow());
+    let valid = held
+        .get(&host)
+        .filter(|t| t.expires_at > std::time::SystemTime::now());
+    match valid.and_then(|t| Some((t.password()?, t.expires_at))) {
+        Some((secret, expires_at)) => Response::Credential {
+            host,
+            username: crate::portainer::records::USERNAME.to_string(),
+            secret,
+            expires_at: crate::status::rfc3339(expires_at),
+        },
+        None => not_found,
+    }
+}
+
+/// The registry host a server URL (`https://H/v2/`), an image (`H/repo:tag`) or a host names,
+/// lower case; docker's rule: a first path component without `.`, `:` or `localhost` is
+/// Docker Hub's repository, not a host.
+pub fn registry_of(text: &str) -> String {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("https://")
+        .or_else(|| t.strip_prefix("http://"))
+        .unwrap_or(t);
+    let first = t.split('/').next().unwrap_or(t);
+    let first = first.split('@').next().unwrap_or(first);
+    let has_path = t.contains('/');
+    if has_path && !(first.contains('.') || first.contains(':') || first == "localhost") {
+        return "docker.io".to_string();
+    }
+    first.to_ascii_lowercase()
 }
 
 /// Parses one request line as read from a client (at most 4096 bytes, ending in a newline).
@@ -415,6 +496,10 @@ async fn answer(
     actions: &mpsc::Sender<Action>,
 ) -> Response {
     match req {
+        // Answered without the loop, in `handle`.
+        Request::Credential { .. } => Response::Error {
+            message: NOT_FOUND.into(),
+        },
         Request::Status => Response::Status {
             status: Box::new(status.borrow().clone()),
         },
@@ -509,6 +594,29 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_a_request_names() {
+        const H: &str = "111111111111.dkr.ecr.us-east-1.amazonaws.com";
+        for (text, want) in [
+            (H.to_string(), H),
+            (format!("https://{H}"), H),
+            (format!("https://{H}/v2/"), H),
+            (format!(" {} \n", H.to_uppercase()), H),
+            (format!("{H}/team/app:v1"), H),
+            (format!("{H}/app@sha256:00"), H),
+            (
+                "mirror.internal:5000/app".to_string(),
+                "mirror.internal:5000",
+            ),
+            ("mirror.internal:5000".to_string(), "mirror.internal:5000"),
+            ("localhost/app".to_string(), "localhost"),
+            ("library/nginx".to_string(), "docker.io"),
+            ("team/app:v1".to_string(), "docker.io"),
+        ] {
+            assert_eq!(registry_of(&text), want, "{text:?}");
+        }
+    }
 
     #[test]
     fn each_uid_but_root_gets_a_few_connections() {

@@ -30,7 +30,7 @@ use crate::logging;
 use crate::portainer::Portainers;
 use crate::startup::{self, Source, StartupError, exit};
 use crate::status::{self, ConfigStatus, Status};
-use crate::targets::consumer::{Consumer, DeliveryError, Job};
+use crate::targets::consumer::{Consumer, Credentials, DeliveryError, Job};
 use crate::targets::diagnose;
 use crate::targets::files::AuthFiles;
 use crate::targets::state::State;
@@ -67,6 +67,9 @@ struct Loop<S: TokenSource> {
     waiters: BTreeMap<u64, oneshot::Sender<Result<Token, TokenError>>>,
     status_tx: snapshot::Sender<Status>,
     watcher: Option<WatcherHandle>,
+    /// What the daemon holds now, for the consumers answered from memory (Portainer's tasks,
+    /// the socket's `credential`); sent only when it changed.
+    credentials: snapshot::Sender<Arc<Credentials>>,
     /// Portainer instances, each on its own task, fed the credentials when they change.
     portainers: Portainers,
     ready: Option<oneshot::Sender<()>>,
@@ -94,13 +97,14 @@ impl Loop<AwsTokenSource> {
         config: Source,
         run_dir: PathBuf,
         status_tx: snapshot::Sender<Status>,
+        credentials: snapshot::Sender<Arc<Credentials>>,
         watcher: Option<WatcherHandle>,
         ready: oneshot::Sender<()>,
     ) -> Self {
         let now = SystemTime::now();
         let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let mut portainers = Portainers::default();
+        let mut portainers = Portainers::new(credentials.subscribe());
         portainers.configure(core.settings());
         Loop {
             config_status: ConfigStatus {
@@ -126,6 +130,7 @@ impl Loop<AwsTokenSource> {
             waiters: BTreeMap::new(),
             status_tx,
             watcher,
+            credentials,
             portainers,
             ready: Some(ready),
             watchdog: systemd::watchdog_interval(),
@@ -270,12 +275,19 @@ impl<S: TokenSource> Loop<S> {
         }
     }
 
-    /// Hands the consumers answered from memory what the daemon holds now.
+    /// Hands the consumers answered from memory what the daemon holds now, when it changed.
     fn share_credentials(&self) {
-        if self.portainers.any() {
-            self.portainers
-                .credentials(self.core.credentials(SystemTime::now()));
-        }
+        let now = self.core.credentials(SystemTime::now());
+        self.credentials.send_if_modified(|held| {
+            let same = held.len() == now.len()
+                && held.iter().zip(&now).all(|((h1, t1), (h2, t2))| {
+                    h1 == h2 && t1.auth() == t2.auth() && t1.expires_at == t2.expires_at
+                });
+            if !same {
+                *held = Arc::new(now);
+            }
+            !same
+        });
     }
 
     fn publish(&mut self, now: SystemTime) {
@@ -519,7 +531,14 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
     let (status_tx, status_rx) = snapshot::channel(Status::default());
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = snapshot::channel(false);
-    let server = tokio::spawn(control::serve(listener, status_rx, requests_tx, stop_rx));
+    let (credentials_tx, credentials_rx) = snapshot::channel(Arc::new(Credentials::new()));
+    let server = tokio::spawn(control::serve(
+        listener,
+        status_rx,
+        credentials_rx,
+        requests_tx,
+        stop_rx,
+    ));
     let (ready_tx, ready_rx) = oneshot::channel();
     tracing::info!(
         registries = settings.registries.len(),
@@ -534,6 +553,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         config,
         cli.run_dir.clone(),
         status_tx,
+        credentials_tx,
         watcher,
         ready_tx,
     );

@@ -36,7 +36,7 @@ pub fn managed_hosts(settings: &Settings) -> BTreeSet<String> {
 
 /// The daemon's Portainer tasks, restarted when their settings change.
 pub struct Portainers {
-    credentials: watch::Sender<Arc<Credentials>>,
+    credentials: watch::Receiver<Arc<Credentials>>,
     changed: Arc<Notify>,
     running: Vec<Running>,
 }
@@ -55,17 +55,16 @@ impl Drop for Running {
     }
 }
 
-impl Default for Portainers {
-    fn default() -> Self {
+impl Portainers {
+    /// No tasks yet; each task will follow `credentials` (what the daemon holds).
+    pub fn new(credentials: watch::Receiver<Arc<Credentials>>) -> Portainers {
         Portainers {
-            credentials: watch::Sender::new(Arc::new(Credentials::new())),
+            credentials,
             changed: Arc::new(Notify::new()),
             running: Vec::new(),
         }
     }
-}
 
-impl Portainers {
     /// Starts, keeps or stops tasks so that one runs per configured instance. A task whose
     /// instance, hosts and backoff are unchanged keeps running (and what it knows).
     pub fn configure(&mut self, settings: &Settings) {
@@ -100,7 +99,7 @@ impl Portainers {
         let instance = Instance::new(settings.clone(), hosts.clone());
         let task = tokio::spawn(run(
             instance,
-            self.credentials.subscribe(),
+            self.credentials.clone(),
             Arc::clone(&status),
             Arc::clone(&self.changed),
             policy,
@@ -112,28 +111,6 @@ impl Portainers {
             status,
             task: task.abort_handle(),
         }
-    }
-
-    /// Hands the tasks the daemon's credentials; they act only when these differ.
-    pub fn credentials(&self, now: Credentials) {
-        if self.running.is_empty() {
-            return;
-        }
-        self.credentials.send_if_modified(|held| {
-            let same = held.len() == now.len()
-                && held.iter().zip(&now).all(|((h1, t1), (h2, t2))| {
-                    h1 == h2 && t1.auth() == t2.auth() && t1.expires_at == t2.expires_at
-                });
-            if !same {
-                *held = Arc::new(now);
-            }
-            !same
-        });
-    }
-
-    /// Whether any instance is configured (the loop computes credentials only then).
-    pub fn any(&self) -> bool {
-        !self.running.is_empty()
     }
 
     /// Every instance's status, in config order.

@@ -1,0 +1,229 @@
+//! The docker credential helper (`docker-credential-ecr-refresherd get|list|store|erase|version`)
+//! and the kubelet credential provider, both answered by the daemon from memory over its socket.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::control::{self, NOT_FOUND, Request, Response};
+use crate::escape::shown;
+
+/// The most read from stdin (a server URL, a kubelet request).
+const MAX_INPUT: u64 = 64 * 1024;
+/// docker calls the helper for each request it builds: never wait long.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn read_stdin() -> Result<String, String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .take(MAX_INPUT)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the request on stdin: {e}"))?;
+    Ok(text)
+}
+
+/// What the daemon said about one registry.
+enum Answer {
+    Found {
+        host: String,
+        username: String,
+        secret: String,
+        expires_at: String,
+    },
+    NotFound,
+}
+
+async fn ask(socket: &Path, registry: &str) -> Result<Answer, String> {
+    let req = Request::Credential {
+        host: registry.to_string(),
+    };
+    match control::request(socket, &req, TIMEOUT).await {
+        Ok(Response::Credential {
+            host,
+            username,
+            secret,
+            expires_at,
+        }) => Ok(Answer::Found {
+            host,
+            username,
+            secret,
+            expires_at,
+        }),
+        Ok(Response::Error { message }) if message == NOT_FOUND => Ok(Answer::NotFound),
+        Ok(Response::Error { message }) => Err(format!("the daemon says: {}", shown(&message))),
+        Ok(_) => Err("the daemon gave an unexpected answer".into()),
+        Err(control::ClientError::NoDaemon { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Err(format!(
+                "not allowed to ask ecr-refresherd (permission denied on {}): only root gets credentials",
+                path.display()
+            ))
+        }
+        Err(control::ClientError::NoDaemon { path, .. }) => Err(format!(
+            "ecr-refresherd is not running (nothing answers on {}); start it with: systemctl start ecr-refresherd",
+            path.display()
+        )),
+        Err(_) => Err("the daemon's answer was not understood".into()),
+    }
+}
+
+/// The docker credential helper protocol (docker-credential-helpers): `get` reads a server URL
+/// on stdin and prints `{"ServerURL","Username","Secret"}`; errors go to stdout with exit 1.
+/// `store` and `erase` succeed and change nothing (the daemon owns the credentials), so
+/// `docker login` and `docker logout` never fail.
+pub async fn credential_helper(socket: &Path, action: &str) -> u8 {
+    match action {
+        "get" => {
+            let url = match read_stdin() {
+                Ok(t) => t.trim().to_string(),
+                Err(e) => {
+                    println!("{e}");
+                    return 1;
+                }
+            };
+            match ask(socket, &url).await {
+                Ok(Answer::Found {
+                    username, secret, ..
+                }) => {
+                    #[derive(Serialize)]
+                    #[serde(rename_all = "PascalCase")]
+                    struct Out<'a> {
+                        #[serde(rename = "ServerURL")]
+                        server_url: &'a str,
+                        username: &'a str,
+                        secret: &'a str,
+                    }
+                    let out = Out {
+                        server_url: &url,
+                        username: &username,
+                        secret: &secret,
+                    };
+                    match serde_json::to_string(&out) {
+                        Ok(text) => {
+                            println!("{text}");
+                            0
+                        }
+                        Err(_) => 1,
+                    }
+                }
+                Ok(Answer::NotFound) => {
+                    println!("{NOT_FOUND}");
+                    1
+                }
+                Err(e) => {
+                    println!("{e}");
+                    1
+                }
+            }
+        }
+        "store" | "erase" => {
+            // Read what docker sends (a credential, or a server URL) so it never sees a broken pipe.
+            let _ = read_stdin();
+            0
+        }
+        // The daemon's credentials are not listed (a list would tell a user which registries
+        // exist); docker uses `list` only for `docker login` without a server.
+        "list" => {
+            println!("{{}}");
+            0
+        }
+        "version" => {
+            println!("ecr-refresherd {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        other => {
+            println!(
+                "unknown action {:?}; expected get, store, erase, list or version",
+                shown(other)
+            );
+            1
+        }
+    }
+}
+
+/// A kubelet `CredentialProviderRequest`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderRequest {
+    api_version: String,
+    kind: String,
+    image: String,
+}
+
+/// The API versions of `credentialprovider.kubelet.k8s.io` answered.
+const PROVIDER_VERSIONS: [&str; 2] = [
+    "credentialprovider.kubelet.k8s.io/v1",
+    "credentialprovider.kubelet.k8s.io/v1beta1",
+];
+
+/// `credential-provider`: a kubelet exec credential provider plugin. Reads a
+/// `CredentialProviderRequest` on stdin, prints a `CredentialProviderResponse` for the image's
+/// registry (an empty `auth` for a registry the daemon does not hold, exit 0); cached by
+/// kubelet per registry for half the token's remaining life.
+pub async fn credential_provider(socket: &Path) -> u8 {
+    let fail = |e: String| {
+        eprintln!("ecr-refresherd credential-provider: {e}");
+        1
+    };
+    let text = match read_stdin() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let req: ProviderRequest = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(format!(
+                "the request is not a CredentialProviderRequest (line {}, column {})",
+                e.line(),
+                e.column()
+            ));
+        }
+    };
+    if req.kind != "CredentialProviderRequest"
+        || !PROVIDER_VERSIONS.contains(&req.api_version.as_str())
+    {
+        return fail(format!(
+            "unsupported request {:?} {:?}; expected kind CredentialProviderRequest, apiVersion {}",
+            shown(&req.kind),
+            shown(&req.api_version),
+            PROVIDER_VERSIONS.join(" or ")
+        ));
+    }
+    // An image without a '/' (`nginx:latest`) is Docker Hub's, whatever follows a ':'.
+    let registry = if req.image.contains('/') {
+        req.image.as_str()
+    } else {
+        "docker.io"
+    };
+    let answer = match ask(socket, registry).await {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let (auth, cache) = match answer {
+        Answer::Found {
+            host,
+            username,
+            secret,
+            expires_at,
+        } => {
+            let left = crate::status::parse_time(&expires_at)
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or_default();
+            let auth = serde_json::json!({ host: { "username": username, "password": secret } });
+            (auth, left / 2)
+        }
+        Answer::NotFound => (serde_json::json!({}), Duration::ZERO),
+    };
+    let out = serde_json::json!({
+        "apiVersion": req.api_version,
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Registry",
+        "cacheDuration": format!("{}s", cache.as_secs()),
+        "auth": auth,
+    });
+    println!("{out}");
+    0
+}

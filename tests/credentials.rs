@@ -1,0 +1,316 @@
+//! The docker credential helper and the kubelet credential provider: answered by the real daemon
+//! from memory over its socket, for root only.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn with_stdin(mut c: Command, input: &str) -> Output {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// `credential-helper ACTION` against the test daemon's socket. Its stdout may hold the secret
+/// (that is its job): only stderr is kept for the leak scan.
+fn helper(w: &World, action: &str, input: &str) -> Output {
+    let mut c = w.cmd();
+    c.args(["credential-helper", action, "--socket"])
+        .arg(w.socket());
+    let out = with_stdin(c, input);
+    w.capture_text(stderr(&out));
+    out
+}
+
+fn provider(w: &World, input: &str) -> Output {
+    let mut c = w.cmd();
+    c.args(["credential-provider", "--socket"]).arg(w.socket());
+    let out = with_stdin(c, input);
+    w.capture_text(stderr(&out));
+    out
+}
+
+fn current_password(w: &World) -> String {
+    w.fake
+        .issued_passwords()
+        .last()
+        .cloned()
+        .expect("a token was issued")
+}
+
+#[test]
+fn root_gets_the_credential_from_memory_without_an_api_call() {
+    let w = World::new();
+    w.one_target_config(&[H1], "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(wait_for(Duration::from_secs(30), || !w
+        .fake
+        .issued_passwords()
+        .is_empty()));
+    let calls = w.fake.count(Service::Ecr);
+    for url in [
+        H1.to_string(),
+        format!("https://{H1}"),
+        format!("https://{H1}/v2/"),
+    ] {
+        let out = helper(&w, "get", &format!("{url}\n"));
+        assert_eq!(code(&out), 0, "{}", stdout(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["ServerURL"], url.as_str());
+        assert_eq!(v["Username"], "AWS");
+        assert_eq!(v["Secret"], current_password(&w).as_str());
+    }
+    assert_eq!(
+        w.fake.count(Service::Ecr),
+        calls,
+        "the helper made an API call"
+    );
+    // Under docker's name, through a link to the executable.
+    let link = w.path("docker-credential-ecr-refresherd");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut c = w.cmd();
+    c.env("ECR_REFRESHERD_SOCKET", w.socket());
+    let mut c2 = Command::new(&link);
+    c2.env_clear()
+        .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .arg("get");
+    let out = with_stdin(c2, H1);
+    w.capture_text(stderr(&out));
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("\"Username\":\"AWS\""));
+    // An unknown host: the protocol's "not found", on stdout, exit 1.
+    let out = helper(&w, "get", "registry.example.com");
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        stdout(&out).trim(),
+        "credentials not found in native keychain"
+    );
+    // store and erase succeed and change nothing; list says nothing; version.
+    let before = std::fs::read(w.path("d/config.json")).unwrap();
+    let out = helper(
+        &w,
+        "store",
+        &format!(r#"{{"ServerURL":"{H1}","Username":"AWS","Secret":"typed"}}"#),
+    );
+    assert_eq!(code(&out), 0);
+    let out = helper(&w, "erase", H1);
+    assert_eq!(code(&out), 0);
+    assert_eq!(std::fs::read(w.path("d/config.json")).unwrap(), before);
+    assert_eq!(
+        helper(&w, "get", H1).status.code(),
+        Some(0),
+        "erase changed nothing"
+    );
+    let out = helper(&w, "list", "");
+    assert_eq!((code(&out), stdout(&out).trim()), (0, "{}"));
+    let out = helper(&w, "version", "");
+    assert!(
+        stdout(&out).starts_with("ecr-refresherd "),
+        "{}",
+        stdout(&out)
+    );
+    let out = helper(&w, "fly", "");
+    assert_eq!(code(&out), 1);
+    drop(d);
+}
+
+#[test]
+fn a_user_gets_nothing_and_is_logged() {
+    require_root!();
+    let w = World::new();
+    w.one_target_config(&[H1], "socket_group = \"4545\"\n");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(wait_for(Duration::from_secs(30), || !w
+        .fake
+        .issued_passwords()
+        .is_empty()));
+    // A member of socket_group may ask for status, not for a secret.
+    let run_as = |uid: &str, groups: &str| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            &format!("--groups={groups}"),
+            "--",
+            BIN,
+            "credential-helper",
+            "get",
+            "--socket",
+        ])
+        .arg(w.socket())
+        .env_clear();
+        let out = with_stdin(c, H1);
+        w.capture(out)
+    };
+    let out = run_as("4343", "4545");
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        stdout(&out).trim(),
+        "credentials not found in native keychain"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .log_text()
+            .contains("credential request denied")),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text().contains("uid=4343") || d.log_text().contains("uid=\"4343\""),
+        "{}",
+        d.log_text()
+    );
+    // Outside the group: the socket itself refuses.
+    let out = run_as("4242", "4242");
+    assert_eq!(code(&out), 1);
+    assert!(
+        stdout(&out).contains("permission denied"),
+        "{}",
+        stdout(&out)
+    );
+    // The kubelet provider as that member: an error, no auth.
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=4343",
+        "--regid=4343",
+        "--groups=4545",
+        "--",
+        BIN,
+        "credential-provider",
+        "--socket",
+    ])
+    .arg(w.socket())
+    .env_clear();
+    let out = w.capture(with_stdin(
+        c,
+        &format!(r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{H1}/app:v1"}}"#),
+    ));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["auth"], serde_json::json!({}));
+    drop(d);
+}
+
+#[test]
+fn a_daemon_that_is_down_is_a_clear_error() {
+    let w = World::new();
+    w.one_target_config(&[H1], "");
+    let out = helper(&w, "get", H1);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stdout(&out).contains("ecr-refresherd is not running"),
+        "{}",
+        stdout(&out)
+    );
+    let out = provider(
+        &w,
+        &format!(
+            r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{H1}/a"}}"#
+        ),
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("ecr-refresherd is not running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Requests as kubelet sends them (v1 and v1beta1), checked against the fields and types of
+/// `credentialprovider.kubelet.k8s.io/v1` `CredentialProviderResponse`.
+#[test]
+fn the_kubelet_provider_answers_recorded_requests() {
+    let w = World::new();
+    w.one_target_config(&[H1], "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(wait_for(Duration::from_secs(30), || !w
+        .fake
+        .issued_passwords()
+        .is_empty()));
+    for version in ["v1", "v1beta1"] {
+        let api = format!("credentialprovider.kubelet.k8s.io/{version}");
+        let out = provider(
+            &w,
+            &format!(
+                r#"{{"kind":"CredentialProviderRequest","apiVersion":"{api}","image":"{H1}/team/app@sha256:0123"}}"#
+            ),
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let obj = v.as_object().unwrap();
+        let keys: std::collections::BTreeSet<_> = obj.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "apiVersion",
+                "auth",
+                "cacheDuration",
+                "cacheKeyType",
+                "kind"
+            ]
+            .into()
+        );
+        assert_eq!(v["apiVersion"], api.as_str());
+        assert_eq!(v["kind"], "CredentialProviderResponse");
+        assert_eq!(v["cacheKeyType"], "Registry");
+        // Half the remaining life of a 12 h token.
+        let secs: u64 = v["cacheDuration"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        assert!((6 * 3600 - 120..=6 * 3600).contains(&secs), "{secs}");
+        let auth = v["auth"].as_object().unwrap();
+        assert_eq!(auth.len(), 1);
+        assert_eq!(auth[H1]["username"], "AWS");
+        assert_eq!(auth[H1]["password"], current_password(&w).as_str());
+        assert_eq!(auth[H1].as_object().unwrap().len(), 2);
+    }
+    // An image of a registry the daemon does not hold: an empty auth, not cached, exit 0.
+    for image in [
+        "registry.example.com/app:v1",
+        "nginx:latest",
+        "library/nginx",
+    ] {
+        let out = provider(
+            &w,
+            &format!(
+                r#"{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"{image}"}}"#
+            ),
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["auth"], serde_json::json!({}), "{image}");
+        assert_eq!(v["cacheDuration"], "0s");
+    }
+    // Malformed requests: exit 1, a reason on stderr, nothing on stdout.
+    for bad in [
+        "not json",
+        r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v2","kind":"CredentialProviderRequest","image":"x"}"#,
+        r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"Other","image":"x"}"#,
+        r#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest"}"#,
+    ] {
+        let out = provider(&w, bad);
+        assert_eq!(code(&out), 1, "{bad}");
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr(&out).contains("credential-provider:"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    drop(d);
+}
