@@ -53,11 +53,11 @@ fn main() -> ExitCode {
             }
             Some(Command::Reload { socket }) => client::reload(&cli, socket).await,
             Some(Command::CredentialProvider { socket }) => {
-                let socket = client::socket_path(&cli, socket);
+                let socket = client::helper_socket_path(&cli, socket);
                 commands::helper::credential_provider(&socket).await
             }
             Some(Command::CredentialHelper { action, socket }) => {
-                let socket = client::socket_path(&cli, socket);
+                let socket = client::helper_socket_path(&cli, socket);
                 commands::helper::credential_helper(&socket, action).await
             }
         }

@@ -314,3 +314,100 @@ fn the_kubelet_provider_answers_recorded_requests() {
     }
     drop(d);
 }
+
+/// Grants on the helper socket (0666, beside the control socket): by uid, by a group the kernel
+/// says the caller is in, and to the `user` of a target the registry is written to; nobody else,
+/// and only for the registries granted.
+#[test]
+fn grants_decide_who_gets_which_registry() {
+    require_root!();
+    let w = World::new();
+    let home = w.path("home5151");
+    std::fs::create_dir(&home).unwrap();
+    chown(&home, 5151, 5151);
+    w.config(&format!(
+        "{}\n[[target]]\nname = \"t\"\npath = \"{}\"\n[[target]]\nname = \"u\"\npath = \"{}\"\nuser = \"5151\"\n\
+         [[registry]]\nhost = \"{H1}\"\nusers = [\"4242\"]\ngroups = [\"4545\"]\n\
+         [[registry]]\nhost = \"{H3}\"\ntargets = [\"t\"]\n",
+        w.daemon_section(),
+        w.path("d/config.json").display(),
+        home.join("config.json").display()
+    ));
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(wait_for(Duration::from_secs(30), || w
+        .fake
+        .issued_passwords()
+        .len()
+        >= 2));
+    let sock = w.path("helper.sock");
+    assert!(wait_for(Duration::from_secs(10), || sock.exists()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
+    let get = |uid: u32, groups: &str, host: &str| -> Output {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(if groups.is_empty() {
+                vec!["--clear-groups".to_string()]
+            } else {
+                vec![format!("--groups={groups}")]
+            })
+            .args(["--", BIN, "credential-helper", "get", "--socket"])
+            .arg(&sock)
+            .env_clear();
+        let out = with_stdin(c, host);
+        w.capture_text(stderr(&out));
+        out
+    };
+    let ok = |o: &Output| {
+        code(o) == 0
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|v| {
+                v["Username"] == "AWS" && v["Secret"].as_str().is_some_and(|s| !s.is_empty())
+            })
+    };
+    let not_found =
+        |o: &Output| code(o) == 1 && stdout(o).trim() == "credentials not found in native keychain";
+    for (who, uid, groups, host, allowed) in [
+        ("a granted uid", 4242, "", H1, true),
+        ("a granted uid, another registry", 4242, "", H3, false),
+        ("a member of a granted group", 4646, "4545", H1, true),
+        ("the same uid outside the group", 4646, "", H1, false),
+        ("the user of a target H1 is written to", 5151, "", H1, true),
+        (
+            "that user, a registry not written to their target",
+            5151,
+            "",
+            H3,
+            false,
+        ),
+        ("anyone else", 4343, "4343", H1, false),
+        ("root", 0, "0", H3, true),
+    ] {
+        let out = get(uid, groups, host);
+        assert!(
+            if allowed { ok(&out) } else { not_found(&out) },
+            "{who}: exit {}, {}{}",
+            code(&out),
+            if allowed { String::new() } else { stdout(&out) },
+            stderr(&out)
+        );
+    }
+    assert!(wait_for(Duration::from_secs(10), || d
+        .log_text()
+        .contains("credential request denied")));
+    // The helper socket answers credential requests only, whoever asks.
+    let mut c = w.cmd();
+    c.args(["status", "--socket"]).arg(&sock);
+    let out = w.capture(c.output().unwrap());
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("credential requests only"),
+        "{}",
+        stderr(&out)
+    );
+    drop(d);
+}

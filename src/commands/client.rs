@@ -17,13 +17,41 @@ pub fn socket_path(cli: &Cli, arg: &SocketArg) -> PathBuf {
     if let Some(p) = &arg.socket {
         return p.clone();
     }
+    sockets_in_config(cli)
+        .and_then(|d| d.socket)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
+}
+
+/// The helper socket, for the credential helper and provider: `--socket` (or
+/// `ECR_REFRESHERD_SOCKET`), else `helper_socket` in a readable config (beside its `socket` when
+/// not set), else the default. A user who cannot read root's config gets the default.
+pub fn helper_socket_path(cli: &Cli, arg: &SocketArg) -> PathBuf {
+    if let Some(p) = &arg.socket {
+        return p.clone();
+    }
+    match sockets_in_config(cli) {
+        Some(PartialDaemon {
+            helper_socket: Some(h),
+            ..
+        }) => h,
+        Some(PartialDaemon {
+            socket: Some(s), ..
+        }) => s.with_file_name("helper.sock"),
+        _ => PathBuf::from(config::DEFAULT_HELPER_SOCKET),
+    }
+}
+
+#[derive(Deserialize)]
+struct PartialDaemon {
+    socket: Option<PathBuf>,
+    helper_socket: Option<PathBuf>,
+}
+
+/// Only `[daemon] socket` and `helper_socket` of the config, if it can be read; it need not be valid.
+fn sockets_in_config(cli: &Cli) -> Option<PartialDaemon> {
     #[derive(Deserialize)]
     struct Partial {
         daemon: Option<PartialDaemon>,
-    }
-    #[derive(Deserialize)]
-    struct PartialDaemon {
-        socket: Option<PathBuf>,
     }
     let path = cli
         .config
@@ -33,8 +61,6 @@ pub fn socket_path(cli: &Cli, arg: &SocketArg) -> PathBuf {
         .ok()
         .and_then(|text| toml::from_str::<Partial>(&text).ok())
         .and_then(|p| p.daemon)
-        .and_then(|d| d.socket)
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
 }
 
 async fn ask(socket: &Path, req: Request) -> Result<Response, u8> {

@@ -58,7 +58,7 @@ async fn ask(socket: &Path, registry: &str) -> Result<Answer, String> {
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
             Err(format!(
-                "not allowed to ask ecr-refresherd (permission denied on {}): only root gets credentials",
+                "not allowed to ask ecr-refresherd (permission denied on {}); the credential helper socket is helper_socket, beside the control socket",
                 path.display()
             ))
         }

@@ -27,6 +27,19 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, accounts: &dyn Accounts) ->
         .socket
         .as_ref()
         .map_or(defaults.socket, |v| c.absolute_path("socket", v));
+    let helper_socket = d
+        .helper_socket
+        .as_ref()
+        // Beside the control socket unless set: a test's or a second daemon's stays its own.
+        .map_or_else(
+            || socket.with_file_name("helper.sock"),
+            |v| c.absolute_path("helper_socket", v),
+        );
+    if helper_socket == socket
+        && let Some(v) = &d.helper_socket
+    {
+        c.error(v.span(), "helper_socket must differ from socket");
+    }
     let state_dir = d
         .state_dir
         .as_ref()
@@ -48,6 +61,7 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, accounts: &dyn Accounts) ->
         remove_expired: d.remove_expired.unwrap_or(defaults.remove_expired),
         socket,
         socket_group,
+        helper_socket,
         state_dir,
         log_level,
     }

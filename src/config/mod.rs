@@ -23,6 +23,9 @@ use raw::RawConfig;
 pub const DEFAULT_CONFIG: &str = "/etc/ecr-refresherd/config.toml";
 /// The control socket when the config names none.
 pub const DEFAULT_SOCKET: &str = "/run/ecr-refresherd/status.sock";
+/// The credential helper's socket when the config names none (anyone may connect; each request
+/// is answered by the caller's uid and the registries' grants).
+pub const DEFAULT_HELPER_SOCKET: &str = "/run/ecr-refresherd/helper.sock";
 /// Where the daemon keeps what it wrote.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ecr-refresherd";
 /// Bounds of the `[daemon]` durations.
@@ -70,6 +73,8 @@ pub struct DaemonSettings {
     pub socket: PathBuf,
     /// The group whose members may use the socket.
     pub socket_group: Option<GroupSpec>,
+    /// The socket of the credential helper and provider (credentials only, per grant).
+    pub helper_socket: PathBuf,
     /// Where the daemon remembers what it wrote.
     pub state_dir: PathBuf,
     /// error, warn, info, debug or trace.
@@ -87,6 +92,7 @@ impl Default for DaemonSettings {
             remove_expired: true,
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_group: None,
+            helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             log_level: "info".to_string(),
         }
@@ -136,6 +142,19 @@ pub struct RegistrySettings {
     pub endpoint_url: Option<String>,
     /// Names of the targets this registry is written to.
     pub targets: RegistryTargets,
+    /// Who besides root may get this registry's credential from the helper socket: these users
+    /// (names looked up at each request), members of these groups, and the `user` of each
+    /// target the registry is written to.
+    pub grants: Grant,
+}
+
+/// Who may ask the helper socket for one registry's credential (root always may).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Users by name or uid.
+    pub users: Vec<UserSpec>,
+    /// Groups by name or gid (primary or supplementary membership).
+    pub groups: Vec<String>,
 }
 
 /// One `[[target]]` entry, validated.
@@ -317,6 +336,7 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHost
             credentials: CredentialSource::default(),
             endpoint_url: None,
             targets: RegistryTargets::All,
+            grants: Grant::default(),
         }],
         targets: vec![TargetSettings {
             name: DEFAULT_TARGET.to_string(),
@@ -399,6 +419,7 @@ min_interval = "30s"
 remove_expired = false
 socket = "/tmp/s.sock"
 socket_group = "wheel"
+helper_socket = "/tmp/helper.sock"
 state_dir = "/tmp/state"
 log_level = "DEBUG"
 
@@ -410,6 +431,8 @@ session_name = "refresher"
 profile = "prod"
 endpoint_url = "https://vpce.example"
 targets = ["root"]
+users = ["builder", "1001"]
+groups = ["docker"]
 
 [[registry]]
 host = "public.ecr.aws"
@@ -456,6 +479,23 @@ check_every = "2m"
             Some("arn:aws:iam::123456789012:role/pull")
         );
         assert_eq!(s.targets[0].mode, Some(0o640));
+        assert_eq!(s.daemon.helper_socket, PathBuf::from("/tmp/helper.sock"));
+        // users and groups, and the `user` of the one target the registry is written to.
+        let g = &s.registries[0].grants;
+        let users: Vec<_> = g.users.iter().map(|u| (u.name.as_str(), u.uid)).collect();
+        assert_eq!(
+            users,
+            [("builder", None), ("1001", Some(1001)), ("0", Some(0))]
+        );
+        assert_eq!(g.groups, ["docker"]);
+        // A registry for every target gets every target's user.
+        let users: Vec<_> = s.registries[1]
+            .grants
+            .users
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
+        assert_eq!(users, ["0", "portainer"]);
         let p = &s.portainers[0];
         assert_eq!(p.url, "https://127.0.0.1:9443");
         assert_eq!(p.records, RecordSelection::Only(vec![3, 4]));
@@ -497,6 +537,29 @@ check_every = "2m"
             );
             assert_eq!(err(&extra)[0].message, want);
         }
+    }
+
+    #[test]
+    fn the_helper_socket_sits_beside_the_control_socket_unless_set() {
+        let reg = format!("[[registry]]\nhost = \"{H}\"\n");
+        assert_eq!(
+            ok(&reg).daemon.helper_socket,
+            PathBuf::from(DEFAULT_HELPER_SOCKET)
+        );
+        let s = ok(&format!("[daemon]\nsocket = \"/x/ctl.sock\"\n{reg}"));
+        assert_eq!(s.daemon.helper_socket, PathBuf::from("/x/helper.sock"));
+        let d = err(&format!(
+            "[daemon]\nsocket = \"/x/a.sock\"\nhelper_socket = \"/x/a.sock\"\n{reg}"
+        ));
+        assert_eq!(
+            (d[0].line, d[0].message.as_str()),
+            (3, "helper_socket must differ from socket")
+        );
+        let d = err(&format!("{reg}users = [\"a b\"]\n"));
+        assert!(
+            d[0].message.contains("is not a user or group name"),
+            "{d:?}"
+        );
     }
 
     /// Every `[[portainer]]` mistake is located at its value, with what to write instead.

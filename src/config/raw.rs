@@ -26,6 +26,7 @@ pub(super) struct RawDaemon {
     pub(super) remove_expired: Option<bool>,
     pub(super) socket: Option<Spanned<String>>,
     pub(super) socket_group: Option<Spanned<String>>,
+    pub(super) helper_socket: Option<Spanned<String>>,
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) log_level: Option<Spanned<String>>,
 }
@@ -40,6 +41,8 @@ pub(super) struct RawRegistry {
     pub(super) profile: Option<Spanned<String>>,
     pub(super) endpoint_url: Option<Spanned<String>>,
     pub(super) targets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) users: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) groups: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]

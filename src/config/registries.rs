@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::RegistryTargets;
 use super::check::Checker;
 use super::raw::RawRegistry;
-use super::{CredentialSource, RegistrySettings, TargetSettings};
+use super::{CredentialSource, Grant, RegistrySettings, TargetSettings, UserSpec};
 use crate::ecr::registry::{ACCEPTED_SHAPES, Registry};
 
 /// Validates every `[[registry]]` (at least one), whose `targets` name entries of `targets`.
@@ -43,6 +43,7 @@ pub(super) fn registries(
         let credentials = credentials(c, r);
         let endpoint_url = endpoint_url(c, r);
         let target_names = target_names(c, r, targets);
+        let grants = grants(c, r, &target_names, targets);
         if let Some(registry) = registry {
             registries.push(RegistrySettings {
                 host,
@@ -50,10 +51,55 @@ pub(super) fn registries(
                 credentials,
                 endpoint_url,
                 targets: target_names,
+                grants,
             });
         }
     }
     registries
+}
+
+/// `users` and `groups`, plus the `user` of every target the registry is written to (they can
+/// read the credential in their own file anyway).
+fn grants(
+    c: &mut Checker,
+    r: &RawRegistry,
+    covered: &RegistryTargets,
+    targets: &[TargetSettings],
+) -> Grant {
+    let mut g = Grant::default();
+    let mut names = |key: &str, v: &Option<Spanned<Vec<Spanned<String>>>>| -> Vec<String> {
+        let mut out = Vec::new();
+        for n in v.iter().flat_map(|l| l.get_ref()) {
+            let s = n.get_ref().trim();
+            if s.is_empty() || s.contains(char::is_whitespace) {
+                c.error(
+                    n.span(),
+                    format!(
+                        "{key}: {:?} is not a user or group name or number",
+                        n.get_ref()
+                    ),
+                );
+            } else if !out.iter().any(|o: &String| o == s) {
+                out.push(s.to_string());
+            }
+        }
+        out
+    };
+    for u in names("users", &r.users) {
+        g.users.push(UserSpec {
+            uid: u.parse::<u32>().ok(),
+            name: u,
+        });
+    }
+    g.groups = names("groups", &r.groups);
+    for t in targets.iter().filter(|t| covered.covers(&t.name)) {
+        if let Some(u) = &t.user
+            && !g.users.contains(u)
+        {
+            g.users.push(u.clone());
+        }
+    }
+    g
 }
 
 /// The profile and the role to assume, if any.

@@ -19,6 +19,8 @@ use crate::startup::StartupError;
 use crate::status::Status;
 use crate::targets::consumer::Credentials;
 
+use super::grants::Grants;
+
 /// A request line is small; anything longer is a hostile or broken client.
 const MAX_REQUEST: u64 = 4096;
 /// A client gets this long to send its request line (our client sends it at once).
@@ -188,6 +190,16 @@ const SAFE_SOCKET: &str = "or set `socket` to a path in a directory only root ca
 /// its final mode (umask), chowned with `fchownat(AT_SYMLINK_NOFOLLOW)`; nothing is ever chmodded
 /// by path, so a link swapped in for the socket cannot redirect a chmod.
 pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
+    bind_mode(path, group, 0o117).await
+}
+
+/// Binds the helper socket: 0666, anyone may connect; each request is answered by the caller's
+/// uid and the registries' grants, and only credential requests are.
+pub async fn bind_helper(path: &Path) -> Result<UnixListener, BindError> {
+    bind_mode(path, None, 0o111).await
+}
+
+async fn bind_mode(path: &Path, group: Option<u32>, umask: u32) -> Result<UnixListener, BindError> {
     let io = |op: &'static str| {
         move |source| BindError::Io {
             path: path.to_path_buf(),
@@ -233,7 +245,7 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindE
     }
     // Born 0660 root:root (this runs at startup, before the daemon creates any other file), then
     // given its group: until then only root's group may connect.
-    let old = rustix::process::umask(Mode::from_raw_mode(0o117));
+    let old = rustix::process::umask(Mode::from_raw_mode(umask));
     let bound = UnixListener::bind(&at);
     rustix::process::umask(old);
     let listener = bound.map_err(io("bind"))?;
@@ -345,8 +357,10 @@ fn admit(budget: &Arc<Mutex<Budget>>, uid: Option<u32>) -> Result<Option<Slot>, 
 /// closed, and an idle client is cut after a second.
 pub async fn serve(
     listener: UnixListener,
+    role: Role,
     status: watch::Receiver<Status>,
     credentials: watch::Receiver<Arc<Credentials>>,
+    grants: watch::Receiver<Arc<Grants>>,
     actions: mpsc::Sender<Action>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -365,7 +379,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        let cred = stream.peer_cred().ok();
+        let uid = cred.as_ref().map(|c| c.uid());
+        // The caller's groups, as the kernel has them (primary first).
+        let gids: Vec<u32> = cred
+            .map(|c| c.gid())
+            .into_iter()
+            .chain(peer_groups(&stream))
+            .collect();
         let slot = match admit(&budget, uid) {
             Ok(slot) => slot,
             Err(message) => {
@@ -377,23 +398,45 @@ pub async fn serve(
             }
         };
         let status = status.clone();
-        let credentials = credentials.clone();
+        let held = Held {
+            credentials: credentials.clone(),
+            grants: grants.clone(),
+        };
         let actions = actions.clone();
         let budget = Arc::clone(&budget);
         tokio::spawn(async move {
-            handle(stream, status, credentials, actions, &budget, uid).await;
+            handle(stream, role, status, held, actions, &budget, uid, gids).await;
             drop(slot);
         });
     }
 }
 
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The control socket (root and `socket_group`): every request.
+    Control,
+    /// The helper socket (anyone): credential requests only.
+    Helper,
+}
+
+/// What the daemon holds and who may have it, as the socket's tasks read it.
+#[derive(Clone)]
+struct Held {
+    credentials: watch::Receiver<Arc<Credentials>>,
+    grants: watch::Receiver<Arc<Grants>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     stream: UnixStream,
+    role: Role,
     status: watch::Receiver<Status>,
-    credentials: watch::Receiver<Arc<Credentials>>,
+    held: Held,
     actions: mpsc::Sender<Action>,
     budget: &Mutex<Budget>,
     uid: Option<u32>,
+    gids: Vec<u32>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
@@ -411,7 +454,11 @@ async fn handle(
             Err(e) => Response::Error {
                 message: e.to_string(),
             },
-            Ok(Request::Credential { host }) => credential(&host, &credentials, uid, budget),
+            Ok(Request::Credential { host }) => credential(&host, &held, uid, gids, budget).await,
+            Ok(_) if role == Role::Helper => Response::Error {
+                message: "this socket answers credential requests only; use the control socket"
+                    .into(),
+            },
             Ok(req) if req != Request::Status && !may_act(budget, uid) => Response::Error {
                 message: "at most one refresh or reload a second for each user; try again".into(),
             },
@@ -423,33 +470,76 @@ async fn handle(
     let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
 }
 
+/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13+); none if unknown.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    let mut groups = vec![0u32; 64];
+    for _ in 0..2 {
+        let mut len = (groups.len() * std::mem::size_of::<u32>()) as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes; the kernel writes at most that and says
+        // how much it wrote (or needs, with ERANGE).
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<u32>();
+        if r == 0 {
+            groups.truncate(n.min(groups.len()));
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n > 65_536 {
+            return Vec::new();
+        }
+        groups = vec![0u32; n];
+    }
+    Vec::new()
+}
+
 /// What the credential helper protocol says for a host it has nothing for.
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
 
-/// A registry's credential, for root alone. Anyone else gets "not found", like an unknown host
-/// (nothing tells them which hosts exist), and is logged (at most one request a second per uid).
-fn credential(
+/// A registry's credential, for root and whom the registry's grants name. Anyone else gets "not
+/// found", like an unknown host (nothing tells them which hosts exist), and is logged (at most
+/// one request a second per uid).
+async fn credential(
     asked: &str,
-    credentials: &watch::Receiver<Arc<Credentials>>,
+    held: &Held,
     uid: Option<u32>,
+    gids: Vec<u32>,
     budget: &Mutex<Budget>,
 ) -> Response {
     let not_found = Response::Error {
         message: NOT_FOUND.into(),
     };
     let host = registry_of(asked);
-    if uid != Some(0) {
+    let grants = Arc::clone(&held.grants.borrow());
+    let allowed = match uid {
+        Some(0) => true,
+        // The account databases may be slow (NSS, sssd): off the runtime's threads.
+        Some(u) => {
+            let h = host.clone();
+            tokio::task::spawn_blocking(move || grants.allows(&h, u, &gids))
+                .await
+                .unwrap_or(false)
+        }
+        None => false,
+    };
+    if !allowed {
         if may_act(budget, uid) {
             tracing::warn!(
                 uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string()),
                 registry = %crate::escape::shown(&host),
-                "credential request denied: only root may ask for credentials"
+                "credential request denied: no grant for this user (users/groups of the [[registry]])"
             );
         }
         return not_found;
     }
-    let held = Arc::clone(&credentials.borrow());
-    let valid = held
+    let creds = Arc::clone(&held.credentials.borrow());
+    let valid = creds
         .get(&host)
         .filter(|t| t.expires_at > std::time::SystemTime::now());
     match valid.and_then(|t| Some((t.password()?, t.expires_at))) {

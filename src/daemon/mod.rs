@@ -8,6 +8,7 @@
 
 pub mod control;
 pub(crate) mod core;
+pub mod grants;
 pub(crate) mod schedule;
 pub(crate) mod systemd;
 pub(crate) mod watch;
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch as snapshot};
 
 use self::control::{Action as Request, RefreshResult, UnknownHost};
 use self::core::{Action, Core, Ticket};
+use self::grants::Grants;
 use self::watch::{Changes, WatchSet, WatcherHandle};
 use crate::cli::Cli;
 use crate::config::Settings;
@@ -70,6 +72,8 @@ struct Loop<S: TokenSource> {
     /// What the daemon holds now, for the consumers answered from memory (Portainer's tasks,
     /// the socket's `credential`); sent only when it changed.
     credentials: snapshot::Sender<Arc<Credentials>>,
+    /// Who may ask the helper socket for which registry.
+    grants: snapshot::Sender<Arc<Grants>>,
     /// Portainer instances, each on its own task, fed the credentials when they change.
     portainers: Portainers,
     ready: Option<oneshot::Sender<()>>,
@@ -92,12 +96,15 @@ fn watch_set(settings: &Settings, config: &Source) -> WatchSet {
 }
 
 impl Loop<AwsTokenSource> {
+    // Each argument is one channel or handle the loop owns from here on.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         core: Core,
         config: Source,
         run_dir: PathBuf,
         status_tx: snapshot::Sender<Status>,
         credentials: snapshot::Sender<Arc<Credentials>>,
+        grants: snapshot::Sender<Arc<Grants>>,
         watcher: Option<WatcherHandle>,
         ready: oneshot::Sender<()>,
     ) -> Self {
@@ -131,6 +138,7 @@ impl Loop<AwsTokenSource> {
             status_tx,
             watcher,
             credentials,
+            grants,
             portainers,
             ready: Some(ready),
             watchdog: systemd::watchdog_interval(),
@@ -358,11 +366,15 @@ impl<S: TokenSource> Loop<S> {
         if new.daemon.socket != self.core.settings().daemon.socket {
             tracing::warn!("a new control socket path takes effect at the next restart");
         }
+        if new.daemon.helper_socket != self.core.settings().daemon.helper_socket {
+            tracing::warn!("a new helper socket path takes effect at the next restart");
+        }
         logging::set_level(&new.daemon.log_level);
         let new = Arc::new(new);
         let actions = self.core.reload(Arc::clone(&new), now);
         self.perform(actions);
         self.portainers.configure(&new);
+        self.grants.send_replace(Arc::new(Grants::of(&new)));
         self.share_credentials();
         if let Some(w) = &self.watcher {
             w.update(watch_set(&new, &self.config));
@@ -532,13 +544,34 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = snapshot::channel(false);
     let (credentials_tx, credentials_rx) = snapshot::channel(Arc::new(Credentials::new()));
+    let (grants_tx, grants_rx) = snapshot::channel(Arc::new(Grants::of(&settings)));
     let server = tokio::spawn(control::serve(
         listener,
-        status_rx,
-        credentials_rx,
-        requests_tx,
-        stop_rx,
+        control::Role::Control,
+        status_rx.clone(),
+        credentials_rx.clone(),
+        grants_rx.clone(),
+        requests_tx.clone(),
+        stop_rx.clone(),
     ));
+    // The helper socket is a convenience: without it the control socket still serves root.
+    let helper = match control::bind_helper(&settings.daemon.helper_socket).await {
+        Ok(l) => Some(tokio::spawn(control::serve(
+            l,
+            control::Role::Helper,
+            status_rx,
+            credentials_rx,
+            grants_rx,
+            requests_tx,
+            stop_rx,
+        ))),
+        Err(e) => {
+            tracing::error!(
+                "credential helper socket: {e}; only root gets credentials, over the control socket"
+            );
+            None
+        }
+    };
     let (ready_tx, ready_rx) = oneshot::channel();
     tracing::info!(
         registries = settings.registries.len(),
@@ -554,6 +587,7 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         cli.run_dir.clone(),
         status_tx,
         credentials_tx,
+        grants_tx,
         watcher,
         ready_tx,
     );
@@ -561,6 +595,10 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
     let code = ready_then_wait(main, ready_rx, start_timeout).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(h) = helper {
+        let _ = h.await;
+        let _ = std::fs::remove_file(&settings.daemon.helper_socket);
+    }
     let _ = std::fs::remove_file(&settings.daemon.socket);
     tracing::info!("stopped");
     code
