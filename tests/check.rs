@@ -54,6 +54,17 @@ fn creds_store_and_cred_helpers_hiding_our_entry_warn() {
         text.contains(&format!("\"credHelpers\" has \"{H1}\"")),
         "{text}"
     );
+    // The exact snippet that sends the host to this daemon's helper instead.
+    let snippet = format!("\"credHelpers\": {{\"{H1}\": \"ecr-refresherd\"}}");
+    assert!(text.contains(&snippet), "{text}");
+    // With it in place, nothing more to say.
+    std::fs::write(
+        &target,
+        format!("{{\"credsStore\": \"desktop\", {snippet}}}"),
+    )
+    .unwrap();
+    let out = w.run(&["check"]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
 }
 
 #[test]

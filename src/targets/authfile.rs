@@ -417,24 +417,56 @@ pub fn entries_for(
     Ok(out)
 }
 
-/// Reasons docker or podman would not use an entry we write into this file.
+/// The name docker knows this daemon's credential helper by (`docker-credential-ecr-refresherd`).
+pub const OUR_HELPER: &str = "ecr-refresherd";
+
+/// The `credHelpers` lines that send `hosts` to this daemon's helper (at most five hosts shown).
+fn helper_snippet(hosts: &BTreeSet<String>) -> String {
+    let mut parts: Vec<String> = hosts
+        .iter()
+        .take(5)
+        .map(|h| format!("{h:?}: {OUR_HELPER:?}"))
+        .collect();
+    if hosts.len() > 5 {
+        parts.push(format!("... ({} more hosts)", hosts.len() - 5));
+    }
+    format!("\"credHelpers\": {{{}}}", parts.join(", "))
+}
+
+/// Reasons docker or podman would not use an entry we write into this file, and what to do.
 pub fn diagnose(map: &Map<String, Value>, managed: &BTreeSet<String>) -> Vec<String> {
     let mut warnings = Vec::new();
+    let helpers = match map.get("credHelpers") {
+        Some(Value::Object(h)) => Some(h),
+        _ => None,
+    };
+    let ours = |host: &str| {
+        helpers.is_some_and(|h| h.get(host).and_then(Value::as_str) == Some(OUR_HELPER))
+    };
     if let Some(Value::String(store)) = map.get("credsStore")
         && !store.is_empty()
     {
         let store = short(store);
-        warnings.push(format!(
-            "\"credsStore\": {store:?} is set: docker asks docker-credential-{store} first and never reads the entries we write; remove credsStore"
-        ));
+        let uncovered: BTreeSet<String> = managed.iter().filter(|h| !ours(h)).cloned().collect();
+        if !uncovered.is_empty() {
+            warnings.push(format!(
+                "\"credsStore\": {store:?} is set: docker asks docker-credential-{store} first and never reads the entries we write; keep it and send the ECR hosts to this daemon's helper, which answers from memory: {}; or remove credsStore",
+                helper_snippet(&uncovered)
+            ));
+        }
     }
-    if let Some(Value::Object(helpers)) = map.get("credHelpers") {
+    if let Some(helpers) = helpers {
         for host in managed {
-            if let Some(helper) = helpers.get(host.as_str()) {
-                let helper = short(&helper.to_string());
-                warnings.push(format!(
-                    "\"credHelpers\" has {host:?} -> {helper}: docker and podman use that helper instead of our entry; remove it"
-                ));
+            match helpers.get(host.as_str()) {
+                Some(Value::String(h)) if h == OUR_HELPER => {}
+                Some(helper) => {
+                    let helper = short(&helper.to_string());
+                    warnings.push(format!(
+                        "\"credHelpers\" has {host:?} -> {helper}: docker and podman use that helper instead of our entry; point it at this daemon's helper ({}) or remove it",
+                        helper_snippet(&[host.clone()].into())
+                    ));
+                }
+                None => {}
             }
         }
     }
@@ -695,7 +727,18 @@ mod tests {
         let w = diagnose(&map, &[H.to_string()].into());
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("credsStore"));
+        // The exact snippet to add.
+        assert!(
+            w[0].contains(&format!(r#""credHelpers": {{"{H}": "ecr-refresherd"}}"#)),
+            "{w:?}"
+        );
         assert!(w[1].contains("ecr-login"));
+        // Our own helper for a managed host is what we suggest: no warning, even with a store.
+        let map: Map<String, Value> = serde_json::from_str(&format!(
+            r#"{{"credsStore": "desktop", "credHelpers": {{"{H}": "ecr-refresherd"}}}}"#
+        ))
+        .unwrap();
+        assert!(diagnose(&map, &[H.to_string()].into()).is_empty());
         let clean: Map<String, Value> =
             serde_json::from_str(r#"{"credsStore": "", "credHelpers": {"gcr.io": "x"}}"#).unwrap();
         assert!(diagnose(&clean, &[H.to_string()].into()).is_empty());
