@@ -3,7 +3,11 @@
 # into target/packages/. Needs cargo-deb and cargo-generate-rpm (installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
+# cargo-deb 3.7 or later: it packages the credential helper's symbolic link ({ dest, link_name }).
+deb_version=$(cargo-deb --version 2>/dev/null | awk '{print $2}' || true)
+if [ -z "$deb_version" ] || [ "$(printf '3.7.0\n%s\n' "$deb_version" | sort -V | head -n1)" != 3.7.0 ]; then
+    cargo install cargo-deb --locked --quiet
+fi
 command -v cargo-generate-rpm >/dev/null || cargo install cargo-generate-rpm --locked --quiet
 
 cargo build --release --locked -p ecr-refresherd

@@ -5,7 +5,11 @@
 # default for root) pull using only the files the daemon wrote. Pulls keep working across rotations
 # and fail with a removed or an outdated entry. A fake Portainer (fake-portainer) holds a Custom
 # registry record for the same host: the daemon keeps its password fresh through Portainer's API, and
-# skopeo pulls with only the password that record holds, across rotations.
+# skopeo pulls with only the password that record holds, across rotations. skopeo and podman also
+# pull with nothing but the docker credential helper (`credHelpers` in their auth file, the
+# `docker-credential-ecr-refresherd` link on PATH) answered from the daemon's memory, across
+# rotations; `podman login`/`logout` through it succeed and change nothing; a uid without root gets
+# nothing from it.
 #
 # Everything runs in a private network and mount namespace: only its own loopback, its own
 # /etc/hosts, /run/containers and certificate directory; the machine's files are untouched.
@@ -19,7 +23,7 @@ skip() { echo "SKIPPED consumers test: $*"; exit 0; }
 
 if [ "${1:-}" != "--inside" ]; then
     [ "$(id -u)" = 0 ] || skip "needs root (namespaces, port 443)"
-    for c in docker-registry skopeo podman openssl unshare ip python3; do
+    for c in docker-registry skopeo podman openssl unshare ip python3 setpriv; do
         command -v "$c" >/dev/null || skip "$c is not installed"
     done
     [ -x target/debug/ecr-refresherd ] && [ -x target/debug/fake-aws ] && [ -x target/debug/fake-portainer ] \
@@ -32,11 +36,15 @@ BIN=$PWD/target/debug/ecr-refresherd
 FAKE=$PWD/target/debug/fake-aws
 FAKE_PORTAINER=$PWD/target/debug/fake-portainer
 work=$(mktemp -d /var/tmp/ecr-refresherd-consumers.XXXXXX)
+# What a uid without root must reach (the helper link, the socket's directory, its own home):
+# root's, 0755, beside the private $work.
+pub=$(mktemp -d /var/tmp/ecr-refresherd-consumers-pub.XXXXXX)
+chmod 0755 "$pub"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    rm -rf "$work" "$pub"
 }
 trap cleanup EXIT
 
@@ -119,10 +127,15 @@ portainer_record() {
 
 step "ecr-refresherd keeps root's docker config and podman's /run/containers/0/auth.json fresh"
 mkdir -p "$work/root/.docker"
+# The socket's group: the uid-without-root steps use it to get past the socket's mode to the
+# daemon itself.
+SOCKET_GID=4343
+sock="$pub/run/ctl.sock"
 cat >"$work/config.toml" <<TOML
 [daemon]
 state_dir = "$work/state"
-socket = "$work/ctl.sock"
+socket = "$sock"
+socket_group = "$SOCKET_GID"
 min_interval = "1s"
 retry_min = "1s"
 [[registry]]
@@ -282,10 +295,165 @@ echo "no API key or record password in the daemon's log"
 
 step "ecr-refresherd status shows the fake Portainer and its record"
 st=0
-"$BIN" status --socket "$work/ctl.sock" >"$work/status.txt" 2>&1 || st=$?
+"$BIN" status --socket "$sock" >"$work/status.txt" 2>&1 || st=$?
 sed -n '/^PORTAINER /,/^config /{/^config /d;/^$/d;p}' "$work/status.txt"
 [ "$st" = 0 ] || { cat "$work/status.txt"; fail "status exited $st"; }
 grep -qE "^$portainer_url +[^ ]+ +yes +yes " "$work/status.txt" || fail "no reachable Portainer with an admin key in status"
 grep -qE "^$portainer_url #$ecr_id +ecr-app +custom +$H " "$work/status.txt" || fail "record #$ecr_id is not in status"
+
+# The docker credential helper: this executable under docker's name, a link found on PATH (as
+# docker, skopeo and podman find `docker-credential-NAME`), asking the daemon on
+# ECR_REFRESHERD_SOCKET. From here on, pulls use an auth file with no credentials at all, only
+# `credHelpers` naming the helper for $H.
+mkdir -p "$pub/bin"
+ln -s "$BIN" "$pub/bin/docker-credential-ecr-refresherd"
+export ECR_REFRESHERD_SOCKET="$sock"
+plain_path=$PATH
+export PATH="$pub/bin:$PATH"
+printf '{"auths":{},"credHelpers":{"%s":"ecr-refresherd"}}\n' "$H" >"$work/helper-auth.json"
+helper_get() { echo "$H" | docker-credential-ecr-refresherd get; }
+# `check_helper`: the helper's answer for $H is user AWS and the password of the daemon's current
+# token (read from the config.json it writes; once more after a moment if a rotation fell between).
+check_helper() {
+    local i
+    for i in 1 2 3; do
+        helper_get >"$work/helper.out" || { cat "$work/helper.out"; fail "helper get exited non-zero"; }
+        python3 - "$work/helper.out" "$work/root/.docker/config.json" "$H" >"$work/helper.check" 2>&1 <<'PY' && return 0
+import base64, json, sys
+out, config, host = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+user, _, password = base64.b64decode(config["auths"][host]["auth"]).decode().partition(":")
+if sorted(out) != ["Secret", "ServerURL", "Username"] or out["ServerURL"] != host or out["Username"] != user:
+    sys.exit(f"keys {sorted(out)}, ServerURL {out.get('ServerURL')!r}, Username {out.get('Username')!r}")
+if out["Secret"] != password:
+    sys.exit("the Secret is not the password of the daemon's current token")
+PY
+        sleep 0.5
+    done
+    cat "$work/helper.check"
+    fail "the helper's answer does not match the daemon's current token"
+}
+helper_secret() { helper_get | python3 -c 'import json,sys; print(json.load(sys.stdin)["Secret"])'; }
+podman_cmd() { podman --root /run/containers/proot --runroot /run/containers/prun --storage-driver vfs "$@"; }
+# `helper_file_intact WHAT`: the auth file still holds only credHelpers {$H: ecr-refresherd} and no
+# auths entry (a login that did not go through the helper writes its password into auths).
+helper_file_intact() {
+    python3 - "$work/helper-auth.json" "$H" <<'PY' || fail "$1 changed the auth file's meaning"
+import json, sys
+d, host = json.load(open(sys.argv[1])), sys.argv[2]
+if d.get("credHelpers") != {host: "ecr-refresherd"} or d.get("auths"):
+    sys.exit(f"auth file now: credHelpers {d.get('credHelpers')}, auths keys {sorted(d.get('auths') or {})}")
+PY
+}
+
+step "docker-credential-ecr-refresherd (a link to ecr-refresherd on PATH) answers root: user AWS, the daemon's current password"
+[ "$(readlink "$(command -v docker-credential-ecr-refresherd)")" = "$BIN" ] || fail "the helper on PATH is not the link"
+check_helper
+echo "get $H: ServerURL $H, Username AWS, Secret = the password in the daemon's config.json"
+docker-credential-ecr-refresherd version
+
+step "skopeo and podman pull with only the credential helper (credHelpers, no auths), across rotations (20 s)"
+secrets=()
+hok=0
+end=$((SECONDS + 20))
+while [ $SECONDS -lt $end ]; do
+    s=$(helper_secret) || fail "helper get"
+    case " ${secrets[*]} " in *" $s "*) ;; *) secrets+=("$s") ;; esac
+    # As above: a pull right at a rotation may fail once.
+    skopeo_inspect "$work/helper-auth.json" || { sleep 0.3; skopeo_inspect "$work/helper-auth.json"; } \
+        || { cat "$work/skopeo.err"; fail "skopeo through the credential helper"; }
+    podman_pull "$work/helper-auth.json" || { sleep 0.3; podman_pull "$work/helper-auth.json"; } \
+        || { cat "$work/podman.err"; fail "podman through the credential helper"; }
+    hok=$((hok + 1))
+    sleep 1
+done
+[ "${#secrets[@]}" -ge 3 ] || fail "the helper gave only ${#secrets[@]} passwords: no rotation seen"
+python3 -c '
+import json, sys, urllib.request
+issued = set(json.load(urllib.request.urlopen(sys.argv[1] + "/_fake/secrets")))
+seen = sys.stdin.read().split()
+sys.exit(0 if all(s in issued for s in seen) else "the helper gave a password the fake ECR never issued")
+' "$endpoint" <<<"${secrets[*]}" || fail "helper passwords"
+echo "$hok rounds of skopeo inspect + podman pull through the helper succeeded across ${#secrets[@]} passwords, each one the fake ECR issued"
+helper_file_intact "pulling"
+
+step "without the helper on PATH the same auth file gives nothing (the helper alone supplied the credentials)"
+if PATH=$plain_path skopeo_inspect "$work/helper-auth.json"; then fail "a pull worked without the helper"; fi
+grep -q "docker-credential-ecr-refresherd" "$work/skopeo.err" || { cat "$work/skopeo.err"; fail "unexpected error without the helper"; }
+# (Go's execabs words "not on PATH" as "resolves to executable in current directory".)
+echo "skopeo failed: $(grep -oE 'error getting credentials - err: [^`]*' "$work/skopeo.err" | head -n1)"
+
+step "podman login and logout with the helper configured for $H exit 0 and change nothing the helper returns"
+# Without a user: podman asks the helper and checks that answer with the registry.
+podman_cmd login --authfile "$work/helper-auth.json" "$H" </dev/null >"$work/login.out" 2>&1 \
+    || { sleep 0.5; podman_cmd login --authfile "$work/helper-auth.json" "$H" </dev/null >"$work/login.out" 2>&1; } \
+    || { cat "$work/login.out"; fail "podman login with the helper's credentials"; }
+grep -q "Existing credentials are valid" "$work/login.out" || { cat "$work/login.out"; fail "podman login did not use the helper's credentials"; }
+echo "podman login $H: $(grep -m1 'Existing credentials are valid' "$work/login.out")"
+[ "$(podman_cmd login --authfile "$work/helper-auth.json" --get-login "$H")" = AWS ] || fail "podman login --get-login is not AWS"
+# With a user and password (checked with the registry first): podman stores them through the
+# helper, whose store accepts and keeps nothing.
+login_store() {
+    helper_secret | podman_cmd login --verbose --authfile "$work/helper-auth.json" -u AWS --password-stdin "$H" >"$work/login.out" 2>&1
+}
+login_store || { sleep 0.5; login_store; } || { cat "$work/login.out"; fail "podman login -u AWS --password-stdin"; }
+grep -q "Login Succeeded" "$work/login.out" || { cat "$work/login.out"; fail "podman login -u AWS did not succeed"; }
+helper_file_intact "podman login -u AWS"
+echo "podman login -u AWS $H: $(grep -m1 'Login Succeeded' "$work/login.out") (stored through the helper: the file's auths stay empty)"
+check_helper
+podman_cmd logout --authfile "$work/helper-auth.json" "$H" >"$work/logout.out" 2>&1 || { cat "$work/logout.out"; fail "podman logout exited non-zero"; }
+echo "podman logout $H: $(head -n1 "$work/logout.out")"
+helper_file_intact "podman logout"
+check_helper
+skopeo_inspect "$work/helper-auth.json" || { sleep 0.3; skopeo_inspect "$work/helper-auth.json"; } \
+    || { cat "$work/skopeo.err"; fail "skopeo through the helper after podman logout"; }
+echo "after login and logout the helper still answers the daemon's current password; the auth file still has only credHelpers; skopeo pulls"
+
+# A uid without root, in its own home, with the same credHelpers auth file and the helper on its PATH.
+nr="$pub/nonroot"
+mkdir -p "$nr"
+cp "$work/helper-auth.json" "$nr/auth.json"
+chown -R 4242:4242 "$nr"
+# `as_4242 GROUP-OPTION COMMAND...`
+as_4242() {
+    local groups=$1
+    shift
+    env -i PATH="$PATH" HOME="$nr" ECR_REFRESHERD_SOCKET="$sock" setpriv --reuid=4242 --regid=4242 $groups -- "$@"
+}
+nr_skopeo() {
+    as_4242 "$1" skopeo inspect --authfile "$nr/auth.json" --format '{{.Digest}}' "docker://$H/app:v1" >/dev/null 2>"$work/skopeo.err"
+}
+echo "socket: $(stat -c 'uid %u gid %g mode %a' "$sock")"
+
+step "uid 4242 without groups: the socket refuses it; its helper gets nothing and its pull fails"
+st=0
+echo "$H" | as_4242 --clear-groups docker-credential-ecr-refresherd get >"$work/nr-helper.out" 2>&1 || st=$?
+[ "$st" = 1 ] || { cat "$work/nr-helper.out"; fail "the helper as uid 4242 exited $st, want 1"; }
+grep -q Secret "$work/nr-helper.out" && fail "uid 4242 got a credential"
+echo "helper get as uid 4242 (exit 1): $(head -c 200 "$work/nr-helper.out")"
+if nr_skopeo --clear-groups; then fail "uid 4242 pulled with the helper"; fi
+echo "skopeo as uid 4242 failed: $(grep -oiE 'unauthorized[^"]*|authentication required|not allowed to ask[^"]*|credentials not found[^"]*' "$work/skopeo.err" | head -n1)"
+grep -qiE "unauthorized|authentication required|not allowed to ask ecr-refresherd" "$work/skopeo.err" \
+    || { cat "$work/skopeo.err"; fail "unexpected error for uid 4242"; }
+
+step "uid 4242 in the socket's group: the daemon answers, but not found (root only); the registry refuses the pull"
+st=0
+echo "$H" | as_4242 "--groups=$SOCKET_GID" docker-credential-ecr-refresherd get >"$work/nr-helper.out" 2>&1 || st=$?
+[ "$st" = 1 ] && grep -qx "credentials not found in native keychain" "$work/nr-helper.out" \
+    || { cat "$work/nr-helper.out"; fail "the helper as uid 4242 in the socket's group: exit $st"; }
+echo "helper get as uid 4242 in group $SOCKET_GID (exit 1): $(cat "$work/nr-helper.out")"
+if nr_skopeo "--groups=$SOCKET_GID"; then fail "uid 4242 in the socket's group pulled with the helper"; fi
+grep -qiE "unauthorized|authentication required" "$work/skopeo.err" || { cat "$work/skopeo.err"; fail "not the registry's refusal"; }
+echo "skopeo as uid 4242 refused by the registry: $(grep -oiE "unauthorized[^\"]*|authentication required" "$work/skopeo.err" | head -n1)"
+grep -q "credential request denied" "$work/daemon.log" || fail "the daemon did not log the denied request"
+echo "daemon log: $(grep -m1 'credential request denied' "$work/daemon.log" | cut -c1-200)"
+check_helper
+echo "root's helper still answers"
+
+python3 -c '
+import json, sys, urllib.request
+log = open(sys.argv[2], errors="replace").read()
+leaks = [s for s in json.load(urllib.request.urlopen(sys.argv[1] + "/_fake/secrets")) if s and s in log]
+sys.exit(f"{len(leaks)} issued secrets in the daemon log" if leaks else 0)
+' "$endpoint" "$work/daemon.log" || fail "the daemon logged a secret"
 
 echo "== consumers: all checks passed"

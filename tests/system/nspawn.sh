@@ -38,15 +38,19 @@ done
 rpm -qp --configfiles "$rpm_file" | grep -qx /etc/ecr-refresherd/config.toml || fail "config.toml is not %config in the RPM"
 rpm -qp --scripts "$rpm_file" | grep -q 'enable ecr-refresherd.service' || fail "the RPM does not enable the unit"
 rpm -qp --scripts "$rpm_file" | grep -q 'systemd-tmpfiles --create ecr-refresherd.conf' || fail "the RPM does not create /run/containers on install"
+rpm -qp --scripts "$rpm_file" | grep -q 'ln -sfn ecr-refresherd "$helper"' || fail "the RPM does not make the credential helper link"
 
 step "the .deb lists the expected files"
 deb_files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|')
 for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service /etc/ecr-refresherd/config.toml \
     /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
     /usr/share/bash-completion/completions/ecr-refresherd /usr/share/zsh/vendor-completions/_ecr-refresherd \
-    /usr/share/fish/vendor_completions.d/ecr-refresherd.fish /usr/lib/tmpfiles.d/ecr-refresherd.conf; do
+    /usr/share/fish/vendor_completions.d/ecr-refresherd.fish /usr/lib/tmpfiles.d/ecr-refresherd.conf \
+    /usr/bin/docker-credential-ecr-refresherd; do
     grep -qx "$f" <<<"$deb_files" || fail "the .deb lacks $f"
 done
+dpkg-deb -c "$deb" | grep -E '^l.* \./usr/bin/docker-credential-ecr-refresherd -> ecr-refresherd$' \
+    || fail "the .deb's docker-credential-ecr-refresherd is not a link to ecr-refresherd"
 dpkg-deb -I "$deb" postinst 2>/dev/null | grep -q 'systemd-tmpfiles --create ecr-refresherd.conf' || fail "the .deb does not create /run/containers on install"
 dpkg-deb -f "$deb" Package Version Depends
 
@@ -68,6 +72,23 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+
+# cargo-generate-rpm cannot package a symbolic link: the RPM's scripts make and remove it.
+step "the RPM's scripts make the credential helper link on install and remove it on erase"
+rpm_root="$work/rpm-root"
+cp -a "$cache" "$rpm_root"
+helper=/usr/bin/docker-credential-ecr-refresherd
+rpm --root "$rpm_root" --initdb
+rpm --root "$rpm_root" -i --nodeps "$rpm_file" >"$work/rpm.log" 2>&1 || { cat "$work/rpm.log"; fail "rpm -i"; }
+[ "$(readlink "$rpm_root$helper")" = ecr-refresherd ] || fail "rpm -i: $helper is not a link to ecr-refresherd"
+chroot "$rpm_root" "$helper" version || fail "the RPM's $helper does not run"
+rpm --root "$rpm_root" -U --replacepkgs --nodeps "$rpm_file" >"$work/rpm.log" 2>&1 || { cat "$work/rpm.log"; fail "rpm -U"; }
+[ "$(readlink "$rpm_root$helper")" = ecr-refresherd ] || fail "an RPM upgrade removed $helper"
+rpm --root "$rpm_root" -e ecr-refresherd >"$work/rpm.log" 2>&1 || { cat "$work/rpm.log"; fail "rpm -e"; }
+[ ! -e "$rpm_root$helper" ] && [ ! -L "$rpm_root$helper" ] || fail "rpm -e left $helper"
+echo "$helper -> ecr-refresherd after rpm -i and rpm -U, gone after rpm -e"
+rm -rf "$rpm_root"
+
 root="$work/root"
 cp -a "$cache" "$root"
 
@@ -231,6 +252,24 @@ check_stat /run/containers/0/auth.json "root:root 600"
 
 step "ecr-refresherd status answers"
 inside ecr-refresherd status || fail "status exit $?"
+
+step "docker-credential-ecr-refresherd is the package's link and answers root from the daemon's memory"
+got=$(inside readlink /usr/bin/docker-credential-ecr-refresherd) || fail "/usr/bin/docker-credential-ecr-refresherd is not a link"
+[ "$got" = ecr-refresherd ] || fail "/usr/bin/docker-credential-ecr-refresherd -> $got, want ecr-refresherd"
+inside dpkg -S /usr/bin/docker-credential-ecr-refresherd || fail "the link is not the package's"
+helper_out=$(inside sh -c "echo $H1 | docker-credential-ecr-refresherd get") || fail "helper get exited $?: $helper_out"
+python3 - "$helper_out" "$root/root/.docker/config.json" "$H1" <<'PY' || fail "the helper's answer does not match root's config.json"
+import base64, json, sys
+out, config, host = json.loads(sys.argv[1]), json.load(open(sys.argv[2])), sys.argv[3]
+user, _, password = base64.b64decode(config["auths"][host]["auth"]).decode().partition(":")
+if sorted(out) != ["Secret", "ServerURL", "Username"]:
+    sys.exit(f"keys {sorted(out)}")
+if out["ServerURL"] != host or out["Username"] != user or out["Secret"] != password:
+    sys.exit(f"ServerURL {out['ServerURL']!r}, Username {out['Username']!r}, Secret equal: {out['Secret'] == password}")
+print(f"get {host}: ServerURL and Username {user!r} as asked, Secret equal to the password in root's config.json")
+PY
+inside sh -c 'echo https://index.docker.io/v1/ | docker-credential-ecr-refresherd erase' || fail "helper erase exited $?"
+echo "erase exited 0"
 
 step "systemctl reload applies a config change, and fails on a bad one"
 write_config "[[registry]]
