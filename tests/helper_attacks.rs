@@ -156,6 +156,11 @@ impl Py {
             .recv_timeout(timeout)
             .unwrap_or_else(|e| panic!("the attacker printed nothing in {timeout:?}: {e}"))
     }
+
+    /// The next line it prints, if any within `timeout`.
+    fn try_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
 }
 
 impl Drop for Py {
@@ -193,10 +198,10 @@ print(n, flush=True)
 "#;
 
 /// Holds `argv[2]` connections to socket `argv[1]` that never send a request (slowloris),
-/// opening a new one as soon as the daemon answers or closes one; prints `ready` once the first
-/// `argv[2]` are open.
+/// opening a new one 20 ms after the daemon answers or closes one (a hold, not a connection
+/// flood); prints `ready` once the first `argv[2]` are open.
 const HOLD: &str = r#"
-import socket, sys, selectors
+import socket, sys, selectors, time
 path, n = sys.argv[1], int(sys.argv[2])
 sel = selectors.DefaultSelector()
 def conn():
@@ -212,6 +217,7 @@ while True:
         s = key.fileobj
         sel.unregister(s)
         s.close()
+        time.sleep(0.02)
         try:
             conn()
         except OSError:
@@ -467,6 +473,116 @@ fn the_helper_clients_bound_what_they_read_from_the_socket() {
         );
         assert_eq!(code(&out), 1, "{client}: {}", stderr(&out));
     }
+}
+
+/// Whatever answers on the provider's socket path is trusted for the key of kubelet's `auth` map:
+/// an answer for `*.example` (a glob kubelet matches against every image of every host under
+/// it) is printed as such, for a request about H1's image. The provider knows the registry it
+/// asked for; it must key the answer by that, or refuse an answer for another host.
+#[test]
+fn the_provider_keys_its_answer_by_the_images_registry() {
+    let w = World::new();
+    let sock = w.path("hostile.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    std::thread::spawn(move || {
+        if let Ok((conn, _)) = listener.accept() {
+            let mut line = String::new();
+            let _ = BufReader::new(&conn).read_line(&mut line);
+            let answer = serde_json::json!({
+                "kind": "credential",
+                "host": "*.example",
+                "username": "AWS",
+                "secret": "not-a-real-secret",
+                "expires_at": "2099-01-01T00:00:00Z",
+            });
+            let _ = (&conn).write_all(format!("{answer}\n").as_bytes());
+        }
+    });
+    let out = provider(&w, 0, &sock, &format!("{H1}/team/app:v1"));
+    w.capture_text(stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let keys: Vec<String> = v["auth"]
+        .as_object()
+        .map(|a| a.keys().cloned().collect())
+        .unwrap_or_default();
+    assert!(
+        keys.iter().all(|k| k == H1),
+        "the provider, asked about an image of {H1}, printed auth for {keys:?}"
+    );
+}
+
+/// Opens connections to socket `argv[1]` as fast as it can without ever sending (up to 900 at
+/// once, then closes them all and starts again); prints `full` the first time the kernel says
+/// the socket's listen backlog is full (EAGAIN).
+const CONNECT_FLOOD: &str = r#"
+import socket, sys
+path = sys.argv[1]
+held, told = [], False
+while True:
+    s = socket.socket(socket.AF_UNIX)
+    s.setblocking(False)
+    try:
+        s.connect(path)
+        held.append(s)
+    except BlockingIOError:
+        s.close()
+        if not told:
+            print("full", flush=True)
+            told = True
+    except OSError:
+        s.close()
+    if len(held) > 900:
+        for h in held:
+            h.close()
+        held = []
+"#;
+
+/// Any two local users who open connections faster than the daemon accepts them fill the helper
+/// socket's listen backlog; the clients connect without blocking, take the kernel's EAGAIN for
+/// "ecr-refresherd is not running" and give up at once: kubelet's provider (root) and the docker
+/// helper of granted users fail while the flood lasts. No per-uid budget helps: the backlog is
+/// before `accept`.
+#[test]
+fn a_connection_flood_does_not_make_the_clients_give_up() {
+    require_root!();
+    let w = World::new();
+    let d = daemon_with_grants(&w, "");
+    let sock = helper_sock(&w);
+    let path = sock.to_str().expect("UTF-8 path");
+    let flood: Vec<Py> = uids(5500, 4)
+        .map(|uid| Py::spawn(uid, CONNECT_FLOOD, &[path]))
+        .collect();
+    // Until each has seen the backlog full (or long enough that it never will).
+    for a in &flood {
+        let _ = a.try_line(Duration::from_secs(20));
+    }
+    let image = format!("{H1}/team/app:v1");
+    let mut answered = 0;
+    let mut last_failure = String::new();
+    for _ in 0..20 {
+        let out = provider(&w, 0, &sock, &image);
+        if code(&out) == 0 && holds_secret(&w, &out) {
+            answered += 1;
+        } else {
+            last_failure = stderr(&out);
+        }
+    }
+    let mut granted = 0;
+    for _ in 0..10 {
+        let out = helper_get(&w, GRANTED, &sock, H1);
+        if code(&out) == 0 && holds_secret(&w, &out) {
+            granted += 1;
+        } else {
+            last_failure = shown_stdout(&w, &out);
+        }
+    }
+    assert!(
+        answered >= 18 && granted >= 9,
+        "during a connection flood from 4 uids the kubelet provider (root) got the credential {answered} times of 20 and the granted uid's docker helper {granted} of 10; the last failure: {}",
+        last_failure.trim()
+    );
+    drop(flood);
+    drop(d);
 }
 
 // ---------------------------------------------------------------------------------------------
