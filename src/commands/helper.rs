@@ -62,6 +62,7 @@ async fn ask(socket: &Path, registry: &str) -> Result<Answer, String> {
                 path.display()
             ))
         }
+        Err(e @ control::ClientError::Busy(_)) => Err(e.to_string()),
         Err(control::ClientError::NoDaemon { path, .. }) => Err(format!(
             "ecr-refresherd is not running (nothing answers on {}); start it with: systemctl start ecr-refresherd",
             path.display()
@@ -202,18 +203,24 @@ pub async fn credential_provider(socket: &Path) -> u8 {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
+    // Keyed by the image's registry as computed here, never by what answered on the socket
+    // (kubelet reads keys as patterns).
+    let wanted = control::registry_of(registry);
     let (auth, cache) = match answer {
         Answer::Found {
             host,
             username,
             secret,
             expires_at,
-        } => {
+        } if host == wanted => {
             let left = crate::status::parse_time(&expires_at)
                 .and_then(|t| t.duration_since(SystemTime::now()).ok())
                 .unwrap_or_default();
             let auth = serde_json::json!({ host: { "username": username, "password": secret } });
             (auth, left / 2)
+        }
+        Answer::Found { .. } => {
+            return fail("the daemon answered for another registry than the image's".into());
         }
         Answer::NotFound => (serde_json::json!({}), Duration::ZERO),
     };

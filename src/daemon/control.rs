@@ -1,5 +1,5 @@
-//! The control socket: a Unix-socket server and client speaking JSON lines (status, refresh,
-//! reload, and a registry's credential, for root only).
+//! The control and helper sockets: a Unix-socket server and client speaking JSON lines (status,
+//! refresh, reload; and a registry's credential, for root and whom the registry grants).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -271,6 +271,9 @@ struct Budget {
     last_logged: Option<Instant>,
     /// When each uid but root last asked for a refresh or a reload.
     last_action: HashMap<u32, Instant>,
+    /// Denied credential requests not yet logged, and when the last line was written.
+    denied: u64,
+    denied_logged: Option<Instant>,
 }
 
 /// A uid other than root may ask for one refresh or reload this often: each one is work for the
@@ -315,7 +318,11 @@ impl Drop for Slot {
 
 /// Admits a connection from `uid` (`None`: the kernel did not say) or says why not.
 /// Root is always admitted and never counted.
-fn admit(budget: &Arc<Mutex<Budget>>, uid: Option<u32>) -> Result<Option<Slot>, String> {
+fn admit(
+    budget: &Arc<Mutex<Budget>>,
+    uid: Option<u32>,
+    role: Role,
+) -> Result<Option<Slot>, String> {
     if uid == Some(0) {
         return Ok(None);
     }
@@ -342,7 +349,11 @@ fn admit(budget: &Arc<Mutex<Budget>>, uid: Option<u32>) -> Result<Option<Slot>, 
     {
         tracing::warn!(
             refused = b.refused,
-            "control socket: {why}; refusing the excess (logged at most once a minute)"
+            "{} socket: {why}; refusing the excess (logged at most once a minute)",
+            match role {
+                Role::Control => "control",
+                Role::Helper => "helper",
+            }
         );
         b.refused = 0;
         b.last_logged = Some(now);
@@ -365,6 +376,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let budget = Arc::new(Mutex::new(Budget::default()));
+    let turned_away = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -387,7 +399,14 @@ pub async fn serve(
             .into_iter()
             .chain(peer_groups(&stream))
             .collect();
-        let slot = match admit(&budget, uid) {
+        // The helper socket is anyone's: a caller granted nothing is answered at once, without
+        // taking a place that a granted user may need.
+        if role == Role::Helper && !uid.is_some_and(|u| grants.borrow().anything_for(u, &gids)) {
+            note_denied(&budget, uid, "(any registry)");
+            turn_away(stream, &turned_away);
+            continue;
+        }
+        let slot = match admit(&budget, uid, role) {
             Ok(slot) => slot,
             Err(message) => {
                 // Never wait on a refused client: what does not fit the socket buffer is dropped.
@@ -454,7 +473,7 @@ async fn handle(
             Err(e) => Response::Error {
                 message: e.to_string(),
             },
-            Ok(Request::Credential { host }) => credential(&host, &held, uid, gids, budget).await,
+            Ok(Request::Credential { host }) => credential(&host, &held, uid, gids, budget),
             Ok(_) if role == Role::Helper => Response::Error {
                 message: "this socket answers credential requests only; use the control socket"
                     .into(),
@@ -468,6 +487,61 @@ async fn handle(
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+}
+
+/// Connections of callers granted nothing being answered at once; beyond, they are just closed.
+const MAX_TURNED_AWAY: usize = 256;
+
+/// Answers "not found" to a caller granted nothing, then reads (and drops) its request for up to
+/// the read timeout, so the close does not reset the connection before the client reads the
+/// answer. Holds no place of the granted callers.
+fn turn_away(stream: UnixStream, count: &Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    if count.fetch_add(1, Ordering::Relaxed) >= MAX_TURNED_AWAY {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let count = Arc::clone(count);
+    tokio::spawn(async move {
+        let mut out = serde_json::to_vec(&Response::Error {
+            message: NOT_FOUND.into(),
+        })
+        .unwrap_or_default();
+        out.push(b'\n');
+        let (read, mut write) = stream.into_split();
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+        let mut sink = Vec::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST + 1));
+        let _ = tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut sink)).await;
+        count.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// How often a summary of denied credential requests is logged.
+const DENIED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs a denied credential request: the first one, then at most one summary a minute for the
+/// socket, whatever the number of callers and uids.
+fn note_denied(budget: &Mutex<Budget>, uid: Option<u32>, host: &str) {
+    let mut b = budget.lock().unwrap_or_else(|e| e.into_inner());
+    b.denied += 1;
+    let now = Instant::now();
+    if b.denied_logged
+        .is_some_and(|t| now.duration_since(t) < DENIED_LOG_INTERVAL)
+    {
+        return;
+    }
+    let shown = crate::escape::shown(host);
+    let cut: String = shown.chars().take(253).collect();
+    tracing::warn!(
+        uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string()),
+        registry = %cut,
+        denied = b.denied,
+        "credential request denied: no grant for this user (users/groups of the [[registry]]); {} denied since the last such line (logged at most once a minute)",
+        b.denied
+    );
+    b.denied = 0;
+    b.denied_logged = Some(now);
 }
 
 /// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux 4.13+); none if unknown.
@@ -505,7 +579,7 @@ pub const NOT_FOUND: &str = "credentials not found in native keychain";
 /// A registry's credential, for root and whom the registry's grants name. Anyone else gets "not
 /// found", like an unknown host (nothing tells them which hosts exist), and is logged (at most
 /// one request a second per uid).
-async fn credential(
+fn credential(
     asked: &str,
     held: &Held,
     uid: Option<u32>,
@@ -516,26 +590,11 @@ async fn credential(
         message: NOT_FOUND.into(),
     };
     let host = registry_of(asked);
-    let grants = Arc::clone(&held.grants.borrow());
-    let allowed = match uid {
-        Some(0) => true,
-        // The account databases may be slow (NSS, sssd): off the runtime's threads.
-        Some(u) => {
-            let h = host.clone();
-            tokio::task::spawn_blocking(move || grants.allows(&h, u, &gids))
-                .await
-                .unwrap_or(false)
-        }
-        None => false,
-    };
+    // Set lookups only (names were resolved with the config): the same work whether the
+    // registry exists or not.
+    let allowed = uid.is_some_and(|u| held.grants.borrow().allows(&host, u, &gids));
     if !allowed {
-        if may_act(budget, uid) {
-            tracing::warn!(
-                uid = uid.map_or_else(|| "unknown".to_string(), |u| u.to_string()),
-                registry = %crate::escape::shown(&host),
-                "credential request denied: no grant for this user (users/groups of the [[registry]])"
-            );
-        }
+        note_denied(budget, uid, &host);
         return not_found;
     }
     let creds = Arc::clone(&held.credentials.borrow());
@@ -563,7 +622,11 @@ pub fn registry_of(text: &str) -> String {
         .or_else(|| t.strip_prefix("http://"))
         .unwrap_or(t);
     let first = t.split('/').next().unwrap_or(t);
-    let first = first.split('@').next().unwrap_or(first);
+    // `user@host`: URL parsers (docker's, kubelet's) take the server after the '@'; a digest's
+    // '@' only ever follows a '/'. Such a name is no registry of ours.
+    if first.contains('@') {
+        return String::new();
+    }
     let has_path = t.contains('/');
     if has_path && !(first.contains('.') || first.contains(':') || first == "localhost") {
         return "docker.io".to_string();
@@ -637,9 +700,27 @@ async fn answer(
     }
 }
 
+/// Connects, waiting while the listen backlog is full (the kernel says EAGAIN then: the daemon
+/// is there, only busy), up to the caller's deadline.
+async fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match UnixStream::connect(socket).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Why a client could not ask the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The daemon is there but did not take the connection in time (a flood of connections).
+    #[error("ecr-refresherd on {} is too busy to take the connection; try again", .0.display())]
+    Busy(PathBuf),
     /// Nothing answers on the socket.
     #[error("no ecr-refresherd answers on {}: {source}", path.display())]
     NoDaemon {
@@ -664,19 +745,32 @@ pub async fn request(
         path: socket.to_path_buf(),
         source,
     };
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(socket))
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), connect(socket))
         .await
-        .map_err(|_| no_daemon(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(|_| ClientError::Busy(socket.to_path_buf()))?
         .map_err(no_daemon)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).await.map_err(no_daemon)?;
-    let mut reader = BufReader::new(stream);
+    // A daemon that answers before reading (a caller it turns away) may have closed its side:
+    // its answer is still there to read.
+    let _ = stream.write_all(&line).await;
+    // Whatever answers on that path is read up to a bound: a credential is a few KB, a status
+    // at most a few MB.
+    let limit = match req {
+        Request::Credential { .. } => 64 * 1024,
+        _ => 64 * 1024 * 1024,
+    };
+    let mut reader = BufReader::new(stream.take(limit));
     let mut answer = String::new();
     tokio::time::timeout(timeout, reader.read_line(&mut answer))
         .await
         .map_err(|_| ClientError::Protocol("no answer in time".into()))?
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if !answer.ends_with('\n') {
+        return Err(ClientError::Protocol(
+            "the answer was cut short or too long".into(),
+        ));
+    }
     serde_json::from_str(answer.trim())
         .map_err(|e| ClientError::Protocol(format!("not understood: {e}")))
 }
@@ -712,23 +806,25 @@ mod tests {
     fn each_uid_but_root_gets_a_few_connections() {
         let budget = Arc::new(Mutex::new(Budget::default()));
         let mut held: Vec<_> = (0..MAX_PER_UID)
-            .map(|_| admit(&budget, Some(1000)).unwrap())
+            .map(|_| admit(&budget, Some(1000), Role::Control).unwrap())
             .collect();
-        let refused = admit(&budget, Some(1000)).err().unwrap();
+        let refused = admit(&budget, Some(1000), Role::Control).err().unwrap();
         assert!(refused.contains("uid 1000"), "{refused}");
         // Root is never counted nor refused; another uid has its own share.
-        let root: Vec<_> = (0..1000).map(|_| admit(&budget, Some(0))).collect();
+        let root: Vec<_> = (0..1000)
+            .map(|_| admit(&budget, Some(0), Role::Control))
+            .collect();
         assert!(root.iter().all(|r| matches!(r, Ok(None))));
-        assert!(admit(&budget, Some(1001)).unwrap().is_some());
+        assert!(admit(&budget, Some(1001), Role::Control).unwrap().is_some());
         held.pop();
         assert!(
-            admit(&budget, Some(1000)).is_ok(),
+            admit(&budget, Some(1000), Role::Control).is_ok(),
             "a closed slot is given back"
         );
         // All users but root together are bounded too.
         let mut many = Vec::new();
         for uid in 2000.. {
-            match admit(&budget, Some(uid)) {
+            match admit(&budget, Some(uid), Role::Control) {
                 Ok(slot) => many.push(slot),
                 Err(why) => {
                     assert!(why.contains("other than root"), "{why}");
@@ -740,7 +836,7 @@ mod tests {
         drop((held, many));
         assert_eq!(budget.lock().unwrap().others, 0);
         assert!(budget.lock().unwrap().per_uid.is_empty());
-        assert!(admit(&budget, None).unwrap().is_some());
+        assert!(admit(&budget, None, Role::Control).unwrap().is_some());
     }
 
     #[test]

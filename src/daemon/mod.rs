@@ -74,6 +74,7 @@ struct Loop<S: TokenSource> {
     credentials: snapshot::Sender<Arc<Credentials>>,
     /// Who may ask the helper socket for which registry.
     grants: snapshot::Sender<Arc<Grants>>,
+    grants_resolved: Instant,
     /// Portainer instances, each on its own task, fed the credentials when they change.
     portainers: Portainers,
     ready: Option<oneshot::Sender<()>>,
@@ -139,6 +140,7 @@ impl Loop<AwsTokenSource> {
             watcher,
             credentials,
             grants,
+            grants_resolved: Instant::now(),
             portainers,
             ready: Some(ready),
             watchdog: systemd::watchdog_interval(),
@@ -283,6 +285,22 @@ impl<S: TokenSource> Loop<S> {
         }
     }
 
+    /// Resolves the grants' names again (accounts come and go), off the loop's thread: the
+    /// account databases may be slow.
+    async fn resolve_grants(&mut self) {
+        let settings = Arc::clone(self.core.settings());
+        if let Ok(g) = tokio::task::spawn_blocking(move || Grants::of(&settings)).await {
+            self.grants.send_if_modified(|held| {
+                let changed = **held != g;
+                if changed {
+                    *held = Arc::new(g);
+                }
+                changed
+            });
+        }
+        self.grants_resolved = Instant::now();
+    }
+
     /// Hands the consumers answered from memory what the daemon holds now, when it changed.
     fn share_credentials(&self) {
         let now = self.core.credentials(SystemTime::now());
@@ -374,7 +392,7 @@ impl<S: TokenSource> Loop<S> {
         let actions = self.core.reload(Arc::clone(&new), now);
         self.perform(actions);
         self.portainers.configure(&new);
-        self.grants.send_replace(Arc::new(Grants::of(&new)));
+        self.resolve_grants().await;
         self.share_credentials();
         if let Some(w) = &self.watcher {
             w.update(watch_set(&new, &self.config));
@@ -443,6 +461,9 @@ impl<S: TokenSource> Loop<S> {
             let now = SystemTime::now();
             let actions = self.core.poll(now);
             self.perform(actions);
+            if self.grants_resolved.elapsed() >= grants::RESOLVE_EVERY {
+                self.resolve_grants().await;
+            }
             self.publish(now);
             self.ping_watchdog();
             let mut wake = self.core.next_wake(SystemTime::now());
