@@ -140,6 +140,7 @@ min_interval = "1s"
 retry_min = "1s"
 [[registry]]
 host = "$H"
+users = ["4646"]
 [[target]]
 path = "$work/root/.docker/config.json"
 [[target]]
@@ -448,6 +449,35 @@ grep -q "credential request denied" "$work/daemon.log" || fail "the daemon did n
 echo "daemon log: $(grep -m1 'credential request denied' "$work/daemon.log" | cut -c1-200)"
 check_helper
 echo "root's helper still answers"
+
+step "uid 4646, granted by users = [\"4646\"], pulls through the helper socket alone; uid 4242 (no grant) there gets nothing"
+hsock="$(dirname "$sock")/helper.sock"
+echo "helper socket: $(stat -c 'uid %u gid %g mode %a' "$hsock")"
+g="$pub/granted"
+mkdir -p "$g" "$pub/home-4646" "$pub/home-4242"
+chown 4646:4646 "$pub/home-4646"
+chown 4242:4242 "$pub/home-4242"
+cp "$work/helper-auth.json" "$g/auth.json"
+chown -R 4646:4646 "$g"
+as_uid() {
+    local uid=$1
+    shift
+    env -i PATH="$PATH" HOME="$pub/home-$uid" ECR_REFRESHERD_SOCKET="$hsock" setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$@"
+}
+st=0
+echo "$H" | as_uid 4646 docker-credential-ecr-refresherd get >"$work/g-helper.out" 2>&1 || st=$?
+[ "$st" = 0 ] && grep -q '"Username":"AWS"' "$work/g-helper.out" \
+    || { head -c 300 "$work/g-helper.out"; fail "the granted uid 4646 got no credential (exit $st)"; }
+echo "helper get as uid 4646 through the helper socket: exit 0, user AWS"
+as_uid 4646 skopeo inspect --authfile "$g/auth.json" --format '{{.Digest}}' "docker://$H/app:v1" >/dev/null 2>"$work/skopeo.err" \
+    || { sleep 0.3; as_uid 4646 skopeo inspect --authfile "$g/auth.json" --format '{{.Digest}}' "docker://$H/app:v1" >/dev/null 2>"$work/skopeo.err"; } \
+    || { cat "$work/skopeo.err"; fail "skopeo as the granted uid 4646 through the helper socket"; }
+echo "skopeo as uid 4646 pulled with only the helper"
+if as_uid 4242 skopeo inspect --authfile "$nr/auth.json" --format '{{.Digest}}' "docker://$H/app:v1" >/dev/null 2>"$work/skopeo.err"; then
+    fail "uid 4242 pulled through the helper socket without a grant"
+fi
+grep -qiE "unauthorized|authentication required" "$work/skopeo.err" || { cat "$work/skopeo.err"; fail "not the registry's refusal"; }
+echo "skopeo as uid 4242 on the helper socket refused by the registry: $(grep -oiE "unauthorized[^\"]*|authentication required" "$work/skopeo.err" | head -n1)"
 
 python3 -c '
 import json, sys, urllib.request
