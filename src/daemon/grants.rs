@@ -5,12 +5,95 @@
 //! and the same work whether a registry exists or not.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::config::{Grant, Settings};
 
 /// How often names are resolved again (users and groups created or removed meanwhile).
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// How long a reload waits for the account databases before it publishes the numeric grants
+/// alone (names then count once they resolve): a hung NSS never holds the loop longer.
+const RELOAD_WAIT: Duration = Duration::from_secs(2);
+
+/// Publishes the grants to the sockets. Names are resolved on a blocking thread, never on the
+/// loop; a resolution of an older config never lands after a newer one (generations).
+pub struct GrantsFeed {
+    tx: watch::Sender<Arc<Grants>>,
+    generation: AtomicU64,
+    resolving: AtomicBool,
+}
+
+impl GrantsFeed {
+    /// The feed, publishing the numeric grants of `settings` at once (no account lookup), and
+    /// the receiver the sockets read.
+    pub fn new(settings: &Settings) -> (Arc<GrantsFeed>, watch::Receiver<Arc<Grants>>) {
+        let (tx, rx) = watch::channel(Arc::new(Grants::numeric(settings)));
+        let feed = Arc::new(GrantsFeed {
+            tx,
+            generation: AtomicU64::new(0),
+            resolving: AtomicBool::new(false),
+        });
+        (feed, rx)
+    }
+
+    fn publish(&self, generation: u64, g: Grants) {
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        self.tx.send_if_modified(|held| {
+            let changed = **held != g;
+            if changed {
+                *held = Arc::new(g);
+            }
+            changed
+        });
+    }
+
+    /// Resolves names again in the background (skipped while one is under way).
+    pub fn refresh(self: &Arc<Self>, settings: Arc<Settings>) {
+        if self.resolving.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let feed = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Ok(g) = tokio::task::spawn_blocking(move || Grants::of(&settings)).await {
+                feed.publish(generation, g);
+            }
+            feed.resolving.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// A new config: its grants are in force when this returns (a revoked grant is gone), with
+    /// names resolved if the account databases answer within [`RELOAD_WAIT`], else numeric
+    /// only until they do.
+    pub async fn reload(self: &Arc<Self>, settings: Arc<Settings>) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let numeric = Grants::numeric(&settings);
+        let feed = Arc::clone(self);
+        let resolved = tokio::spawn(async move {
+            if let Ok(g) = tokio::task::spawn_blocking(move || Grants::of(&settings)).await {
+                feed.publish(generation, g);
+                return true;
+            }
+            false
+        });
+        if !matches!(
+            tokio::time::timeout(RELOAD_WAIT, resolved).await,
+            Ok(Ok(true))
+        ) {
+            tracing::warn!(
+                "the account databases did not answer within {}s: user and group names of grants count once they do",
+                RELOAD_WAIT.as_secs()
+            );
+            self.publish(generation, numeric);
+        }
+    }
+}
 
 /// The grants of the running config, by registry host (lower case), resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +112,11 @@ struct Resolved {
 }
 
 impl Grants {
+    /// The grants by number alone (names grant nobody yet): no account lookup.
+    pub fn numeric(settings: &Settings) -> Grants {
+        Grants::resolve(settings, &|_| None, &|_| None)
+    }
+
     /// Resolves every registry's grant with the machine's account databases (blocking).
     pub fn of(settings: &Settings) -> Grants {
         Grants::resolve(
@@ -113,6 +201,33 @@ mod tests {
         let user = |n: &str| (n == "builder").then_some(5001);
         let group = |n: &str| (n == "docker").then_some(6001);
         Grants::resolve(&settings, &user, &group)
+    }
+
+    fn settings(users: &[&str]) -> Settings {
+        let mut s = crate::config::zero_config("111111111111", "us-east-1").unwrap();
+        s.registries[0].host = "h".into();
+        s.registries[0].grants.users = users
+            .iter()
+            .map(|u| UserSpec {
+                name: u.to_string(),
+                uid: u.parse().ok(),
+            })
+            .collect();
+        s
+    }
+
+    /// A revoked grant is gone when `reload` returns, and a resolution started for the older
+    /// config never brings it back.
+    #[tokio::test]
+    async fn an_older_resolution_never_lands_after_a_newer_config() {
+        let old = settings(&["4242"]);
+        let (feed, rx) = GrantsFeed::new(&old);
+        assert!(rx.borrow().allows("h", 4242, &[]));
+        let old_generation = feed.generation.load(Ordering::SeqCst);
+        feed.reload(Arc::new(settings(&[]))).await;
+        assert!(!rx.borrow().allows("h", 4242, &[]));
+        feed.publish(old_generation, Grants::numeric(&old));
+        assert!(!rx.borrow().allows("h", 4242, &[]));
     }
 
     #[test]

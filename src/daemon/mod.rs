@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch as snapshot};
 
 use self::control::{Action as Request, RefreshResult, UnknownHost};
 use self::core::{Action, Core, Ticket};
-use self::grants::Grants;
+use self::grants::GrantsFeed;
 use self::watch::{Changes, WatchSet, WatcherHandle};
 use crate::cli::Cli;
 use crate::config::Settings;
@@ -73,7 +73,7 @@ struct Loop<S: TokenSource> {
     /// the socket's `credential`); sent only when it changed.
     credentials: snapshot::Sender<Arc<Credentials>>,
     /// Who may ask the helper socket for which registry.
-    grants: snapshot::Sender<Arc<Grants>>,
+    grants: Arc<GrantsFeed>,
     grants_resolved: Instant,
     /// Portainer instances, each on its own task, fed the credentials when they change.
     portainers: Portainers,
@@ -105,7 +105,7 @@ impl Loop<AwsTokenSource> {
         run_dir: PathBuf,
         status_tx: snapshot::Sender<Status>,
         credentials: snapshot::Sender<Arc<Credentials>>,
-        grants: snapshot::Sender<Arc<Grants>>,
+        grants: Arc<GrantsFeed>,
         watcher: Option<WatcherHandle>,
         ready: oneshot::Sender<()>,
     ) -> Self {
@@ -285,22 +285,6 @@ impl<S: TokenSource> Loop<S> {
         }
     }
 
-    /// Resolves the grants' names again (accounts come and go), off the loop's thread: the
-    /// account databases may be slow.
-    async fn resolve_grants(&mut self) {
-        let settings = Arc::clone(self.core.settings());
-        if let Ok(g) = tokio::task::spawn_blocking(move || Grants::of(&settings)).await {
-            self.grants.send_if_modified(|held| {
-                let changed = **held != g;
-                if changed {
-                    *held = Arc::new(g);
-                }
-                changed
-            });
-        }
-        self.grants_resolved = Instant::now();
-    }
-
     /// Hands the consumers answered from memory what the daemon holds now, when it changed.
     fn share_credentials(&self) {
         let now = self.core.credentials(SystemTime::now());
@@ -392,7 +376,8 @@ impl<S: TokenSource> Loop<S> {
         let actions = self.core.reload(Arc::clone(&new), now);
         self.perform(actions);
         self.portainers.configure(&new);
-        self.resolve_grants().await;
+        self.grants.reload(Arc::clone(&new)).await;
+        self.grants_resolved = Instant::now();
         self.share_credentials();
         if let Some(w) = &self.watcher {
             w.update(watch_set(&new, &self.config));
@@ -461,8 +446,10 @@ impl<S: TokenSource> Loop<S> {
             let now = SystemTime::now();
             let actions = self.core.poll(now);
             self.perform(actions);
+            // Accounts come and go: names are resolved again now and then, never on this task.
             if self.grants_resolved.elapsed() >= grants::RESOLVE_EVERY {
-                self.resolve_grants().await;
+                self.grants.refresh(Arc::clone(self.core.settings()));
+                self.grants_resolved = Instant::now();
             }
             self.publish(now);
             self.ping_watchdog();
@@ -565,7 +552,9 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = snapshot::channel(false);
     let (credentials_tx, credentials_rx) = snapshot::channel(Arc::new(Credentials::new()));
-    let (grants_tx, grants_rx) = snapshot::channel(Arc::new(Grants::of(&settings)));
+    // Numeric grants at once; names resolve in the background (a hung NSS must not hold the start).
+    let (grants_tx, grants_rx) = GrantsFeed::new(&settings);
+    grants_tx.refresh(Arc::clone(&settings));
     let server = tokio::spawn(control::serve(
         listener,
         control::Role::Control,
