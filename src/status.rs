@@ -25,6 +25,9 @@ pub enum RegistryState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryStatus {
     pub host: String,
+    /// The other names its credential is written and served under.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     pub state: RegistryState,
     /// Times are `SystemTime` here and RFC 3339 (UTC) on the wire.
     #[serde(with = "wire_time")]
@@ -262,6 +265,15 @@ pub fn render(status: &Status, now: SystemTime) -> String {
                 .as_deref()
                 .map_or("-".into(), |e| shown(e).into_owned()),
         ]);
+        for a in &r.aliases {
+            rows.push([
+                format!("  alias {}", shown(a)),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
     }
     let mut out = table(&rows);
     out.push('\n');
@@ -425,6 +437,7 @@ mod tests {
 
     fn reg(expires_in: Option<i64>, failures: u32, now: SystemTime) -> RegistryStatus {
         RegistryStatus {
+            aliases: Vec::new(),
             host: "h".into(),
             state: if failures > 0 {
                 RegistryState::Failing

@@ -356,3 +356,55 @@ fn desired_for_removes_only_ecr_hosts_the_state_names() {
         [H1, H2, PUBLIC]
     );
 }
+
+#[test]
+fn desired_for_removes_only_aliases_the_state_marks_and_the_config_could_name() {
+    use ecr_refresherd::config::{self, SystemAccounts};
+    use ecr_refresherd::targets::files::desired_for;
+    use ecr_refresherd::targets::state::Managed;
+    use std::collections::BTreeMap;
+    use std::time::{Duration, SystemTime};
+
+    let target = "/root/.docker/config.json";
+    let settings = config::parse(
+        &format!(
+            "[[registry]]\nhost = \"{H1}\"\naliases = [\"kept.internal\"]\n[[target]]\npath = \"{target}\"\n"
+        ),
+        None,
+        &SystemAccounts,
+    )
+    .expect("config");
+    let now = SystemTime::now();
+    let previous: BTreeMap<String, Managed> = [
+        ("kept.internal", true),
+        ("gone.internal:5000", true),
+        ("unmarked.internal", false),
+        ("docker.io", true),
+        ("https://gone.internal", true),
+        (H2, false),
+    ]
+    .iter()
+    .map(|(h, alias)| {
+        let at = now + Duration::from_secs(3600);
+        let m = if *alias { Managed::alias(at) } else { Managed::new(at) };
+        (h.to_string(), m)
+    })
+    .collect();
+    let d = desired_for(
+        &settings,
+        &settings.targets[0],
+        &BTreeMap::new(),
+        Some(&previous),
+        now,
+    );
+    assert!(d.set.is_empty(), "no token this round");
+    // Not expired: the configured alias stays as it is; the one no longer configured goes.
+    assert_eq!(
+        d.remove.iter().map(String::as_str).collect::<Vec<_>>(),
+        [H2, "gone.internal:5000"]
+    );
+    assert_eq!(
+        d.aliases.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["gone.internal:5000", "kept.internal"]
+    );
+}

@@ -105,11 +105,18 @@ pub async fn once(cli: &Cli) -> u8 {
     // must not keep what was written to the files from being recorded.
     let mut portainer_ok = true;
     if !settings.portainers.is_empty() {
-        let creds: crate::targets::consumer::Credentials = report
-            .registries
-            .iter()
-            .filter_map(|r| Some((r.host.clone(), r.result.as_ref().ok()?.clone())))
-            .collect();
+        let mut creds = crate::targets::consumer::Credentials::new();
+        for r in &report.registries {
+            let (Ok(token), Some(reg)) = (
+                &r.result,
+                settings.registries.iter().find(|s| s.host == r.host),
+            ) else {
+                continue;
+            };
+            for name in reg.names() {
+                creds.insert(name.to_string(), token.clone());
+            }
+        }
         for p in &settings.portainers {
             let mut instance =
                 portainer::Instance::new(p.clone(), portainer::managed_hosts(&settings));

@@ -1,6 +1,7 @@
 //! The TOML config: the file's serde structs (`raw`) validated into `Settings`, one module per
 //! section (`daemon`, `targets`, `registries`), every problem located at file:line:col.
 
+pub mod alias;
 mod check;
 mod daemon;
 mod portainer;
@@ -134,6 +135,8 @@ impl RegistryTargets {
 pub struct RegistrySettings {
     /// The registry host as written.
     pub host: String,
+    /// Other names the same credential is written and served under (mirrors, proxies).
+    pub aliases: Vec<String>,
     /// What the host says: account, region, partition, or ECR Public.
     pub registry: Registry,
     /// How the API call is authenticated.
@@ -146,6 +149,13 @@ pub struct RegistrySettings {
     /// (names looked up at each request), members of these groups, and the `user` of each
     /// target the registry is written to.
     pub grants: Grant,
+}
+
+impl RegistrySettings {
+    /// The host, then each alias: every name this registry's credential goes by.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.host.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
 }
 
 /// Who may ask the helper socket for one registry's credential (root always may).
@@ -332,6 +342,7 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHost
         daemon: DaemonSettings::default(),
         registries: vec![RegistrySettings {
             host,
+            aliases: Vec::new(),
             registry,
             credentials: CredentialSource::default(),
             endpoint_url: None,
@@ -425,6 +436,7 @@ log_level = "DEBUG"
 
 [[registry]]
 host = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+aliases = ["mirror.internal:5000", "10.0.0.7"]
 role_arn = "arn:aws:iam::123456789012:role/pull"
 external_id = "ext"
 session_name = "refresher"
@@ -467,6 +479,12 @@ check_every = "2m"
         assert_eq!(s.registries.len(), 2);
         let only = |v: &[&str]| RegistryTargets::Only(v.iter().map(|s| s.to_string()).collect());
         assert_eq!(s.registries[0].targets, only(&["root"]));
+        assert_eq!(s.registries[0].aliases, ["mirror.internal:5000", "10.0.0.7"]);
+        assert_eq!(
+            s.registries[0].names().collect::<Vec<_>>(),
+            [H, "mirror.internal:5000", "10.0.0.7"]
+        );
+        assert!(s.registries[1].aliases.is_empty());
         // No `targets` key: every target, without a copy of every name.
         assert_eq!(s.registries[1].targets, RegistryTargets::All);
         assert!(
@@ -726,6 +744,36 @@ check_every = "2m"
             "[[registry]]\nhost = \"public.ecr.aws\"\n[[registry]]\nhost = \"public.ecr.aws\"\n",
             4,
             "duplicate registry host",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\naliases = [\"m.internal\", \"https://m2.internal\"]\n",
+            3,
+            "invalid alias \"https://m2.internal\": write the host alone",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\naliases = [\"m.internal\", \"m.internal\"]\n",
+            3,
+            "\"m.internal\" is already a registry host or alias",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\naliases = [\"m.internal\"]\n[[registry]]\nhost = \"123456789012.dkr.ecr.us-east-1.amazonaws.com\"\naliases = [\"m.internal\"]\n",
+            6,
+            "already a registry host or alias",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\naliases = [\"123456789012.dkr.ecr.us-east-1.amazonaws.com\"]\n",
+            3,
+            "list it as a [[registry]] of its own",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\naliases = [\"docker.io\"]\n",
+            3,
+            "Docker Hub",
+        ),
+        (
+            "[[registry]]\nhost = \"public.ecr.aws\"\naliases = \"m.internal\"\n",
+            3,
+            "invalid type",
         ),
         (
             "[[registry]]\nhost = \"public.ecr.aws\"\ntargets = [\"x\"]\n",

@@ -35,6 +35,7 @@ pub(super) struct RawDaemon {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRegistry {
     pub(super) host: Spanned<String>,
+    pub(super) aliases: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) role_arn: Option<Spanned<String>>,
     pub(super) external_id: Option<Spanned<String>>,
     pub(super) session_name: Option<Spanned<String>>,

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use toml::Spanned;
 
 use super::RegistryTargets;
+use super::alias;
 use super::check::Checker;
 use super::raw::RawRegistry;
 use super::{CredentialSource, Grant, RegistrySettings, TargetSettings, UserSpec};
@@ -40,6 +41,7 @@ pub(super) fn registries(
         if !hosts.insert(host.clone()) {
             c.error(r.host.span(), format!("duplicate registry host {host:?}"));
         }
+        let aliases = aliases(c, r, &mut hosts);
         let credentials = credentials(c, r);
         let endpoint_url = endpoint_url(c, r);
         let target_names = target_names(c, r, targets);
@@ -47,6 +49,7 @@ pub(super) fn registries(
         if let Some(registry) = registry {
             registries.push(RegistrySettings {
                 host,
+                aliases,
                 registry,
                 credentials,
                 endpoint_url,
@@ -56,6 +59,25 @@ pub(super) fn registries(
         }
     }
     registries
+}
+
+/// Each alias once, valid, and named by no other registry (as its host or an alias).
+fn aliases(c: &mut Checker, r: &RawRegistry, names: &mut BTreeSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in r.aliases.iter().flat_map(|l| l.get_ref()) {
+        let alias = a.get_ref();
+        if let Err(why) = alias::check(alias) {
+            c.error(a.span(), format!("invalid alias {alias:?}: {why}"));
+        } else if !names.insert(alias.clone()) {
+            c.error(
+                a.span(),
+                format!("{alias:?} is already a registry host or alias: a name can hold one credential"),
+            );
+        } else {
+            out.push(alias.clone());
+        }
+    }
+    out
 }
 
 /// `users` and `groups`, plus the `user` of every target the registry is written to (they can

@@ -771,3 +771,58 @@ fn the_whole_suite_runs_without_a_clock() {
         "{calls} fetches in a day of 12 h tokens: {s:?}"
     );
 }
+
+#[test]
+fn aliases_get_their_registrys_token_and_are_removed_like_hosts() {
+    const M: &str = "mirror.internal:5000";
+    let with = |aliases: &str, targets: &[&str]| {
+        let mut text = format!("[[registry]]\nhost = \"{H1}\"\naliases = [{aliases}]\n");
+        for p in targets {
+            text += &format!("[[target]]\npath = \"{p}\"\n");
+        }
+        Arc::new(crate::config::parse(&text, None, &NoAccounts).expect("valid test config"))
+    };
+    let s = with(&format!("\"{M}\""), &["/t/a.json", "/t/b.json"]);
+    let mut core = Core::new(Arc::clone(&s), State::default(), t(0));
+    for j in jobs(core.poll(t(0))) {
+        core.delivered(&j, Ok(false), t(0), 0.0);
+    }
+    succeed(&mut core, &s, H1, "pw", 0, 12 * HOUR);
+    let done = deliver_all(&mut core, 0);
+    assert_eq!(done.len(), 2);
+    for j in &done {
+        assert_eq!(j.desired.set[M], j.desired.set[H1], "the same credential");
+        assert!(j.desired.aliases.contains(M) && !j.desired.aliases.contains(H1));
+        assert_eq!(j.expiries[M], t(12 * HOUR));
+    }
+    let m = core.state().managed(Path::new("/t/a.json")).unwrap();
+    assert!(m[M].alias && !m[H1].alias, "{m:?}");
+    assert_eq!(
+        core.credentials(t(1)).keys().collect::<Vec<_>>(),
+        [H1, M],
+        "the helper answers for the alias too"
+    );
+    assert_eq!(core.snapshot(t(1)).0[0].aliases, [M]);
+
+    // The alias leaves the config: its entries go; the host stays.
+    let a = core.reload(with("", &["/t/a.json", "/t/b.json"]), t(10));
+    assert!(jobs(a).is_empty());
+    let done = deliver_all(&mut core, 10);
+    assert_eq!(done.len(), 2);
+    for j in &done {
+        assert!(j.desired.remove.contains(M) && j.desired.aliases.contains(M));
+        assert!(j.desired.set.contains_key(H1) && !j.desired.set.contains_key(M));
+    }
+    let m = core.state().managed(Path::new("/t/a.json")).unwrap();
+    assert_eq!(m.keys().collect::<Vec<_>>(), [H1]);
+    assert!(core.credentials(t(11)).get(M).is_none());
+
+    // A target that leaves the config takes its alias entries with it.
+    let s = with(&format!("\"{M}\""), &["/t/a.json", "/t/b.json"]);
+    core.reload(Arc::clone(&s), t(20));
+    deliver_all(&mut core, 20);
+    let removal = jobs(core.reload(with(&format!("\"{M}\""), &["/t/a.json"]), t(30)));
+    assert_eq!(removal.len(), 1);
+    let d = &removal[0].desired;
+    assert!(d.remove.contains(M) && d.remove.contains(H1) && d.aliases.contains(M));
+}

@@ -158,7 +158,9 @@ impl Grants {
             };
             out.any_uid.extend(&resolved.uids);
             out.any_gid.extend(&resolved.gids);
-            out.by_host.insert(r.host.to_ascii_lowercase(), resolved);
+            for name in r.names() {
+                out.by_host.insert(name.to_ascii_lowercase(), resolved.clone());
+            }
         }
         out
     }
@@ -188,6 +190,7 @@ mod tests {
     fn grants(users: &[&str], groups: &[&str]) -> Grants {
         let mut settings = crate::config::zero_config("111111111111", "us-east-1").unwrap();
         settings.registries[0].host = "h".into();
+        settings.registries[0].aliases = vec!["mirror.internal:5000".into()];
         settings.registries[0].grants = Grant {
             users: users
                 .iter()
@@ -239,6 +242,8 @@ mod tests {
         assert!(!none.anything_for(4242, &[4242]));
         let by_uid = grants(&["4242"], &[]);
         assert!(by_uid.allows("h", 4242, &[]));
+        assert!(by_uid.allows("mirror.internal:5000", 4242, &[]), "an alias: the same grant");
+        assert!(!by_uid.allows("mirror.internal:5000", 4343, &[]));
         assert!(!by_uid.allows("h", 4343, &[4242]));
         assert!(!by_uid.allows("other", 4242, &[]));
         assert!(by_uid.anything_for(4242, &[]));

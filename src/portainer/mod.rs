@@ -25,12 +25,13 @@ use crate::targets::consumer::Credentials;
 
 pub use instance::Instance;
 
-/// The managed registry hosts: what a record's URL must name to be ours.
+/// The managed registry hosts and their aliases: what a record's URL must name to be ours.
 pub fn managed_hosts(settings: &Settings) -> BTreeSet<String> {
     settings
         .registries
         .iter()
-        .map(|r| r.host.to_ascii_lowercase())
+        .flat_map(|r| r.names())
+        .map(str::to_ascii_lowercase)
         .collect()
 }
 

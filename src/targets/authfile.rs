@@ -112,6 +112,29 @@ pub struct Desired {
     pub set: BTreeMap<String, String>,
     /// Hosts whose entries are to be removed (no longer configured, or expired).
     pub remove: BTreeSet<String>,
+    /// The names in `set` and `remove` that are registry aliases, not ECR hosts: configured now,
+    /// or written by us before (the state says so). Only ECR hosts and these are ever touched.
+    pub aliases: BTreeSet<String>,
+}
+
+impl Desired {
+    /// Whether this job may set or remove `host`'s entries.
+    fn owns(&self, host: &str) -> bool {
+        is_ecr_host(host) || self.aliases.contains(host)
+    }
+}
+
+/// Whether an entry holds an ECR credential (an `auth` of user `AWS`), as every one we write does.
+/// An alias that is no longer ours to set is removed only while it holds one: had its owner put a
+/// login of their own there, it stays.
+fn holds_ecr_credential(entry: &Value) -> bool {
+    use base64::Engine as _;
+    let Some(Value::String(auth)) = entry.get("auth") else {
+        return false;
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .is_ok_and(|plain| plain.starts_with(b"AWS:"))
 }
 
 /// Parses auth-file bytes into its top-level object. An empty file is an empty object, as docker reads it.
@@ -323,8 +346,9 @@ fn syntax_reason(e: &serde_json::Error) -> String {
 /// Returns `Ok(None)` when the file already says what we want (nothing to write). Every key we do not
 /// manage is kept, in order; for each managed host the bare-host key is set (in place if present) and any
 /// other key `format`'s readers take for the same host is removed (docker picks among such keys at
-/// random; containers/image falls back to them when the bare key is gone). Only ECR registry hosts are
-/// ever set or removed: a non-ECR host in `desired` is ignored.
+/// random; containers/image falls back to them when the bare key is gone). Only ECR registry hosts and
+/// the aliases `desired` names are ever set or removed: any other host in `desired` is ignored. A
+/// removed alias's key goes only while it holds an ECR credential.
 pub fn merge(
     existing: Option<&[u8]>,
     desired: &Desired,
@@ -333,7 +357,7 @@ pub fn merge(
     let set: BTreeMap<&str, &str> = desired
         .set
         .iter()
-        .filter(|(h, _)| is_ecr_host(h))
+        .filter(|(h, _)| desired.owns(h))
         .map(|(h, a)| (h.as_str(), a.as_str()))
         .collect();
     let original = match existing {
@@ -355,17 +379,21 @@ pub fn merge(
                 .remove
                 .iter()
                 .map(String::as_str)
-                .filter(|h| is_ecr_host(h)),
+                .filter(|h| desired.owns(h)),
         )
         .collect();
-    auths.retain(|key, _| {
+    auths.retain(|key, value| {
         // A key names at most one host (its host part), so a lookup by that host suffices.
         let host = key_host(key);
         if !touched.contains(host) || !format.names_host(key, host) {
             return true;
         }
-        // Keep only the bare key of a host we set; drop variants and removed hosts.
-        key == host && set.contains_key(host)
+        if set.contains_key(host) {
+            // Keep only the bare key of a host we set; drop its variants.
+            return key == host;
+        }
+        // A removed host: an ECR host's keys go; an alias's only while they hold an ECR credential.
+        !is_ecr_host(host) && !holds_ecr_credential(value)
     });
     for (host, auth) in &set {
         let mut entry = Map::new();
@@ -500,6 +528,7 @@ mod tests {
         Desired {
             set: [(host.to_string(), auth.to_string())].into(),
             remove: BTreeSet::new(),
+            ..Desired::default()
         }
     }
 
@@ -539,6 +568,7 @@ mod tests {
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string()].into(),
+            ..Desired::default()
         };
         for f in [Format::Docker, Format::Podman] {
             assert_eq!(
@@ -553,6 +583,7 @@ mod tests {
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string()].into(),
+            ..Desired::default()
         };
         assert_eq!(merge(None, &d, Format::Docker).unwrap(), None);
     }
@@ -631,6 +662,7 @@ mod tests {
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string(), "never.written.example".to_string()].into(),
+            ..Desired::default()
         };
         let out = merged(&existing, &d);
         let v: Map<String, Value> = serde_json::from_str(&out).unwrap();
@@ -653,6 +685,7 @@ mod tests {
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string()].into(),
+            ..Desired::default()
         };
         assert_eq!(
             merge(Some(b"{\"auths\": {\"a\": {}}}"), &d, Format::Docker).unwrap(),
@@ -959,6 +992,7 @@ mod tests {
         let d = Desired {
             set: BTreeMap::new(),
             remove: [H.to_string()].into(),
+            ..Desired::default()
         };
         let out = merged_as(&existing, &d, Format::Podman);
         assert_eq!(
@@ -980,6 +1014,47 @@ mod tests {
     }
 
     #[test]
+    fn aliases_are_set_like_hosts_and_removed_only_while_they_hold_our_credential() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let ours = b64("AWS:old-token");
+        const M: &str = "mirror.internal:5000";
+        const GONE: &str = "old-mirror.internal";
+        const THEIRS: &str = "their-mirror.internal";
+        let existing = format!(
+            r#"{{"auths": {{"https://{M}": {{"auth": "eA=="}}, "{GONE}": {{"auth": "{ours}"}}, "https://{GONE}": {{"auth": "{ours}"}}, "{THEIRS}": {{"auth": "{their}"}}, "https://{THEIRS}": {{"auth": "not base64!"}}, "unlisted.example": {{"auth": "{ours}"}}}}}}"#,
+            their = b64("alice:hunter2"),
+        );
+        for f in [Format::Docker, Format::Podman] {
+            let d = Desired {
+                set: [(M.to_string(), "bmV3".to_string())].into(),
+                remove: [GONE, THEIRS, "unlisted.example"].map(String::from).into(),
+                aliases: [M, GONE, THEIRS].map(String::from).into(),
+            };
+            let keys = auth_keys(&merged_as(&existing, &d, f));
+            let has = |k: &str| keys.iter().any(|x| x == k);
+            // The alias is set under its bare name; its variant goes, as for an ECR host.
+            assert!(has(M) && !has(&format!("https://{M}")), "{f:?} {keys:?}");
+            // A removed alias's keys holding our credential go.
+            assert!(!has(GONE) && !has(&format!("https://{GONE}")), "{f:?} {keys:?}");
+            // Keys holding somebody's own login, or anything else, stay.
+            assert!(has(THEIRS) && has(&format!("https://{THEIRS}")), "{f:?} {keys:?}");
+            // A name not marked as an alias is never ours, whatever it holds.
+            assert!(has("unlisted.example"), "{f:?} {keys:?}");
+        }
+        // Not marked as aliases, the same names are not touched at all.
+        let unmarked = Desired {
+            set: [(M.to_string(), "bmV3".to_string())].into(),
+            remove: [GONE].map(String::from).into(),
+            ..Desired::default()
+        };
+        assert_eq!(
+            merge(Some(existing.as_bytes()), &unmarked, Format::Docker),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn only_ecr_hosts_are_ever_set_or_removed() {
         let existing = r#"{"auths": {"index.docker.io": {"auth": "aA=="}, "https://index.docker.io/v1/": {"auth": "dg=="}, "ghcr.io": {"auth": "Zw=="}, "ghcr.io/org": {}}}"#;
         for f in [Format::Docker, Format::Podman] {
@@ -995,6 +1070,7 @@ mod tests {
                 ]
                 .map(String::from)
                 .into(),
+                ..Desired::default()
             };
             assert_eq!(merge(Some(existing.as_bytes()), &d, f), Ok(None), "{f:?}");
             // Nothing ECR to write: no file is created either.

@@ -34,21 +34,31 @@ impl Job {
             desired: Desired {
                 set: BTreeMap::new(),
                 remove: managed.keys().cloned().collect::<BTreeSet<_>>(),
+                aliases: managed
+                    .iter()
+                    .filter(|(_, m)| m.alias)
+                    .map(|(h, _)| h.clone())
+                    .collect(),
             },
             expiries: BTreeMap::new(),
         }
     }
 
     /// Records a successful delivery in the state: what we now manage at `path`, and until when.
-    /// Only ECR hosts are ever ours to remember.
+    /// Only ECR hosts and the job's aliases (marked as such) are ever ours to remember.
     pub fn record(&self, state: &mut State, path: &Path) {
         let entry = state.targets.entry(path.to_path_buf()).or_default();
         for host in &self.desired.remove {
             entry.remove(host);
         }
         for (host, at) in &self.expiries {
-            if self.desired.set.contains_key(host) && Registry::parse(host).is_ok() {
+            if !self.desired.set.contains_key(host) {
+                continue;
+            }
+            if Registry::parse(host).is_ok() {
                 entry.insert(host.clone(), Managed::new(*at));
+            } else if self.desired.aliases.contains(host) {
+                entry.insert(host.clone(), Managed::alias(*at));
             }
         }
         if entry.is_empty() {

@@ -21,13 +21,14 @@ pub struct TargetDiagnosis {
     pub warnings: Vec<String>,
 }
 
-/// The hosts a target manages.
+/// The hosts a target manages, with their aliases.
 pub fn managed_hosts(settings: &Settings, target: &TargetSettings) -> BTreeSet<String> {
     settings
         .registries
         .iter()
         .filter(|r| r.targets.covers(&target.name))
-        .map(|r| r.host.clone())
+        .flat_map(|r| r.names())
+        .map(str::to_string)
         .collect()
 }
 

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tokio::task::JoinSet;
 
-use crate::config::{Settings, TargetSettings};
+use crate::config::{Settings, TargetSettings, alias};
 use crate::ecr::registry::Registry;
 use crate::ecr::token::{GroupKey, Token, TokenError, TokenSource};
 use crate::safe_fs::{self, FileError, Outcome, OwnerPolicy};
@@ -108,33 +108,41 @@ pub fn desired_for(
     now: SystemTime,
 ) -> Desired {
     let mut d = Desired::default();
-    let wanted: BTreeSet<&str> = settings
+    let wanted = names_shown(settings, target);
+    for r in settings
         .registries
         .iter()
         .filter(|r| r.targets.covers(&target.name))
-        .map(|r| r.host.as_str())
-        .collect();
-    for host in &wanted {
+    {
+        d.aliases.extend(r.aliases.iter().cloned());
+    }
+    for (name, host) in &wanted {
         match tokens.get(*host) {
             Some(Ok(token)) => {
-                d.set.insert(host.to_string(), token.auth().to_string());
+                d.set.insert(name.to_string(), token.auth().to_string());
             }
             _ => {
                 let expired = previous
-                    .and_then(|p| p.get(*host))
+                    .and_then(|p| p.get(*name))
                     .is_some_and(|m| m.expires_at() <= now);
                 if expired && settings.daemon.remove_expired {
-                    d.remove.insert(host.to_string());
+                    d.remove.insert(name.to_string());
                 }
             }
         }
     }
     if let Some(prev) = previous {
-        // The state file only ever names hosts we wrote, and we only write ECR hosts: anything else
-        // there is not ours to remove (a forged or damaged state), whatever it says.
-        for host in prev.keys() {
-            if !wanted.contains(host.as_str()) && Registry::parse(host).is_ok() {
+        // The state file only ever names hosts we wrote: ECR hosts, and aliases marked as such.
+        // Anything else there is not ours to remove (a forged or damaged state), whatever it says.
+        for (host, m) in prev {
+            if wanted.contains_key(host.as_str()) {
+                continue;
+            }
+            if Registry::parse(host).is_ok() {
                 d.remove.insert(host.clone());
+            } else if m.alias && alias::check(host).is_ok() {
+                d.remove.insert(host.clone());
+                d.aliases.insert(host.clone());
             }
         }
     }
@@ -152,12 +160,12 @@ pub fn write_target(target: &TargetSettings, desired: &Desired) -> Result<Writte
         target.mode,
         |existing| authfile::merge(existing, desired, format),
     )?;
-    // merge touches ECR hosts only; count what it was allowed to do.
-    let ecr = |h: &&String| Registry::parse(h).is_ok();
+    // merge touches ECR hosts and the job's aliases only; count what it was allowed to do.
+    let ours = |h: &&String| Registry::parse(h).is_ok() || desired.aliases.contains(*h);
     Ok(Written {
         outcome,
-        set: desired.set.keys().filter(ecr).count(),
-        removed: desired.remove.iter().filter(ecr).count(),
+        set: desired.set.keys().filter(ours).count(),
+        removed: desired.remove.iter().filter(ours).count(),
     })
 }
 
@@ -213,6 +221,21 @@ pub async fn write_some(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Each name `target` shows (registry hosts and their aliases) -> the host whose token it holds.
+fn names_shown<'a>(settings: &'a Settings, target: &TargetSettings) -> BTreeMap<&'a str, &'a str> {
+    let mut wanted = BTreeMap::new();
+    for r in settings
+        .registries
+        .iter()
+        .filter(|r| r.targets.covers(&target.name))
+    {
+        for name in r.names() {
+            wanted.insert(name, r.host.as_str());
+        }
+    }
+    wanted
+}
+
 /// What `target` should receive given each host's token (or failure) and what we manage there.
 pub fn job_for(
     settings: &Settings,
@@ -222,11 +245,12 @@ pub fn job_for(
     now: SystemTime,
 ) -> Job {
     let desired = desired_for(settings, target, tokens, state.managed(&target.path), now);
+    let shown = names_shown(settings, target);
     let expiries = desired
         .set
         .keys()
-        .filter_map(|h| match tokens.get(h) {
-            Some(Ok(t)) => Some((h.clone(), t.expires_at)),
+        .filter_map(|name| match tokens.get(*shown.get(name.as_str())?) {
+            Some(Ok(t)) => Some((name.clone(), t.expires_at)),
             _ => None,
         })
         .collect();

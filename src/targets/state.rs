@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::alias;
 use crate::ecr::registry::Registry;
 use crate::safe_fs::{self, FileError, OwnerPolicy};
 
@@ -19,6 +20,10 @@ const STATE_LIMIT: usize = 64 * 1024 * 1024;
 pub struct Managed {
     /// When the token we wrote expires, seconds since the epoch.
     pub expires_at: u64,
+    /// The entry is one of a registry's aliases: a name that is ours only because we wrote it
+    /// (an ECR host is ours by its name alone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alias: bool,
 }
 
 impl Managed {
@@ -28,6 +33,15 @@ impl Managed {
             expires_at: expires_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            alias: false,
+        }
+    }
+
+    /// An alias entry whose token expires at `expires_at`.
+    pub fn alias(expires_at: SystemTime) -> Managed {
+        Managed {
+            alias: true,
+            ..Managed::new(expires_at)
         }
     }
 
@@ -95,16 +109,17 @@ impl State {
         (State::default(), Some(warning))
     }
 
-    /// Removes every host that is not an ECR registry host; says which, if any.
+    /// Removes every host that is neither an ECR registry host nor a valid alias marked as one;
+    /// says which, if any.
     fn drop_foreign_hosts(&mut self) -> Option<String> {
         let mut dropped = Vec::new();
         for (target, hosts) in &mut self.targets {
-            hosts.retain(|host, _| {
-                let ecr = Registry::parse(host).is_ok();
-                if !ecr {
+            hosts.retain(|host, m| {
+                let ours = Registry::parse(host).is_ok() || (m.alias && alias::check(host).is_ok());
+                if !ours {
                     dropped.push(format!("{host:?} for {}", target.display()));
                 }
-                ecr
+                ours
             });
         }
         self.targets.retain(|_, hosts| !hosts.is_empty());
@@ -119,7 +134,7 @@ impl State {
             String::new()
         };
         Some(format!(
-            "ignored {n} entries for hosts that are not ECR hosts ({}{more}): we only ever write ECR hosts, so we never remove any other",
+            "ignored {n} entries for hosts that are neither ECR hosts nor aliases ({}{more}): we only ever write those, so we never remove any other",
             dropped.join(", ")
         ))
     }
@@ -249,7 +264,7 @@ mod tests {
             PathBuf::from(path),
             hosts
                 .iter()
-                .map(|h| (h.to_string(), Managed { expires_at: 7 }))
+                .map(|h| (h.to_string(), Managed { expires_at: 7, alias: false }))
                 .collect(),
         );
         s
@@ -275,7 +290,7 @@ mod tests {
             PathBuf::from("/b/auth.json"),
             [(
                 "https://index.docker.io/v1/".to_string(),
-                Managed { expires_at: 1 },
+                Managed { expires_at: 1, alias: false },
             )]
             .into(),
         );
@@ -295,6 +310,37 @@ mod tests {
         ] {
             assert!(w.contains(part), "{part}: {w}");
         }
+    }
+
+    #[test]
+    fn alias_entries_are_kept_only_when_marked_and_valid() {
+        let d = dir();
+        let mut s = one("/a/config.json", &[H]);
+        let entries = s.targets.get_mut(Path::new("/a/config.json")).unwrap();
+        for (host, alias) in [
+            ("mirror.internal:5000", true),
+            ("[fd00::1]:5000", true),
+            ("ghcr.io", false),
+            ("https://mirror.internal", true),
+            ("docker.io", true),
+        ] {
+            entries.insert(host.to_string(), Managed { expires_at: 9, alias });
+        }
+        s.save_limited(d.path(), MAX_FILE_SIZE).unwrap();
+        let text = std::fs::read_to_string(d.path().join(STATE_FILE)).unwrap();
+        assert_eq!(text.matches("\"alias\":true").count(), 4, "{text}");
+        assert!(!text.contains("\"alias\":false"), "only aliases say so: {text}");
+        let (loaded, warning) = State::load_limited(d.path(), MAX_FILE_SIZE);
+        let kept: Vec<(&str, bool)> = loaded.targets[Path::new("/a/config.json")]
+            .iter()
+            .map(|(h, m)| (h.as_str(), m.alias))
+            .collect();
+        assert_eq!(
+            kept,
+            [(H, false), ("[fd00::1]:5000", true), ("mirror.internal:5000", true)]
+        );
+        let w = warning.expect("a warning");
+        assert!(w.contains("ignored 3 entries"), "{w}");
     }
 
     #[test]
@@ -371,7 +417,7 @@ mod tests {
             s.targets.insert(
                 PathBuf::from(format!("/home/u{t}/.docker/config.json")),
                 (0..1000)
-                    .map(|i| (host(i), Managed { expires_at: 1 }))
+                    .map(|i| (host(i), Managed { expires_at: 1, alias: false }))
                     .collect(),
             );
         }

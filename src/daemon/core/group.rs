@@ -160,6 +160,7 @@ pub(super) fn registry_status(
         ))
     });
     RegistryStatus {
+        aliases: Vec::new(),
         host: host.to_string(),
         state,
         expires_at: g.and_then(|g| g.token.as_ref()).map(|t| t.expires_at),

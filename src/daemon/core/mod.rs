@@ -337,7 +337,12 @@ impl Core {
             if result.is_ok() && !job.desired.set.is_empty() {
                 let mut managed = self.state.managed(path).cloned().unwrap_or_default();
                 for host in job.desired.set.keys() {
-                    managed.insert(host.clone(), Managed::new(now));
+                    let m = if job.desired.aliases.contains(host) {
+                        Managed::alias(now)
+                    } else {
+                        Managed::new(now)
+                    };
+                    managed.insert(host.clone(), m);
                 }
                 return vec![Action::Deliver(Job::unmanage(job.target.clone(), &managed))];
             }
@@ -570,16 +575,23 @@ impl Core {
         wake
     }
 
-    /// Every configured host's valid token, for the consumers answered from memory.
+    /// Every configured host's and alias's valid token, for the consumers answered from memory.
     pub(crate) fn credentials(&self, now: SystemTime) -> crate::targets::consumer::Credentials {
-        self.settings
-            .registries
-            .iter()
-            .filter_map(|r| {
-                let g = self.groups.get(self.plan.group_of_host.get(&r.host)?)?;
-                Some((r.host.clone(), g.valid_token(now)?.clone()))
-            })
-            .collect()
+        let mut out = crate::targets::consumer::Credentials::new();
+        for r in &self.settings.registries {
+            let token = self
+                .plan
+                .group_of_host
+                .get(&r.host)
+                .and_then(|k| self.groups.get(k))
+                .and_then(|g| g.valid_token(now));
+            if let Some(token) = token {
+                for name in r.names() {
+                    out.insert(name.to_string(), token.clone());
+                }
+            }
+        }
+        out
     }
 
     /// The registries and targets as `status` shows them.
@@ -594,7 +606,10 @@ impl Core {
                     .group_of_host
                     .get(&r.host)
                     .and_then(|k| self.groups.get(k));
-                registry_status(&r.host, g, now, &self.policy)
+                RegistryStatus {
+                    aliases: r.aliases.clone(),
+                    ..registry_status(&r.host, g, now, &self.policy)
+                }
             })
             .collect();
         let targets = self
