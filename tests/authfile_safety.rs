@@ -386,7 +386,11 @@ fn desired_for_removes_only_aliases_the_state_marks_and_the_config_could_name() 
     .iter()
     .map(|(h, alias)| {
         let at = now + Duration::from_secs(3600);
-        let m = if *alias { Managed::alias(at) } else { Managed::new(at) };
+        let m = if *alias {
+            Managed::alias(at)
+        } else {
+            Managed::new(at)
+        };
         (h.to_string(), m)
     })
     .collect();

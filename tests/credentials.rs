@@ -411,3 +411,108 @@ fn grants_decide_who_gets_which_registry() {
     );
     drop(d);
 }
+
+/// Requests shaped as kubelet writes them (tests/kubelet/requests.jsonl, including the service
+/// account fields of kubelet 1.33+), each answered with a response that validates against the
+/// published v1 schema (tests/kubelet/credentialprovider-v1.schema.json); a registry's alias
+/// is answered like its host, any other image gets an empty `auth`.
+#[test]
+fn provider_answers_validate_against_the_published_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/kubelet/credentialprovider-v1.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let invalid = |v: &serde_json::Value| -> Vec<String> {
+        validator.iter_errors(v).map(|e| e.to_string()).collect()
+    };
+    // The schema is not vacuous: what kubelet would not use is refused.
+    let good = serde_json::json!({
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Registry",
+        "cacheDuration": "21600s",
+        "auth": {"h.example:5000": {"username": "AWS", "password": "x"}}
+    });
+    assert_eq!(invalid(&good), Vec::<String>::new());
+    for (path, bad) in [
+        ("/cacheKeyType", serde_json::Value::Null),
+        ("/cacheKeyType", "registry".into()),
+        ("/cacheDuration", "6 hours".into()),
+        ("/kind", "CredentialProviderRequest".into()),
+        ("/apiVersion", "credentialprovider.kubelet.k8s.io/v2".into()),
+        ("/extra", "x".into()),
+        ("/auth/h.example:5000/password", serde_json::Value::Null),
+        ("/auth/h.example:5000/password", 7.into()),
+    ] {
+        let mut v = good.clone();
+        let (parent, key) = path.rsplit_once('/').unwrap();
+        let obj = v.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+        if bad.is_null() {
+            obj.remove(key);
+        } else {
+            obj.insert(key.to_string(), bad);
+        }
+        assert!(!invalid(&v).is_empty(), "{path} accepted: {v}");
+    }
+
+    let w = World::new();
+    let target = w.path("d/config.json");
+    w.config(&format!(
+        "{}\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\naliases = [\"mirror.internal:5000\"]\n",
+        w.daemon_section(),
+        target.display()
+    ));
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(wait_for(Duration::from_secs(30), || !w
+        .fake
+        .issued_passwords()
+        .is_empty()));
+    let requests = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/kubelet/requests.jsonl"
+    ))
+    .unwrap();
+    let mut answered = 0;
+    for line in requests.lines() {
+        let request = line.replace("@H1@", H1);
+        let image = serde_json::from_str::<serde_json::Value>(&request).unwrap()["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let out = provider(&w, &format!("{request}\n"));
+        assert_eq!(code(&out), 0, "{image}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(invalid(&v), Vec::<String>::new(), "{image}: {v}");
+        let auth = v["auth"].as_object().unwrap();
+        let host = image.split('/').next().unwrap();
+        if host == H1 || host == "mirror.internal:5000" {
+            assert_eq!(auth.keys().collect::<Vec<_>>(), [host], "{image}");
+            assert_eq!(auth[host]["username"], "AWS");
+            assert_eq!(auth[host]["password"], current_password(&w).as_str());
+            assert_eq!(v["cacheKeyType"], "Registry");
+            answered += 1;
+        } else {
+            assert!(auth.is_empty(), "{image}: {v}");
+            assert_eq!(v["cacheDuration"], "0s");
+        }
+    }
+    assert_eq!(answered, 5);
+    // The alias is in the file too, with the host's credential.
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
+    assert_eq!(
+        file["auths"]["mirror.internal:5000"], file["auths"][H1],
+        "{file}"
+    );
+    // And the docker credential helper answers for it.
+    let out = helper(&w, "get", "https://mirror.internal:5000\n");
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["Secret"], current_password(&w).as_str());
+    drop(d);
+}

@@ -61,7 +61,8 @@ pub fn check(alias: &str) -> Result<(), String> {
     }
     if DOCKER_HUB.contains(&host) {
         return Err(
-            "this is Docker Hub: its pulls would be sent this registry's credential and fail".into(),
+            "this is Docker Hub: its pulls would be sent this registry's credential and fail"
+                .into(),
         );
     }
     Ok(())
@@ -163,7 +164,10 @@ mod tests {
             ("mirror_1.internal", "not a DNS label"),
             ("mir ror", "not a DNS label"),
             ("mirror\n.internal", "not a DNS label"),
-            ("123456789012.dkr.ecr.us-east-1.amazonaws.com", "ECR registry host"),
+            (
+                "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "ECR registry host",
+            ),
             ("public.ecr.aws", "ECR registry host"),
             ("docker.io", "Docker Hub"),
             ("index.docker.io", "Docker Hub"),

@@ -479,7 +479,10 @@ check_every = "2m"
         assert_eq!(s.registries.len(), 2);
         let only = |v: &[&str]| RegistryTargets::Only(v.iter().map(|s| s.to_string()).collect());
         assert_eq!(s.registries[0].targets, only(&["root"]));
-        assert_eq!(s.registries[0].aliases, ["mirror.internal:5000", "10.0.0.7"]);
+        assert_eq!(
+            s.registries[0].aliases,
+            ["mirror.internal:5000", "10.0.0.7"]
+        );
         assert_eq!(
             s.registries[0].names().collect::<Vec<_>>(),
             [H, "mirror.internal:5000", "10.0.0.7"]

@@ -71,7 +71,9 @@ fn aliases(c: &mut Checker, r: &RawRegistry, names: &mut BTreeSet<String>) -> Ve
         } else if !names.insert(alias.clone()) {
             c.error(
                 a.span(),
-                format!("{alias:?} is already a registry host or alias: a name can hold one credential"),
+                format!(
+                    "{alias:?} is already a registry host or alias: a name can hold one credential"
+                ),
             );
         } else {
             out.push(alias.clone());

@@ -159,7 +159,8 @@ impl Grants {
             out.any_uid.extend(&resolved.uids);
             out.any_gid.extend(&resolved.gids);
             for name in r.names() {
-                out.by_host.insert(name.to_ascii_lowercase(), resolved.clone());
+                out.by_host
+                    .insert(name.to_ascii_lowercase(), resolved.clone());
             }
         }
         out
@@ -242,7 +243,10 @@ mod tests {
         assert!(!none.anything_for(4242, &[4242]));
         let by_uid = grants(&["4242"], &[]);
         assert!(by_uid.allows("h", 4242, &[]));
-        assert!(by_uid.allows("mirror.internal:5000", 4242, &[]), "an alias: the same grant");
+        assert!(
+            by_uid.allows("mirror.internal:5000", 4242, &[]),
+            "an alias: the same grant"
+        );
         assert!(!by_uid.allows("mirror.internal:5000", 4343, &[]));
         assert!(!by_uid.allows("h", 4343, &[4242]));
         assert!(!by_uid.allows("other", 4242, &[]));

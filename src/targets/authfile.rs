@@ -1036,9 +1036,15 @@ mod tests {
             // The alias is set under its bare name; its variant goes, as for an ECR host.
             assert!(has(M) && !has(&format!("https://{M}")), "{f:?} {keys:?}");
             // A removed alias's keys holding our credential go.
-            assert!(!has(GONE) && !has(&format!("https://{GONE}")), "{f:?} {keys:?}");
+            assert!(
+                !has(GONE) && !has(&format!("https://{GONE}")),
+                "{f:?} {keys:?}"
+            );
             // Keys holding somebody's own login, or anything else, stay.
-            assert!(has(THEIRS) && has(&format!("https://{THEIRS}")), "{f:?} {keys:?}");
+            assert!(
+                has(THEIRS) && has(&format!("https://{THEIRS}")),
+                "{f:?} {keys:?}"
+            );
             // A name not marked as an alias is never ours, whatever it holds.
             assert!(has("unlisted.example"), "{f:?} {keys:?}");
         }

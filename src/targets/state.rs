@@ -264,7 +264,15 @@ mod tests {
             PathBuf::from(path),
             hosts
                 .iter()
-                .map(|h| (h.to_string(), Managed { expires_at: 7, alias: false }))
+                .map(|h| {
+                    (
+                        h.to_string(),
+                        Managed {
+                            expires_at: 7,
+                            alias: false,
+                        },
+                    )
+                })
                 .collect(),
         );
         s
@@ -290,7 +298,10 @@ mod tests {
             PathBuf::from("/b/auth.json"),
             [(
                 "https://index.docker.io/v1/".to_string(),
-                Managed { expires_at: 1, alias: false },
+                Managed {
+                    expires_at: 1,
+                    alias: false,
+                },
             )]
             .into(),
         );
@@ -324,12 +335,21 @@ mod tests {
             ("https://mirror.internal", true),
             ("docker.io", true),
         ] {
-            entries.insert(host.to_string(), Managed { expires_at: 9, alias });
+            entries.insert(
+                host.to_string(),
+                Managed {
+                    expires_at: 9,
+                    alias,
+                },
+            );
         }
         s.save_limited(d.path(), MAX_FILE_SIZE).unwrap();
         let text = std::fs::read_to_string(d.path().join(STATE_FILE)).unwrap();
         assert_eq!(text.matches("\"alias\":true").count(), 4, "{text}");
-        assert!(!text.contains("\"alias\":false"), "only aliases say so: {text}");
+        assert!(
+            !text.contains("\"alias\":false"),
+            "only aliases say so: {text}"
+        );
         let (loaded, warning) = State::load_limited(d.path(), MAX_FILE_SIZE);
         let kept: Vec<(&str, bool)> = loaded.targets[Path::new("/a/config.json")]
             .iter()
@@ -337,7 +357,11 @@ mod tests {
             .collect();
         assert_eq!(
             kept,
-            [(H, false), ("[fd00::1]:5000", true), ("mirror.internal:5000", true)]
+            [
+                (H, false),
+                ("[fd00::1]:5000", true),
+                ("mirror.internal:5000", true)
+            ]
         );
         let w = warning.expect("a warning");
         assert!(w.contains("ignored 3 entries"), "{w}");
@@ -417,7 +441,15 @@ mod tests {
             s.targets.insert(
                 PathBuf::from(format!("/home/u{t}/.docker/config.json")),
                 (0..1000)
-                    .map(|i| (host(i), Managed { expires_at: 1, alias: false }))
+                    .map(|i| {
+                        (
+                            host(i),
+                            Managed {
+                                expires_at: 1,
+                                alias: false,
+                            },
+                        )
+                    })
                     .collect(),
             );
         }
