@@ -243,7 +243,7 @@ fn a_forged_state_cannot_remove_foreign_logins() {
     assert_fresh_entry(&w, &target, H1);
     let err = stderr(&out);
     assert!(
-        err.contains("not ECR hosts") && err.contains("\"index.docker.io\" for"),
+        err.contains("neither ECR hosts nor aliases") && err.contains("\"index.docker.io\" for"),
         "the ignored state entries are reported: {err}"
     );
     let saved = std::fs::read_to_string(w.path("state/state.json")).expect("state");
