@@ -1,6 +1,6 @@
 //! ecr-bench: cold start, memory and idle cost, heal latency, one round at scale, a fleet boot storm,
-//! and the usual peer (`aws ecr get-login-password | skopeo login`) side by side, all against the
-//! fake ECR on loopback. Prints a table and writes it, with the machine, to docs/BENCHMARKS.md.
+//! the usual peer (`aws ecr get-login-password | skopeo login`) and Amazon's credential helper side
+//! by side, all against the fake ECR on loopback. Prints a table and writes it, with the machine, to docs/BENCHMARKS.md.
 //!
 //! Usage: `bench/run.sh` (builds the release binaries, installs the peer tools, runs this).
 
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use fake_aws::{FakeAws, Service};
 use notify::Watcher as _;
+
+mod helper;
 
 const REGIONS: [&str; 20] = [
     "us-east-1",
@@ -114,6 +116,11 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Milliseconds with two decimals, for figures near one millisecond.
+fn ms2(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn kill(mut c: Child) {
@@ -687,6 +694,15 @@ fn main() {
     let out = arg("--out").map(PathBuf::from);
     let aws = arg("--aws").map(PathBuf::from);
     let quick = args.iter().any(|a| a == "--quick");
+    let helper_runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(300);
+    if args.iter().any(|a| a == "--helper-inner") {
+        let dir = PathBuf::from(arg("--dir").unwrap_or_default());
+        if let Err(e) = helper::inner(&bin, &dir, helper_runs) {
+            eprintln!("ecr-bench: helper comparison: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let idle_secs = if quick { 10 } else { 60 };
     let Ok(dir) = tempfile::Builder::new().prefix("ecr-bench-").tempdir() else {
         eprintln!("ecr-bench: cannot create a temp dir");
@@ -713,150 +729,213 @@ fn main() {
         ]);
     };
 
-    for (regs, targets, goal) in [(1, 1, Some(Duration::from_millis(25))), (50, 20, None)] {
-        match cold_start(&b, regs, targets, 30) {
-            Ok(mut v) => {
-                let (med, p95) = (percentile(&mut v, 0.5), percentile(&mut v, 0.95));
+    // `--only helper`: the helper comparison alone, printed, docs/ untouched.
+    let only_helper = arg("--only").as_deref() == Some("helper");
+    if !only_helper {
+        for (regs, targets, goal) in [(1, 1, Some(Duration::from_millis(25))), (50, 20, None)] {
+            match cold_start(&b, regs, targets, 30) {
+                Ok(mut v) => {
+                    let (med, p95) = (percentile(&mut v, 0.5), percentile(&mut v, 0.95));
+                    row(
+                        &format!(
+                            "cold start to first target written, {regs} registries / {targets} targets (30 runs)"
+                        ),
+                        goal.map_or("-".into(), |g| format!("median ≤ {}", ms(g)))
+                            .as_str(),
+                        format!("median {}, p95 {}", ms(med), ms(p95)),
+                        goal.map(|g| med <= g),
+                    );
+                }
+                Err(e) => notes.push(e),
+            }
+        }
+        match idle(&b, idle_secs) {
+            Ok(i) => {
                 row(
-                    &format!(
-                        "cold start to first target written, {regs} registries / {targets} targets (30 runs)"
-                    ),
-                    goal.map_or("-".into(), |g| format!("median ≤ {}", ms(g)))
-                        .as_str(),
-                    format!("median {}, p95 {}", ms(med), ms(p95)),
-                    goal.map(|g| med <= g),
+                    "peak RSS of `run`, 10 registries / 10 targets",
+                    "≤ 12 MiB",
+                    format!("{:.1} MiB", i.peak_kb as f64 / 1024.0),
+                    Some(i.peak_kb <= 12 * 1024),
+                );
+                row(
+                    "steady RSS of `run`, 10 / 10",
+                    "-",
+                    format!("{:.1} MiB", i.steady_kb as f64 / 1024.0),
+                    None,
+                );
+                let per_min = i.cpu.as_secs_f64() * 60.0 / i.secs as f64;
+                row(
+                    &format!("CPU while idle (watchdog on), over {} s", i.secs),
+                    "≤ 10 ms per minute",
+                    format!("{:.2} ms per minute", per_min * 1000.0),
+                    Some(per_min <= 0.010),
+                );
+                row(
+                    "wakeups while idle (context switches, all threads)",
+                    "-",
+                    format!("{:.0} per minute", i.wakeups as f64 * 60.0 / i.secs as f64),
+                    None,
                 );
             }
             Err(e) => notes.push(e),
         }
-    }
-    match idle(&b, idle_secs) {
-        Ok(i) => {
-            row(
-                "peak RSS of `run`, 10 registries / 10 targets",
-                "≤ 12 MiB",
-                format!("{:.1} MiB", i.peak_kb as f64 / 1024.0),
-                Some(i.peak_kb <= 12 * 1024),
-            );
-            row(
-                "steady RSS of `run`, 10 / 10",
-                "-",
-                format!("{:.1} MiB", i.steady_kb as f64 / 1024.0),
-                None,
-            );
-            let per_min = i.cpu.as_secs_f64() * 60.0 / i.secs as f64;
-            row(
-                &format!("CPU while idle (watchdog on), over {} s", i.secs),
-                "≤ 10 ms per minute",
-                format!("{:.2} ms per minute", per_min * 1000.0),
-                Some(per_min <= 0.010),
-            );
-            row(
-                "wakeups while idle (context switches, all threads)",
-                "-",
-                format!("{:.0} per minute", i.wakeups as f64 * 60.0 / i.secs as f64),
-                None,
-            );
+        match heal(&b, 100) {
+            Ok((mut v, extra)) => {
+                let (med, p99) = (percentile(&mut v, 0.5), percentile(&mut v, 0.99));
+                row(
+                    "heal: target deleted or entry removed -> restored (100 trials)",
+                    "p99 ≤ 300 ms",
+                    format!("median {}, p99 {}, {extra} API calls", ms(med), ms(p99)),
+                    Some(p99 <= Duration::from_millis(300) && extra == 0),
+                );
+            }
+            Err(e) => notes.push(e),
         }
-        Err(e) => notes.push(e),
-    }
-    match heal(&b, 100) {
-        Ok((mut v, extra)) => {
-            let (med, p99) = (percentile(&mut v, 0.5), percentile(&mut v, 0.99));
-            row(
-                "heal: target deleted or entry removed -> restored (100 trials)",
-                "p99 ≤ 300 ms",
-                format!("median {}, p99 {}, {extra} API calls", ms(med), ms(p99)),
-                Some(p99 <= Duration::from_millis(300) && extra == 0),
-            );
-        }
-        Err(e) => notes.push(e),
-    }
-    match scale(&b) {
-        Ok(s) => row(
-            "one round: 1,000 registries / 20 regions / 100 targets, 50 ms API latency",
-            "20 calls, each target written once, < 1 s",
-            format!(
-                "{} API calls, {} of {} targets written once, {}",
-                s.calls,
-                s.written,
-                s.targets,
-                ms(s.wall)
-            ),
-            Some(s.calls == 20 && s.written == s.targets && s.wall < Duration::from_secs(1)),
-        ),
-        Err(e) => notes.push(e),
-    }
-    match big(&b, idle_secs) {
-        Ok(mut g) => {
-            row(
-                "peak RSS of `run`, 1,000 registries / 20 regions / 100 targets",
-                "≤ 24 MiB",
+        match scale(&b) {
+            Ok(s) => row(
+                "one round: 1,000 registries / 20 regions / 100 targets, 50 ms API latency",
+                "20 calls, each target written once, < 1 s",
                 format!(
-                    "{:.1} MiB (steady {:.1} MiB)",
-                    g.peak_kb as f64 / 1024.0,
-                    g.steady_kb as f64 / 1024.0
+                    "{} API calls, {} of {} targets written once, {}",
+                    s.calls,
+                    s.written,
+                    s.targets,
+                    ms(s.wall)
                 ),
-                Some(g.peak_kb <= 24 * 1024),
-            );
-            row(
-                "CPU while idle at that scale",
-                "-",
-                format!("{:.1} ms per minute", g.cpu_per_min.as_secs_f64() * 1000.0),
-                None,
-            );
-            let med = percentile(&mut g.heal, 0.5);
-            row(
-                "heal at that scale: a deleted 1,000-entry target restored (10 trials)",
-                "-",
-                format!("median {}", ms(med)),
-                None,
-            );
+                Some(s.calls == 20 && s.written == s.targets && s.wall < Duration::from_secs(1)),
+            ),
+            Err(e) => notes.push(e),
         }
-        Err(e) => notes.push(e),
-    }
-    match storm(&b, 300) {
-        Ok(s) => row(
-            &format!(
-                "fleet boot storm: {} daemons, ECR limited to 20/s, burst 200",
-                s.daemons
+        match big(&b, idle_secs) {
+            Ok(mut g) => {
+                row(
+                    "peak RSS of `run`, 1,000 registries / 20 regions / 100 targets",
+                    "≤ 24 MiB",
+                    format!(
+                        "{:.1} MiB (steady {:.1} MiB)",
+                        g.peak_kb as f64 / 1024.0,
+                        g.steady_kb as f64 / 1024.0
+                    ),
+                    Some(g.peak_kb <= 24 * 1024),
+                );
+                row(
+                    "CPU while idle at that scale",
+                    "-",
+                    format!("{:.1} ms per minute", g.cpu_per_min.as_secs_f64() * 1000.0),
+                    None,
+                );
+                let med = percentile(&mut g.heal, 0.5);
+                row(
+                    "heal at that scale: a deleted 1,000-entry target restored (10 trials)",
+                    "-",
+                    format!("median {}", ms(med)),
+                    None,
+                );
+            }
+            Err(e) => notes.push(e),
+        }
+        match storm(&b, 300) {
+            Ok(s) => row(
+                &format!(
+                    "fleet boot storm: {} daemons, ECR limited to 20/s, burst 200",
+                    s.daemons
+                ),
+                "≤ 1.3x minimum calls, nobody gives up",
+                format!(
+                    "all hold credentials after {:.1} s; {} API calls ({:.2}x the minimum {}), {} throttled; {} gave up",
+                    s.all_after.as_secs_f64(),
+                    s.calls,
+                    s.calls as f64 / s.daemons as f64,
+                    s.daemons,
+                    s.throttled,
+                    s.gave_up
+                ),
+                Some(s.calls as f64 <= 1.3 * s.daemons as f64 && s.gave_up == 0),
             ),
-            "≤ 1.3x minimum calls, nobody gives up",
-            format!(
-                "all hold credentials after {:.1} s; {} API calls ({:.2}x the minimum {}), {} throttled; {} gave up",
-                s.all_after.as_secs_f64(),
-                s.calls,
-                s.calls as f64 / s.daemons as f64,
-                s.daemons,
-                s.throttled,
-                s.gave_up
-            ),
-            Some(s.calls as f64 <= 1.3 * s.daemons as f64 && s.gave_up == 0),
-        ),
-        Err(e) => notes.push(e),
+            Err(e) => notes.push(e),
+        }
+        match aws.as_deref().map(|a| peer(&b, a, 10)) {
+            Some(Ok(p)) => {
+                let speed = p.peer_time.as_secs_f64() / p.ours_time.as_secs_f64().max(1e-6);
+                let mem = p.peer_kb as f64 / p.ours_kb.max(1) as f64;
+                row(
+                    &format!(
+                        "per refresh, median of {}: `ecr-refresherd once` vs `aws ecr get-login-password | skopeo login`",
+                        p.runs
+                    ),
+                    "≥ 20x faster, ≥ 5x less memory",
+                    format!(
+                        "{} / {:.1} MiB vs {} / {:.1} MiB: {speed:.0}x faster, {mem:.1}x less memory",
+                        ms(p.ours_time),
+                        p.ours_kb as f64 / 1024.0,
+                        ms(p.peer_time),
+                        p.peer_kb as f64 / 1024.0
+                    ),
+                    Some(speed >= 20.0 && mem >= 5.0),
+                );
+            }
+            Some(Err(e)) => notes.push(format!("peer: {e}")),
+            None => notes.push("peer comparison skipped: no --aws PATH given".into()),
+        }
     }
-    match aws.as_deref().map(|a| peer(&b, a, 10)) {
-        Some(Ok(p)) => {
-            let speed = p.peer_time.as_secs_f64() / p.ours_time.as_secs_f64().max(1e-6);
-            let mem = p.peer_kb as f64 / p.ours_kb.max(1) as f64;
+    match helper::compare(&b.bin, b.dir.path(), helper_runs) {
+        Ok(mut h) if !h.ours.is_empty() && !h.cached.is_empty() && !h.uncached.is_empty() => {
+            let (med, p99) = (percentile(&mut h.ours, 0.5), percentile(&mut h.ours, 0.99));
+            let (cmed, cp99) = (
+                percentile(&mut h.cached, 0.5),
+                percentile(&mut h.cached, 0.99),
+            );
+            let (umed, up99) = (
+                percentile(&mut h.uncached, 0.5),
+                percentile(&mut h.uncached, 0.99),
+            );
+            let speed = umed.as_secs_f64() / med.as_secs_f64().max(1e-9);
             row(
                 &format!(
-                    "per refresh, median of {}: `ecr-refresherd once` vs `aws ecr get-login-password | skopeo login`",
-                    p.runs
+                    "credential helper `get` from the daemon's memory ({} runs)",
+                    h.ours.len()
                 ),
-                "≥ 20x faster, ≥ 5x less memory",
+                "median ≤ 2 ms, ≥ 20x faster than ecr-login uncached",
                 format!(
-                    "{} / {:.1} MiB vs {} / {:.1} MiB: {speed:.0}x faster, {mem:.1}x less memory",
-                    ms(p.ours_time),
-                    p.ours_kb as f64 / 1024.0,
-                    ms(p.peer_time),
-                    p.peer_kb as f64 / 1024.0
+                    "median {}, p99 {}, {} API calls: {speed:.0}x faster than uncached, {:.1}x than cached",
+                    ms2(med),
+                    ms2(p99),
+                    h.ours_calls,
+                    cmed.as_secs_f64() / med.as_secs_f64().max(1e-9)
                 ),
-                Some(speed >= 20.0 && mem >= 5.0),
+                Some(med <= Duration::from_millis(2) && speed >= 20.0 && h.ours_calls == 0),
+            );
+            row(
+                &format!(
+                    "`docker-credential-ecr-login get` 0.6.0, cached ({} runs)",
+                    h.cached.len()
+                ),
+                "-",
+                format!(
+                    "median {}, p99 {}, {} API calls",
+                    ms2(cmed),
+                    ms2(cp99),
+                    h.cached_calls
+                ),
+                None,
+            );
+            row(
+                &format!(
+                    "`docker-credential-ecr-login get` 0.6.0, uncached ({} runs, loopback TLS)",
+                    h.uncached.len()
+                ),
+                "-",
+                format!(
+                    "median {}, p99 {}, {} API calls",
+                    ms2(umed),
+                    ms2(up99),
+                    h.uncached_calls
+                ),
+                None,
             );
         }
-        Some(Err(e)) => notes.push(format!("peer: {e}")),
-        None => notes.push("peer comparison skipped: no --aws PATH given".into()),
+        Ok(_) => notes.push("helper comparison: no runs".into()),
+        Err(e) => notes.push(format!("helper comparison: {e}")),
     }
     let size = std::fs::metadata(&b.bin).map_or(0, |m| m.len());
     row(
@@ -883,7 +962,7 @@ fn main() {
         md += &format!("\nNot measured: {n}\n");
     }
     println!("{md}");
-    if let Some(out) = out {
+    if let Some(out) = out.filter(|_| !only_helper) {
         let mut doc = std::fs::read_to_string(&out).unwrap_or_default();
         let begin = "<!-- bench:begin -->";
         let end = "<!-- bench:end -->";

@@ -68,6 +68,21 @@ pub fn check(alias: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The port of a valid alias on this machine's loopback (`localhost`, 127.0.0.0/8, `[::1]`) that
+/// any local user may listen on (1024 and above): whoever binds it first is sent the credential.
+pub fn unprivileged_loopback_port(alias: &str) -> Option<u16> {
+    let (host, port) = split_port(alias).ok()?;
+    let port: u16 = port?.parse().ok()?;
+    let loopback = host == "localhost"
+        || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| h.parse::<Ipv6Addr>().ok())
+            .is_some_and(|a| a.is_loopback());
+    (loopback && port >= 1024).then_some(port)
+}
+
 /// Splits `host[:port]`, `[v6]` and `[v6]:port`.
 fn split_port(alias: &str) -> Result<(&str, Option<&str>), String> {
     if alias.starts_with('[') {
@@ -137,6 +152,24 @@ mod tests {
             "pull-through.example.com:65535",
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn loopback_ports_any_user_may_bind_are_found() {
+        for (alias, port) in [
+            ("localhost:5000", Some(5000)),
+            ("127.0.0.1:5000", Some(5000)),
+            ("127.1.2.3:1024", Some(1024)),
+            ("[::1]:8080", Some(8080)),
+            ("localhost:443", None),
+            ("127.0.0.1:1023", None),
+            ("localhost", None),
+            ("mirror.internal:5000", None),
+            ("10.0.0.7:5000", None),
+            ("[fd00::1]:5000", None),
+        ] {
+            assert_eq!(unprivileged_loopback_port(alias), port, "{alias}");
         }
     }
 

@@ -710,6 +710,22 @@ check_every = "2m"
     }
 
     #[test]
+    fn a_loopback_alias_any_user_may_bind_is_a_located_warning() {
+        let s = ok(&format!(
+            "[[registry]]\nhost = \"{H}\"\naliases = [\"mirror.internal:5000\",\n  \"localhost:5000\"]\n"
+        ));
+        assert_eq!(s.registries[0].aliases.len(), 2, "a warning, not an error");
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        let w = &s.warnings[0];
+        assert_eq!((w.line, w.column), (4, 3));
+        assert!(
+            w.message.contains("any local user who listens there"),
+            "{}",
+            w.message
+        );
+    }
+
+    #[test]
     fn unknown_key_suggests() {
         let d = err(&format!("[[registry]]\nhost = \"{H}\"\nrole-arn = \"x\"\n"));
         assert_eq!(d[0].line, 3);

@@ -76,6 +76,14 @@ fn aliases(c: &mut Checker, r: &RawRegistry, names: &mut BTreeSet<String>) -> Ve
                 ),
             );
         } else {
+            if let Some(port) = alias::unprivileged_loopback_port(alias) {
+                c.warning(
+                    a.span(),
+                    format!(
+                        "alias {alias:?} is on this machine's loopback at port {port}: any local user who listens there before the mirror does is sent this registry's credential by docker and podman"
+                    ),
+                );
+            }
             out.push(alias.clone());
         }
     }
