@@ -320,7 +320,7 @@ pub(super) fn replace(
         if now != seen {
             return Ok(false);
         }
-        if !install(loc, &tmp, seen, path)? {
+        if !install(loc, &tmp, seen, ours, path)? {
             return Ok(false);
         }
         rustix::fs::fsync(&loc.dir.fd).map_err(|e| io_err(&loc.dir.path, "fsync directory", e))?;
@@ -340,13 +340,15 @@ pub(super) fn replace(
 ///
 /// A plain rename after a check leaves a window in which another writer's rename is overwritten.
 /// So: swap the two names atomically (`RENAME_EXCHANGE`) and look at what came out; if it is not
-/// the file we read, swap back at once and report `false` (redo). A target that did not exist is
-/// created with `RENAME_NOREPLACE`. Where the file system has neither, a plain rename is used.
-/// On success the temp name is gone.
+/// the file we read, give the name back to the other writer's newest version (see
+/// [`give_back`]) and report `false` (redo). A target that did not exist is created with
+/// `RENAME_NOREPLACE`. Where the file system has neither, a plain rename is used. On success the
+/// temp name is gone. `ours` is the temp file's identity.
 pub(super) fn install(
     loc: &Located,
     tmp: &OsStr,
     seen: Option<Seen>,
+    ours: Option<(u64, u64)>,
     path: &Path,
 ) -> Result<bool, FileError> {
     let (dir, name) = (&loc.dir.fd, loc.name.as_os_str());
@@ -369,18 +371,62 @@ pub(super) fn install(
         Err(Errno::INVAL | Errno::NOSYS) => return plain(),
         Err(e) => return Err(io_err(path, "rename", e)),
     }
-    let out = rustix::fs::statat(dir, tmp, AtFlags::SYMLINK_NOFOLLOW).map(|st| Seen::of(&st));
-    if out
-        .as_ref()
-        .is_ok_and(|o| (o.dev, o.ino) == (seen.dev, seen.ino))
-    {
+    let out = identity_at(loc, tmp);
+    if out == Some((seen.dev, seen.ino)) {
         let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
         return Ok(true);
     }
-    // Another writer replaced the file after our check: give its version back its name.
-    rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE)
-        .map_err(|e| io_err(path, "rename back", e))?;
+    // Another writer replaced the file after our check: its version is at the temp name now.
+    give_back(loc, tmp, ours, path)?;
     Ok(false)
+}
+
+/// The most swaps [`give_back`] makes while other writers keep renaming.
+const MAX_GIVE_BACK: usize = 16;
+
+/// Gives the target's name back to the newest version another writer made, after our exchange
+/// took it. Each swap puts the temp name's file at the target and shows what the target held:
+/// if that is what we put there, nobody wrote meanwhile and the temp name holds a superseded
+/// file (ours, or an older version of theirs), which goes. If it is anything else, a writer
+/// renamed it there after us: it is the newest, and the next swap puts it back. (A single blind
+/// swap-back would resurrect an older version over a rename that came between the two swaps.)
+fn give_back(
+    loc: &Located,
+    tmp: &OsStr,
+    ours: Option<(u64, u64)>,
+    path: &Path,
+) -> Result<(), FileError> {
+    let (dir, name) = (&loc.dir.fd, loc.name.as_os_str());
+    let swap = || {
+        rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE)
+            .map_err(|e| io_err(path, "rename back", e))
+    };
+    let Some(ours) = ours else {
+        // Without our file's identity nothing can be told apart: one swap back.
+        return swap();
+    };
+    // What we believe the target holds: our file, since the exchange.
+    let mut at_name = Some(ours);
+    for _ in 0..MAX_GIVE_BACK {
+        let putting = identity_at(loc, tmp);
+        swap()?;
+        let came_out = identity_at(loc, tmp);
+        if came_out.is_some() && came_out == at_name {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+            return Ok(());
+        }
+        at_name = putting;
+    }
+    // Writers kept renaming through every swap: the target holds one of their versions; the
+    // temp name is left to the caller (removed only if it is ours) and to the stray-file sweep.
+    Ok(())
+}
+
+/// The (device, inode) at `name` in the target's directory, without following a link.
+fn identity_at(loc: &Located, name: &OsStr) -> Option<(u64, u64)> {
+    rustix::fs::statat(&loc.dir.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| (st.st_dev, st.st_ino))
+        .ok()
 }
 
 /// Removes temp files a crashed run of ours left beside a target. Returns how many were removed.
@@ -416,4 +462,55 @@ pub fn remove_stray_temp_files(path: &Path, policy: OwnerPolicy) -> Result<usize
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safe_fs::OwnerPolicy;
+    use crate::safe_fs::owner::locate;
+
+    /// Puts a new file (a new inode, as a writer's rename does) with `text` at `name` in `dir`.
+    fn renamed_in(dir: &Path, name: &OsStr, text: &str) {
+        let fresh = dir.join("fresh");
+        std::fs::write(&fresh, text).unwrap();
+        std::fs::rename(&fresh, dir.join(name)).unwrap();
+    }
+
+    /// After our exchange took the name (our file at the target, the other writer's version at
+    /// the temp name), the name goes back to that writer's newest version: the one at the temp
+    /// name, or one it renamed over ours before we could swap back (a single blind swap-back
+    /// resurrected the older one: an entry the writer had removed came back in tests/races.rs).
+    #[test]
+    fn the_name_goes_back_to_the_other_writers_newest_version() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("config.json");
+        let me = rustix::process::geteuid().as_raw();
+        let policy = OwnerPolicy::User { uid: me, gid: None };
+        let loc = locate(&path, &policy, false).unwrap().unwrap();
+        let tmp = temp_name(&loc.name);
+        let name = loc.name.clone();
+        let read = |n: &OsStr| std::fs::read_to_string(d.path().join(n)).ok();
+
+        // Nobody writes meanwhile: their version comes back, ours goes.
+        renamed_in(d.path(), &name, "ours");
+        let ours = identity_at(&loc, &name);
+        renamed_in(d.path(), &tmp, "theirs");
+        give_back(&loc, &tmp, ours, &path).unwrap();
+        assert_eq!(read(&name).as_deref(), Some("theirs"));
+        assert_eq!(read(&tmp), None);
+
+        // The writer renames a newer version over ours before we swap back: that one stays.
+        renamed_in(d.path(), &name, "ours");
+        let ours = identity_at(&loc, &name);
+        renamed_in(d.path(), &tmp, "theirs, older");
+        renamed_in(d.path(), &name, "theirs, newer");
+        give_back(&loc, &tmp, ours, &path).unwrap();
+        assert_eq!(read(&name).as_deref(), Some("theirs, newer"));
+        assert_eq!(
+            read(&tmp),
+            None,
+            "the superseded version is not left behind"
+        );
+    }
 }
