@@ -32,6 +32,8 @@ if [ "${1:-}" != "--inside" ]; then
 fi
 
 H=111111111111.dkr.ecr.us-east-1.amazonaws.com
+# A mirror's name for the same registry: a [[registry]] alias.
+M=mirror.consumers.test
 BIN=$PWD/target/debug/ecr-refresherd
 FAKE=$PWD/target/debug/fake-aws
 FAKE_PORTAINER=$PWD/target/debug/fake-portainer
@@ -48,19 +50,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "private network namespace with loopback only; $H is 127.0.0.1 in a private /etc/hosts"
+step "private network namespace with loopback only; $H and $M are 127.0.0.1 in a private /etc/hosts"
 ip link set lo up
-printf '127.0.0.1 localhost %s\n' "$H" >"$work/hosts"
+printf '127.0.0.1 localhost %s %s\n' "$H" "$M" >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
-mkdir -p "$work/certs.d/$H" "$work/run-containers"
+mkdir -p "$work/certs.d/$H" "$work/certs.d/$M" "$work/run-containers"
 mount -t tmpfs tmpfs /run/containers 2>/dev/null || { mkdir -p /run/containers && mount -t tmpfs tmpfs /run/containers; }
 mkdir -p /etc/containers/certs.d
 mount --bind "$work/certs.d" /etc/containers/certs.d
 
-step "TLS certificate for $H, trusted by skopeo and podman through certs.d"
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=$H" -addext "subjectAltName=DNS:$H" \
+step "TLS certificate for $H and $M, trusted by skopeo and podman through certs.d"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=$H" -addext "subjectAltName=DNS:$H,DNS:$M" \
     -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cp "$work/cert.pem" "$work/certs.d/$H/ca.crt"
+cp "$work/cert.pem" "$work/certs.d/$M/ca.crt"
 
 step "the fake ECR: 8-second tokens, each new password becomes the registry's only AWS password"
 "$FAKE" --listen 127.0.0.1:0 --lifetime 8 --htpasswd "$work/htpasswd" >"$work/fake.out" 2>"$work/fake.err" &
@@ -140,6 +143,7 @@ min_interval = "1s"
 retry_min = "1s"
 [[registry]]
 host = "$H"
+aliases = ["$M"]
 users = ["4646"]
 [[target]]
 path = "$work/root/.docker/config.json"
@@ -187,6 +191,20 @@ while [ $SECONDS -lt $end ]; do
 done
 [ "${#seen[@]}" -ge 4 ] || fail "only ${#seen[@]} tokens seen: the password did not rotate"
 echo "$ok rounds of skopeo inspect + podman pull succeeded across ${#seen[@]} tokens"
+
+step "the mirror name $M (an alias): the daemon wrote the same credential under it; skopeo and podman pull $M/app:v1 with it"
+python3 - "$work/root/.docker/config.json" "$H" "$M" <<'PY' || fail "the alias entry"
+import json, sys
+auths = json.load(open(sys.argv[1]))["auths"]
+if auths.get(sys.argv[3]) != auths.get(sys.argv[2]):
+    sys.exit(f"{sys.argv[3]}: {'present' if sys.argv[3] in auths else 'missing'}, not the registry's entry")
+PY
+mirror_pull() {
+    skopeo inspect --authfile "$work/root/.docker/config.json" --format '{{.Digest}}' "docker://$M/app:v1" >/dev/null 2>"$work/skopeo.err" \
+        && podman --root /run/containers/proot --runroot /run/containers/prun --storage-driver vfs pull --quiet "$M/app:v1" >/dev/null 2>"$work/podman.err"
+}
+mirror_pull || { sleep 0.3; mirror_pull; } || { cat "$work/skopeo.err" "$work/podman.err"; fail "a pull under the alias"; }
+echo "skopeo inspect and podman pull of $M/app:v1 succeeded with the alias entries"
 
 step "a removed entry fails"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); del d["auths"][sys.argv[2]]; json.dump(d,open(sys.argv[3],"w"))' \
@@ -301,6 +319,7 @@ sed -n '/^PORTAINER /,/^config /{/^config /d;/^$/d;p}' "$work/status.txt"
 [ "$st" = 0 ] || { cat "$work/status.txt"; fail "status exited $st"; }
 grep -qE "^$portainer_url +[^ ]+ +yes +yes " "$work/status.txt" || fail "no reachable Portainer with an admin key in status"
 grep -qE "^$portainer_url #$ecr_id +ecr-app +custom +$H " "$work/status.txt" || fail "record #$ecr_id is not in status"
+grep -qE "^ +alias $M " "$work/status.txt" || { cat "$work/status.txt"; fail "the alias is not listed under its registry in status"; }
 
 # The docker credential helper: this executable under docker's name, a link found on PATH (as
 # docker, skopeo and podman find `docker-credential-NAME`), asking the daemon on
@@ -376,6 +395,17 @@ sys.exit(0 if all(s in issued for s in seen) else "the helper gave a password th
 ' "$endpoint" <<<"${secrets[*]}" || fail "helper passwords"
 echo "$hok rounds of skopeo inspect + podman pull through the helper succeeded across ${#secrets[@]} passwords, each one the fake ECR issued"
 helper_file_intact "pulling"
+
+step "through the helper alone under the alias: credHelpers {$M: ecr-refresherd}"
+printf '{"auths":{},"credHelpers":{"%s":"ecr-refresherd"}}\n' "$M" >"$work/mirror-helper-auth.json"
+mirror_helper_pull() {
+    skopeo inspect --authfile "$work/mirror-helper-auth.json" --format '{{.Digest}}' "docker://$M/app:v1" >/dev/null 2>"$work/skopeo.err"
+}
+mirror_helper_pull || { sleep 0.3; mirror_helper_pull; } || { cat "$work/skopeo.err"; fail "skopeo through the helper under the alias"; }
+[ "$(echo "https://$M" | docker-credential-ecr-refresherd get | python3 -c 'import json,sys; print(json.load(sys.stdin)["Secret"])')" = "$(helper_secret)" ] \
+    || { sleep 0.5; [ "$(echo "https://$M" | docker-credential-ecr-refresherd get | python3 -c 'import json,sys; print(json.load(sys.stdin)["Secret"])')" = "$(helper_secret)" ]; } \
+    || fail "the helper's answer for the alias is not the registry's"
+echo "skopeo inspect $M/app:v1 through the helper succeeded; get https://$M answers the registry's password"
 
 step "without the helper on PATH the same auth file gives nothing (the helper alone supplied the credentials)"
 if PATH=$plain_path skopeo_inspect "$work/helper-auth.json"; then fail "a pull worked without the helper"; fi
