@@ -29,12 +29,24 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(64)
-        .enable_all()
-        .build()
-    {
+    // The credential helper and provider are run per pull: one thread, no workers to start and
+    // stop (a third of their run time).
+    let one_shot = matches!(
+        cli.command,
+        Some(Command::CredentialHelper { .. } | Command::CredentialProvider { .. })
+    );
+    let built = if one_shot {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(64)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ecr-refresherd: cannot start the async runtime: {e}");
