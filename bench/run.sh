@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs every benchmark against the fake ECR on loopback and writes the table, with the machine
 # description, into docs/BENCHMARKS.md (between its bench markers). Installs the peer tools it
-# compares against: awscli (PyPI, in target/bench-venv), skopeo, docker-registry and GNU time (Debian).
-# Usage: bench/run.sh [--quick]    (--quick: a 10 s idle window instead of 60 s)
+# compares against: awscli (PyPI, in target/bench-venv), skopeo, docker-registry, GNU time, Amazon's
+# docker-credential-ecr-login and socat (Debian).
+# Usage: bench/run.sh [--quick] [--only helper]
+#   --quick: a 10 s idle window instead of 60 s; --only helper: the credential helper comparison
+#   alone, printed (docs untouched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=
-for p in time skopeo docker-registry python3-venv; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+for p in time skopeo docker-registry python3-venv amazon-ecr-credential-helper socat openssl iproute2; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
