@@ -111,8 +111,12 @@ fn root_gets_the_credential_from_memory_without_an_api_call() {
         Some(0),
         "erase changed nothing"
     );
+    // list: the registries root may get (all it holds), with user AWS.
     let out = helper(&w, "list", "");
-    assert_eq!((code(&out), stdout(&out).trim()), (0, "{}"));
+    assert_eq!(
+        (code(&out), stdout(&out).trim()),
+        (0, format!(r#"{{"{H1}":"AWS"}}"#).as_str())
+    );
     let out = helper(&w, "version", "");
     assert!(
         stdout(&out).starts_with("ecr-refresherd "),
@@ -206,13 +210,15 @@ fn a_user_gets_nothing_and_is_logged() {
 fn a_daemon_that_is_down_is_a_clear_error() {
     let w = World::new();
     w.one_target_config(&[H1], "");
-    let out = helper(&w, "get", H1);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stdout(&out).contains("ecr-refresherd is not running"),
-        "{}",
-        stdout(&out)
-    );
+    for action in ["get", "list"] {
+        let out = helper(&w, action, H1);
+        assert_eq!(code(&out), 1, "{action}");
+        assert!(
+            stdout(&out).contains("ecr-refresherd is not running"),
+            "{action}: {}",
+            stdout(&out)
+        );
+    }
     let out = provider(
         &w,
         &format!(
@@ -399,6 +405,34 @@ fn grants_decide_who_gets_which_registry() {
     assert!(wait_for(Duration::from_secs(10), || d
         .log_text()
         .contains("credential request denied")));
+    // list: exactly the registries each caller may get; nothing for a caller granted nothing.
+    let list = |uid: u32, groups: &str| -> Vec<String> {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(if groups.is_empty() {
+                vec!["--clear-groups".to_string()]
+            } else {
+                vec![format!("--groups={groups}")]
+            })
+            .args(["--", BIN, "credential-helper", "list", "--socket"])
+            .arg(&sock)
+            .env_clear();
+        let out = with_stdin(c, "");
+        w.capture_text(stderr(&out));
+        assert_eq!(code(&out), 0, "list as {uid}: {}", stdout(&out));
+        let v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("a JSON object");
+        assert!(v.values().all(|u| u == "AWS"), "{v:?}");
+        v.keys().cloned().collect()
+    };
+    assert_eq!(list(4242, ""), [H1]);
+    assert_eq!(list(4646, "4545"), [H1]);
+    assert_eq!(list(5151, ""), [H1]);
+    assert_eq!(list(4343, "4343"), Vec::<String>::new());
+    let mut all = vec![H1.to_string(), H3.to_string()];
+    all.sort();
+    assert_eq!(list(0, "0"), all);
     // The helper socket answers credential requests only, whoever asks.
     let mut c = w.cmd();
     c.args(["status", "--socket"]).arg(&sock);

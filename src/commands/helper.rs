@@ -54,20 +54,39 @@ async fn ask(socket: &Path, registry: &str) -> Result<Answer, String> {
         Ok(Response::Error { message }) if message == NOT_FOUND => Ok(Answer::NotFound),
         Ok(Response::Error { message }) => Err(format!("the daemon says: {}", shown(&message))),
         Ok(_) => Err("the daemon gave an unexpected answer".into()),
-        Err(control::ClientError::NoDaemon { path, source })
+        Err(e) => Err(client_error(e)),
+    }
+}
+
+/// What a client error means to the helper's caller.
+fn client_error(e: control::ClientError) -> String {
+    match e {
+        control::ClientError::NoDaemon { path, source }
             if source.kind() == std::io::ErrorKind::PermissionDenied =>
         {
-            Err(format!(
+            format!(
                 "not allowed to ask ecr-refresherd (permission denied on {}); the credential helper socket is helper_socket, beside the control socket",
                 path.display()
-            ))
+            )
         }
-        Err(e @ control::ClientError::Busy(_)) => Err(e.to_string()),
-        Err(control::ClientError::NoDaemon { path, .. }) => Err(format!(
+        e @ control::ClientError::Busy(_) => e.to_string(),
+        control::ClientError::NoDaemon { path, .. } => format!(
             "ecr-refresherd is not running (nothing answers on {}); start it with: systemctl start ecr-refresherd",
             path.display()
-        )),
-        Err(_) => Err("the daemon's answer was not understood".into()),
+        ),
+        _ => "the daemon's answer was not understood".into(),
+    }
+}
+
+/// The hosts the daemon would answer `get` for, for this caller.
+async fn list(socket: &Path) -> Result<Vec<String>, String> {
+    match control::request(socket, &Request::List, TIMEOUT).await {
+        Ok(Response::List { hosts }) => Ok(hosts),
+        // A caller granted nothing is turned away before its request is read.
+        Ok(Response::Error { message }) if message == NOT_FOUND => Ok(Vec::new()),
+        Ok(Response::Error { message }) => Err(format!("the daemon says: {}", shown(&message))),
+        Ok(_) => Err("the daemon gave an unexpected answer".into()),
+        Err(e) => Err(client_error(e)),
     }
 }
 
@@ -125,12 +144,28 @@ pub async fn credential_helper(socket: &Path, action: &str) -> u8 {
             let _ = read_stdin();
             0
         }
-        // The daemon's credentials are not listed (a list would tell a user which registries
-        // exist); docker uses `list` only for `docker login` without a server.
-        "list" => {
-            println!("{{}}");
-            0
-        }
+        // The registries the caller may get (no others: a list must not tell a user which
+        // registries exist), each with user AWS; docker's `GetAll` (the legacy builder, with the
+        // helper as `credsStore`) then asks `get` for each.
+        "list" => match list(socket).await {
+            Ok(hosts) => {
+                let map: std::collections::BTreeMap<String, &str> = hosts
+                    .into_iter()
+                    .map(|h| (h, crate::portainer::records::USERNAME))
+                    .collect();
+                match serde_json::to_string(&map) {
+                    Ok(text) => {
+                        println!("{text}");
+                        0
+                    }
+                    Err(_) => 1,
+                }
+            }
+            Err(e) => {
+                println!("{e}");
+                1
+            }
+        },
         "version" => {
             println!("ecr-refresherd {}", env!("CARGO_PKG_VERSION"));
             0

@@ -57,6 +57,9 @@ pub enum Request {
         /// The registry: a host, or a server URL or image reference naming it.
         host: String,
     },
+    /// The registries (hosts and aliases) whose credential the caller may have and the daemon
+    /// holds now (docker's `GetAll` with the helper as `credsStore`: `list`, then `get` each).
+    List,
 }
 
 /// The outcome of refreshing one registry.
@@ -103,6 +106,11 @@ pub enum Response {
         secret: String,
         /// When it expires (RFC 3339).
         expires_at: String,
+    },
+    /// The answer to `list`: hosts only, no secret.
+    List {
+        /// The registries the caller may get now, sorted.
+        hosts: Vec<String>,
     },
     /// The request could not be served.
     Error {
@@ -474,6 +482,7 @@ async fn handle(
                 message: e.to_string(),
             },
             Ok(Request::Credential { host }) => credential(&host, &held, uid, gids, budget),
+            Ok(Request::List) => list(&held, uid, &gids),
             Ok(_) if role == Role::Helper => Response::Error {
                 message: "this socket answers credential requests only; use the control socket"
                     .into(),
@@ -612,6 +621,22 @@ fn credential(
     }
 }
 
+/// The hosts `uid` may have a credential for and the daemon holds a valid one for.
+fn list(held: &Held, uid: Option<u32>, gids: &[u32]) -> Response {
+    let Some(uid) = uid else {
+        return Response::List { hosts: Vec::new() };
+    };
+    let grants = Arc::clone(&held.grants.borrow());
+    let creds = Arc::clone(&held.credentials.borrow());
+    let now = std::time::SystemTime::now();
+    let hosts = creds
+        .iter()
+        .filter(|(h, t)| t.expires_at > now && grants.allows(h, uid, gids))
+        .map(|(h, _)| h.clone())
+        .collect();
+    Response::List { hosts }
+}
+
 /// The registry host a server URL (`https://H/v2/`), an image (`H/repo:tag`) or a host names,
 /// lower case; docker's rule: a first path component without `.`, `:` or `localhost` is
 /// Docker Hub's repository, not a host.
@@ -650,7 +675,7 @@ async fn answer(
 ) -> Response {
     match req {
         // Answered without the loop, in `handle`.
-        Request::Credential { .. } => Response::Error {
+        Request::Credential { .. } | Request::List => Response::Error {
             message: NOT_FOUND.into(),
         },
         Request::Status => Response::Status {
@@ -758,6 +783,8 @@ pub async fn request(
     // at most a few MB.
     let limit = match req {
         Request::Credential { .. } => 64 * 1024,
+        // Hosts of at most 255 bytes, a few thousand registries and aliases.
+        Request::List => 4 * 1024 * 1024,
         _ => 64 * 1024 * 1024,
     };
     let mut reader = BufReader::new(stream.take(limit));
