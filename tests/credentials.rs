@@ -353,7 +353,8 @@ fn grants_decide_who_gets_which_registry() {
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o666
     );
-    let get = |uid: u32, groups: &str, host: &str| -> Output {
+    // `credential-helper ACTION` as `uid` with these supplementary groups (none if empty).
+    let helper_as = |uid: u32, groups: &str, action: &str, input: &str| -> Output {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={uid}"))
             .arg(format!("--regid={uid}"))
@@ -362,13 +363,14 @@ fn grants_decide_who_gets_which_registry() {
             } else {
                 vec![format!("--groups={groups}")]
             })
-            .args(["--", BIN, "credential-helper", "get", "--socket"])
+            .args(["--", BIN, "credential-helper", action, "--socket"])
             .arg(&sock)
             .env_clear();
-        let out = with_stdin(c, host);
+        let out = with_stdin(c, input);
         w.capture_text(stderr(&out));
         out
     };
+    let get = |uid: u32, groups: &str, host: &str| helper_as(uid, groups, "get", host);
     let ok = |o: &Output| {
         code(o) == 0
             && serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|v| {
@@ -407,19 +409,7 @@ fn grants_decide_who_gets_which_registry() {
         .contains("credential request denied")));
     // list: exactly the registries each caller may get; nothing for a caller granted nothing.
     let list = |uid: u32, groups: &str| -> Vec<String> {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .args(if groups.is_empty() {
-                vec!["--clear-groups".to_string()]
-            } else {
-                vec![format!("--groups={groups}")]
-            })
-            .args(["--", BIN, "credential-helper", "list", "--socket"])
-            .arg(&sock)
-            .env_clear();
-        let out = with_stdin(c, "");
-        w.capture_text(stderr(&out));
+        let out = helper_as(uid, groups, "list", "");
         assert_eq!(code(&out), 0, "list as {uid}: {}", stdout(&out));
         let v: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&out.stdout).expect("a JSON object");
