@@ -190,3 +190,230 @@ fn an_alias_moved_between_registries_never_hands_one_registrys_token_to_the_othe
         "each was answered for the alias while it was its registry's ({na}, {nb} requests)"
     );
 }
+
+/// Races root's writes in `argv[1]` (the user's `.docker`) until the file `argv[2]` exists:
+/// renames hard links to `argv[3]` (another user's file it may link), symbolic links to each
+/// of `argv[3:]`, its own new versions, and root's temp files into root's temp names and the
+/// target's name, in random order. Prints how many moves took, then how many were tried.
+const RACER: &str = r#"
+import os, sys, random
+d, stop, victims = sys.argv[1], sys.argv[2], sys.argv[3:]
+linkable = victims[0]
+prefix, target = ".config.json.ecr-refresherd-", d + "/config.json"
+took = tried = 0
+def fresh(path):
+    with open(path, "w") as f:
+        f.write('{"auths": {"ghcr.io": {"auth": "dXNlcjpwdw=="}}}')
+ready = d + "/.ready"
+while not os.path.exists(stop):
+    try:
+        if not os.path.exists(ready):
+            fresh(ready)
+        tmps = [d + "/" + x for x in os.listdir(d) if x.startswith(prefix) and x.endswith(".tmp")]
+    except OSError:
+        continue
+    tried += 1
+    try:
+        if tmps and random.random() < 0.5:
+            # Root is writing: a version of ours takes the name at once (a writer's rename
+            # between root's check and its exchange), then something else takes a name.
+            os.rename(ready, target)
+            took += 1
+    except OSError:
+        pass
+    a = random.choice([0, 0, 1, 1, 2, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 7, 7, 8, 8])
+    try:
+        for junk in (d + "/.h", d + "/.s", d + "/.n"):
+            try:
+                os.unlink(junk)
+            except OSError:
+                pass
+        if a == 0 and tmps:
+            os.link(linkable, d + "/.h"); os.rename(d + "/.h", random.choice(tmps))
+        elif a == 1 and tmps:
+            os.symlink(random.choice(victims), d + "/.s"); os.rename(d + "/.s", random.choice(tmps))
+        elif a == 2:
+            os.link(linkable, d + "/.h"); os.rename(d + "/.h", target)
+        elif a == 3:
+            os.symlink(random.choice(victims), d + "/.s"); os.rename(d + "/.s", target)
+        elif a == 4 or a == 5:
+            fresh(d + "/.n"); os.rename(d + "/.n", target)
+        elif a == 6 and tmps:
+            os.rename(target, random.choice(tmps))
+        elif a == 7 and tmps:
+            os.rename(random.choice(tmps), target)
+        elif a == 8 and tmps:
+            fresh(d + "/.n"); os.rename(d + "/.n", random.choice(tmps))
+        else:
+            continue
+        took += 1
+    except OSError:
+        pass
+print(took, tried, flush=True)
+"#;
+
+/// What must not change about another user's (or root's) file: content, owner, mode, inode.
+fn identity(p: &Path) -> (Vec<u8>, u32, u32, u32, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).expect("victim stat");
+    (
+        std::fs::read(p).unwrap_or_default(),
+        md.uid(),
+        md.gid(),
+        md.mode(),
+        md.ino(),
+    )
+}
+
+/// The user of a target races the daemon's writes (with an alias, so each file holds two
+/// entries) for hundreds of rounds: hard links to another user's file, symbolic links to other
+/// users' and root's files and directories, its own versions, root's temp files moved about, all
+/// renamed into root's temp names and the target's name between root's calls. Root never
+/// changes, unlinks, chowns or fills another user's file, never leaves a file of its own there,
+/// writes a token only into a file of the user's, and writes the target again once the user
+/// stops.
+#[test]
+fn a_user_racing_the_writes_with_links_and_renames_never_gets_root_to_touch_anothers_file() {
+    require_root!();
+    const ROUNDS: usize = 300;
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    const USER: u32 = A_USER;
+    const OTHER: u32 = B_USER;
+    let victims = w.path("victims");
+    std::fs::create_dir(&victims).unwrap();
+    chmod(&victims, 0o755);
+    // Another user's file the user may hard-link (fs.protected_hardlinks lets a user link a
+    // file it may read and write), root's 0600 file and root's and another user's directories.
+    let theirs = victims.join("theirs");
+    std::fs::write(&theirs, "another user's data\n").unwrap();
+    chown(&theirs, OTHER, OTHER);
+    chmod(&theirs, 0o666);
+    let roots = victims.join("roots");
+    std::fs::write(&roots, "root:$6$do-not-touch\n").unwrap();
+    chmod(&roots, 0o600);
+    let their_dir = victims.join("their-dir");
+    std::fs::create_dir(&their_dir).unwrap();
+    chown(&their_dir, OTHER, OTHER);
+    let files = [&theirs, &roots];
+    let before: Vec<_> = files.iter().map(|p| identity(p)).collect();
+    let home = w.path("home/u");
+    let docker = home.join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    chown(&home, USER, USER);
+    chown(&docker, USER, USER);
+    let target = docker.join("config.json");
+    w.config(&format!(
+        "{}\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\naliases = [\"{M}\"]\n",
+        w.daemon_section(),
+        target.display()
+    ));
+    let mut d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(30), || std::fs::read_to_string(&target)
+            .is_ok_and(|t| t.contains(M))),
+        "never written:\n{}",
+        d.log_text()
+    );
+    let stop = w.path("stop");
+    let args: Vec<String> = [&docker, &stop, &theirs, &roots, &their_dir, &victims]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let racer = Py::spawn(USER, RACER, &args);
+    // Two writers of root's: the daemon (again each time the user's version, without our
+    // entries, replaces the file, at most once per event spacing) and `once` runs, one after
+    // the other, with a state of their own.
+    let once = w.path("once.toml");
+    std::fs::write(
+        &once,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\naliases = [\"{M}\"]\n",
+            w.path("once-state").display(),
+            target.display()
+        ),
+    )
+    .unwrap();
+    let (mut written, mut refused, mut other) = (0, 0, 0);
+    for _ in 0..ROUNDS {
+        let mut c = w.cmd();
+        c.arg("--config").arg(&once).arg("once");
+        let out = w.capture(c.output().expect("once"));
+        let text = stdout(&out);
+        if code(&out) == 0 {
+            written += 1;
+        } else if text.contains("refused") {
+            refused += 1;
+        } else {
+            other += 1;
+        }
+    }
+    let rounds = format!("once: {written} written, {refused} refused, {other} otherwise");
+    std::fs::write(&stop, "").unwrap();
+    let l = racer.line(Duration::from_secs(30));
+    eprintln!("racer: {l} (moves that took, moves tried); {rounds}");
+    assert!(written >= 5, "root hardly wrote: {rounds}");
+    let took: usize = l
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(took > 1000, "the racer hardly raced: {l}");
+
+    // Other users' and root's files are as they were, where they were; nothing new beside them.
+    let after: Vec<_> = files.iter().map(|p| identity(p)).collect();
+    assert_eq!(after, before, "another user's or root's file changed");
+    let mut beside: Vec<_> = std::fs::read_dir(&victims)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    beside.sort();
+    assert_eq!(beside, ["roots", "their-dir", "theirs"]);
+    assert_eq!(std::fs::read_dir(&their_dir).unwrap().count(), 0);
+    // In the user's directory: every entry is the user's, or a link the user made to a victim;
+    // a token is only ever in a plain file of the user's, 0600.
+    let passwords = w.fake.issued_passwords();
+    let victim_inodes: Vec<u64> = before.iter().map(|v| v.4).collect();
+    for e in std::fs::read_dir(&docker).unwrap() {
+        let p = e.unwrap().path();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        assert!(
+            md.uid() == USER || victim_inodes.contains(&md.ino()),
+            "{} belongs to uid {} and is no victim the user linked",
+            p.display(),
+            md.uid()
+        );
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        if passwords.iter().any(|pw| text.contains(pw.as_str())) {
+            assert_eq!(md.uid(), USER, "{}", p.display());
+        }
+    }
+    assert_eq!(d.child.try_wait().unwrap(), None, "the daemon died");
+
+    // The user stops and clears up: the next write puts both entries back.
+    for e in std::fs::read_dir(&docker).unwrap() {
+        let p = e.unwrap().path();
+        let _ = std::fs::remove_file(&p);
+    }
+    let _ = w.client(&["refresh"]);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            std::fs::read(&target).is_ok_and(|b| {
+                let t = String::from_utf8_lossy(&b);
+                t.contains(M) && t.contains(H1)
+            })
+        }),
+        "not written again:\n{}",
+        d.log_text()
+    );
+    let md = std::fs::metadata(&target).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o777), (USER, 0o600));
+    assert_fresh_entry(&w, &target, M);
+    d.stop();
+}
