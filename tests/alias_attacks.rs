@@ -417,3 +417,62 @@ fn a_user_racing_the_writes_with_links_and_renames_never_gets_root_to_touch_anot
     assert_fresh_entry(&w, &target, M);
     d.stop();
 }
+
+/// `check`'s output and exit code for a config with `aliases` on H1.
+fn check_aliases(w: &World, aliases: &str) -> (i32, String) {
+    w.config(&format!(
+        "[daemon]\nstate_dir = \"{{dir}}/state\"\n[[registry]]\nhost = \"{H1}\"\naliases = [{aliases}]\n[[target]]\npath = \"{{dir}}/d/config.json\"\n"
+    ));
+    let out = w.run(&["check"]);
+    (code(&out), format!("{}{}", stdout(&out), stderr(&out)))
+}
+
+/// Every spelling of this machine's loopback at a port any local user may bind is warned
+/// about (a user who listens there first is sent the credential by docker and podman): the
+/// unspecified addresses (a connection to 0.0.0.0 or [::] reaches this machine), IPv4-mapped
+/// IPv6 addresses, and `*.localhost` (RFC 6761; systemd-resolved and nss-myhostname answer
+/// 127.0.0.1). Shorthand IPv4 spellings that the C library reads as an address and Go's
+/// resolver as a name (`127.1`, `2130706433`, `0x7f.1`, octal `0177.0.0.1`) are refused.
+#[test]
+fn every_loopback_spelling_of_an_alias_is_warned_about_or_refused() {
+    let w = World::new();
+    for alias in [
+        "0.0.0.0:5000",
+        "[::]:5000",
+        "[::ffff:127.0.0.1]:5000",
+        "[::ffff:0.0.0.0]:8080",
+        "mirror.localhost:5000",
+        "localhost:5000",
+        "127.0.0.2:5000",
+    ] {
+        let (code, text) = check_aliases(&w, &format!("\"{alias}\""));
+        assert!(
+            text.contains("loopback") && text.contains("any local user who listens there"),
+            "{alias}: no warning (exit {code}):\n{text}"
+        );
+    }
+    for alias in [
+        "127.1:5000",
+        "2130706433:5000",
+        "0x7f.1:5000",
+        "0177.0.0.1:5000",
+        "10.1",
+    ] {
+        let (code, text) = check_aliases(&w, &format!("\"{alias}\""));
+        assert_eq!(code, 2, "{alias}: not refused:\n{text}");
+        assert!(
+            text.contains(&format!("invalid alias \"{alias}\"")) && text.contains("IPv4"),
+            "{alias}:\n{text}"
+        );
+    }
+    // Not loopback, or at a port only root may bind: no warning.
+    for alias in [
+        "mirror.internal:5000",
+        "10.0.0.7:5000",
+        "0.0.0.0:443",
+        "[fd00::1]:5000",
+    ] {
+        let (_, text) = check_aliases(&w, &format!("\"{alias}\""));
+        assert!(!text.contains("loopback"), "{alias}:\n{text}");
+    }
+}
