@@ -476,3 +476,91 @@ fn every_loopback_spelling_of_an_alias_is_warned_about_or_refused() {
         assert!(!text.contains("loopback"), "{alias}:\n{text}");
     }
 }
+
+/// Asks socket `argv[1]` once for each of `argv[2:]`; prints one line per name: "found <host>"
+/// (never the secret) or the error message.
+const ASK_EACH: &str = r#"
+import socket, sys, json
+for host in sys.argv[2:]:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(json.dumps({"cmd": "credential", "host": host}).encode() + b"\n")
+    buf = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        buf += b
+    a = json.loads(buf)
+    print("found " + a["host"] if a.get("kind") == "credential" else a.get("message"), flush=True)
+"#;
+
+/// Other spellings of an alias: a caller not granted its registry gets "not found" for every
+/// one, exactly as for a name that is no alias; the granted caller gets the credential only for
+/// spellings that name the same host and port.
+#[test]
+fn other_spellings_of_an_alias_give_an_ungranted_user_nothing_and_tell_nothing() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    std::fs::create_dir_all(w.path("d")).unwrap();
+    w.config(&format!(
+        "{}\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\nusers = [\"{A_USER}\"]\naliases = [\"{M}\"]\n[[registry]]\nhost = \"{H3}\"\nusers = [\"{B_USER}\"]\n",
+        w.daemon_section(),
+        w.path("d/config.json").display(),
+    ));
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(30), || std::fs::read_to_string(
+            w.path("d/config.json")
+        )
+        .is_ok_and(|t| t.contains(M) && t.contains(H3))),
+        "{}",
+        d.log_text()
+    );
+    let same = [
+        M.to_string(),
+        format!("https://{M}"),
+        format!("http://{M}/v2/"),
+        format!("https://{M}/v1/"),
+        format!("{M}/team/app:v1"),
+        M.to_uppercase(),
+        format!(" {M} "),
+    ];
+    let different = [
+        format!("{M}."),
+        "mirror.internal.:5000".to_string(),
+        format!("user@{M}"),
+        format!("https://user@{M}/v2/"),
+        "mirror.internal".to_string(),
+        "mirror.internal:05000".to_string(),
+        "mirror.internal:5001".to_string(),
+        "[mirror.internal]:5000".to_string(),
+        "mirror.internal:5000#".to_string(),
+        "mirror.internal%3a5000".to_string(),
+        "mırror.internal:5000".to_string(),
+        "unknown.internal:5000".to_string(),
+    ];
+    let sock = w.path("helper.sock").display().to_string();
+    let ask = |uid: u32, names: &[String]| -> Vec<String> {
+        let mut args = vec![sock.as_str()];
+        args.extend(names.iter().map(String::as_str));
+        let py = Py::spawn(uid, ASK_EACH, &args);
+        names
+            .iter()
+            .map(|_| py.line(Duration::from_secs(20)))
+            .collect()
+    };
+    let nf = "credentials not found in native keychain";
+    for (name, got) in same.iter().zip(ask(A_USER, &same)) {
+        assert_eq!(got, format!("found {M}"), "{name:?}");
+    }
+    for (name, got) in different.iter().zip(ask(A_USER, &different)) {
+        assert_eq!(got, nf, "{name:?}");
+    }
+    let all: Vec<String> = same.iter().chain(&different).cloned().collect();
+    for (name, got) in all.iter().zip(ask(B_USER, &all)) {
+        assert_eq!(got, nf, "uid {B_USER}, {name:?}");
+    }
+}
