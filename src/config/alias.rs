@@ -52,6 +52,11 @@ pub fn check(alias: &str) -> Result<(), String> {
     if host.parse::<Ipv4Addr>().is_ok() {
         return Ok(());
     }
+    if let Some(addr) = ipv4_shorthand(host) {
+        return Err(format!(
+            "{host:?} is a shorthand of the IPv4 address {addr}: the C library's resolver (podman's) reads it as that address, Go's (docker's) as a name; write {addr}"
+        ));
+    }
     dns_name(host)?;
     if Registry::parse(host).is_ok() {
         return Err(
@@ -68,19 +73,66 @@ pub fn check(alias: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The port of a valid alias on this machine's loopback (`localhost`, 127.0.0.0/8, `[::1]`) that
-/// any local user may listen on (1024 and above): whoever binds it first is sent the credential.
+/// The port of a valid alias that reaches this machine (`localhost` and `*.localhost`, RFC 6761;
+/// 127.0.0.0/8, `[::1]`, their IPv4-mapped forms, and the unspecified addresses `0.0.0.0` and
+/// `[::]`, to which a connection goes to this machine) that any local user may listen on (1024
+/// and above): whoever binds it first is sent the credential.
 pub fn unprivileged_loopback_port(alias: &str) -> Option<u16> {
     let (host, port) = split_port(alias).ok()?;
     let port: u16 = port?.parse().ok()?;
+    let local4 = |a: Ipv4Addr| a.is_loopback() || a.is_unspecified();
     let loopback = host == "localhost"
-        || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || host.ends_with(".localhost")
+        || host.parse::<Ipv4Addr>().is_ok_and(local4)
         || host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .and_then(|h| h.parse::<Ipv6Addr>().ok())
-            .is_some_and(|a| a.is_loopback());
+            .is_some_and(|a| {
+                a.is_loopback() || a.is_unspecified() || a.to_ipv4_mapped().is_some_and(local4)
+            });
     (loopback && port >= 1024).then_some(port)
+}
+
+/// The address a host that is not a dotted quad of decimals stands for in `inet_aton`'s
+/// shorthand (one to four parts, each decimal, octal with a leading 0, or hex with 0x; the last
+/// part fills the remaining bytes): `127.1`, `2130706433`, `0x7f.1`, `0177.0.0.1`.
+fn ipv4_shorthand(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let v = if let Some(hex) = p.strip_prefix("0x") {
+            if hex.is_empty() {
+                0
+            } else {
+                u32::from_str_radix(hex, 16).ok()?
+            }
+        } else if p.len() > 1 && p.starts_with('0') {
+            u32::from_str_radix(&p[1..], 8).ok()?
+        } else if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+            p.parse::<u32>().ok()?
+        } else {
+            return None;
+        };
+        values.push(v);
+    }
+    let (last, first) = values.split_last()?;
+    let mut addr: u32 = 0;
+    for (i, v) in first.iter().enumerate() {
+        if *v > 0xff {
+            return None;
+        }
+        addr |= v << (24 - 8 * i);
+    }
+    let room = 32 - 8 * first.len() as u32;
+    if room < 32 && *last >> room != 0 {
+        return None;
+    }
+    addr |= last;
+    Some(Ipv4Addr::from(addr))
 }
 
 /// Splits `host[:port]`, `[v6]` and `[v6]:port`.
@@ -150,6 +202,12 @@ mod tests {
             "[fd00::1]:5000",
             "xn--bcher-kva.example",
             "pull-through.example.com:65535",
+            // Names that only look numeric in part.
+            "1.2.3.4.5",
+            "999.1",
+            "0x7g.example",
+            "10.1.example",
+            "mirror1",
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
@@ -168,6 +226,16 @@ mod tests {
             ("mirror.internal:5000", None),
             ("10.0.0.7:5000", None),
             ("[fd00::1]:5000", None),
+            // A connection to the unspecified address reaches this machine.
+            ("0.0.0.0:5000", Some(5000)),
+            ("[::]:5000", Some(5000)),
+            ("0.0.0.0:443", None),
+            // IPv4-mapped loopback, and *.localhost (RFC 6761).
+            ("[::ffff:127.0.0.1]:5000", Some(5000)),
+            ("[::ffff:0.0.0.0]:8080", Some(8080)),
+            ("[::ffff:10.0.0.7]:5000", None),
+            ("mirror.localhost:5000", Some(5000)),
+            ("localhost.example:5000", None),
         ] {
             assert_eq!(unprivileged_loopback_port(alias), port, "{alias}");
         }
@@ -204,6 +272,13 @@ mod tests {
             ("public.ecr.aws", "ECR registry host"),
             ("docker.io", "Docker Hub"),
             ("index.docker.io", "Docker Hub"),
+            // Shorthands the C library reads as an address, Go's resolver as a name.
+            ("127.1:5000", "shorthand of the IPv4 address 127.0.0.1"),
+            ("2130706433:5000", "shorthand of the IPv4 address 127.0.0.1"),
+            ("0x7f.1", "shorthand of the IPv4 address 127.0.0.1"),
+            ("0177.0.0.1:5000", "shorthand of the IPv4 address 127.0.0.1"),
+            ("10.1", "shorthand of the IPv4 address 10.0.0.1"),
+            ("0x0a000007", "shorthand of the IPv4 address 10.0.0.7"),
         ] {
             let e = check(bad).expect_err(bad);
             assert!(e.contains(why), "{bad:?}: {e}");

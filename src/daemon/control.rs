@@ -601,14 +601,21 @@ fn credential(
     let host = registry_of(asked);
     // Set lookups only (names were resolved with the config): the same work whether the
     // registry exists or not.
-    let allowed = uid.is_some_and(|u| held.grants.borrow().allows(&host, u, &gids));
+    let grants = Arc::clone(&held.grants.borrow());
+    let allowed = uid.is_some_and(|u| grants.allows(&host, u, &gids));
     if !allowed {
         note_denied(budget, uid, &host);
         return not_found;
     }
     let creds = Arc::clone(&held.credentials.borrow());
+    // The grants and the credentials are two snapshots, published one after the other: while a
+    // reload moves an alias to another registry, the name may still hold the old registry's
+    // token under the new one's grants (or the reverse). Only the token of the registry whose
+    // grants were checked is handed out.
+    let registry = grants.registry_of(&host).and_then(|r| creds.get(r));
     let valid = creds
         .get(&host)
+        .filter(|t| registry.is_some_and(|r| r.auth() == t.auth()))
         .filter(|t| t.expires_at > std::time::SystemTime::now());
     match valid.and_then(|t| Some((t.password()?, t.expires_at))) {
         Some((secret, expires_at)) => Response::Credential {
@@ -901,5 +908,77 @@ mod tests {
                 .to_string()
                 .contains("UTF-8")
         );
+    }
+
+    /// While a reload moves an alias from one registry to another, the grants and the
+    /// credentials are published one after the other: a caller must never be handed the token of
+    /// a registry other than the one whose grants let it in (the old one's token to the new
+    /// one's grantees, or the reverse).
+    #[test]
+    fn an_alias_is_answered_only_with_the_token_of_the_registry_whose_grants_were_checked() {
+        use crate::config::{Settings, UserSpec, zero_config};
+        use crate::ecr::token::Token;
+        use base64::Engine as _;
+        const H1: &str = "111111111111.dkr.ecr.us-east-1.amazonaws.com";
+        const H3: &str = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
+        const M: &str = "mirror.internal:5000";
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let token = |pw: &str| {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{pw}"));
+            Token::new(auth, later).unwrap()
+        };
+        // The alias on registry `on` (0: H1, granted 4242; 1: H3, granted 4343).
+        let config = |on: usize| -> Settings {
+            let mut s = zero_config("111111111111", "us-east-1").unwrap();
+            let mut r3 = s.registries[0].clone();
+            r3.host = H3.into();
+            s.registries.push(r3);
+            for (i, uid) in [(0, 4242u32), (1, 4343)] {
+                s.registries[i].grants.users = vec![UserSpec {
+                    name: uid.to_string(),
+                    uid: Some(uid),
+                }];
+            }
+            s.registries[on].aliases = vec![M.into()];
+            s
+        };
+        let creds = |on: usize| -> Credentials {
+            let names = [H1, H3];
+            let mut c: Credentials = names.iter().map(|h| (h.to_string(), token(h))).collect();
+            c.insert(M.into(), token(names[on]));
+            c
+        };
+        let ask = |grants_on: usize, creds_on: usize, uid: u32| -> Option<String> {
+            let (_gt, grants) = watch::channel(Arc::new(Grants::numeric(&config(grants_on))));
+            let (_ct, credentials) = watch::channel(Arc::new(creds(creds_on)));
+            let held = Held {
+                credentials,
+                grants,
+            };
+            let budget = Mutex::new(Budget::default());
+            match credential(M, &held, Some(uid), vec![uid], &budget) {
+                Response::Credential { secret, .. } => Some(secret),
+                _ => None,
+            }
+        };
+        // Both snapshots agree: the alias's registry's grantees get its token, no one else.
+        assert_eq!(ask(0, 0, 4242).as_deref(), Some(H1));
+        assert_eq!(ask(0, 0, 4343), None);
+        assert_eq!(ask(1, 1, 4343).as_deref(), Some(H3));
+        assert_eq!(ask(1, 1, 4242), None);
+        assert_eq!(ask(1, 1, 0).as_deref(), Some(H3), "root");
+        // New grants, old credentials (and the reverse): nobody gets the other registry's token.
+        for uid in [4242, 4343, 0] {
+            assert_eq!(
+                ask(1, 0, uid),
+                None,
+                "uid {uid}: H1's token under H3's grants"
+            );
+            assert_eq!(
+                ask(0, 1, uid),
+                None,
+                "uid {uid}: H3's token under H1's grants"
+            );
+        }
     }
 }

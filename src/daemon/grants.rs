@@ -99,6 +99,8 @@ impl GrantsFeed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     by_host: BTreeMap<String, Resolved>,
+    /// Each name (lower case) -> the host (as written) of the registry whose credential it is.
+    registry: BTreeMap<String, String>,
     /// Every uid and gid granted anything: the helper socket turns everyone else away at once.
     any_uid: BTreeSet<u32>,
     any_gid: BTreeSet<u32>,
@@ -159,8 +161,9 @@ impl Grants {
             out.any_uid.extend(&resolved.uids);
             out.any_gid.extend(&resolved.gids);
             for name in r.names() {
-                out.by_host
-                    .insert(name.to_ascii_lowercase(), resolved.clone());
+                let name = name.to_ascii_lowercase();
+                out.registry.insert(name.clone(), r.host.clone());
+                out.by_host.insert(name, resolved.clone());
             }
         }
         out
@@ -175,6 +178,12 @@ impl Grants {
         self.by_host
             .get(host)
             .is_some_and(|r| r.uids.contains(&uid) || gids.iter().any(|g| r.gids.contains(g)))
+    }
+
+    /// The host (as written) of the registry whose credential `name` (lower case: a host or an
+    /// alias) is, by the config these grants were made from.
+    pub fn registry_of(&self, name: &str) -> Option<&str> {
+        self.registry.get(name).map(String::as_str)
     }
 
     /// Whether the caller is granted any registry at all (root always is).
@@ -248,6 +257,9 @@ mod tests {
             "an alias: the same grant"
         );
         assert!(!by_uid.allows("mirror.internal:5000", 4343, &[]));
+        assert_eq!(by_uid.registry_of("mirror.internal:5000"), Some("h"));
+        assert_eq!(by_uid.registry_of("h"), Some("h"));
+        assert_eq!(by_uid.registry_of("other"), None);
         assert!(!by_uid.allows("h", 4343, &[4242]));
         assert!(!by_uid.allows("other", 4242, &[]));
         assert!(by_uid.anything_for(4242, &[]));
