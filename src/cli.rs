@@ -68,6 +68,12 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Print the running daemon's metrics (Prometheus text, what `metrics_file` holds).
+    Metrics {
+        /// Where the daemon listens.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Ask the running daemon to refresh now (every registry, or one host) and print the outcome.
     Refresh {
         /// One registry host; default: all.

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod ecr;
 pub(crate) mod escape;
 pub(crate) mod logging;
+pub mod metrics;
 pub(crate) mod portainer;
 pub(crate) mod safe_fs;
 pub(crate) mod startup;

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
                 client::refresh(&cli, socket, host.as_deref()).await
             }
             Some(Command::Reload { socket }) => client::reload(&cli, socket).await,
+            Some(Command::Metrics { socket }) => client::metrics(&cli, socket).await,
             Some(Command::CredentialProvider { socket }) => {
                 let socket = client::helper_socket_path(&cli, socket);
                 commands::helper::credential_provider(&socket).await

@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::escape::{shown, shown_lines};
 
 /// A registry's state, as shown by `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegistryState {
     /// No token yet (starting, or never obtained).
+    #[default]
     Pending,
     /// A valid token, refreshes succeeding.
     Fresh,
@@ -22,7 +23,7 @@ pub enum RegistryState {
     Expired,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryStatus {
     pub host: String,
     /// The other names its credential is written and served under.
@@ -38,20 +39,27 @@ pub struct RegistryStatus {
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+    /// Successful token fetches since the daemon started.
+    #[serde(default)]
+    pub refreshes_ok: u64,
+    /// Failed token fetches since the daemon started.
+    #[serde(default)]
+    pub refreshes_failed: u64,
     /// What works but will not hold (e.g. a token that lapses before its refresh).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetState {
+    #[default]
     Pending,
     Ok,
     Error,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub name: String,
     pub path: String,
@@ -62,6 +70,12 @@ pub struct TargetStatus {
     pub last_write: Option<SystemTime>,
     pub last_error: Option<String>,
     pub warnings: Vec<String>,
+    /// Failed writes since the daemon started.
+    #[serde(default)]
+    pub failures_total: u64,
+    /// A credsStore, credHelpers entry or another auth file hides our entries.
+    #[serde(default)]
+    pub shadowed: bool,
 }
 
 /// A Portainer instance whose registry records the daemon keeps fresh.
@@ -112,6 +126,23 @@ pub struct ConfigStatus {
     pub loaded_at: Option<SystemTime>,
     /// Why the last edit or reload was rejected (the running config is the previous one).
     pub error: Option<String>,
+    /// Reloads applied since the daemon started.
+    #[serde(default)]
+    pub reloads_ok: u64,
+    /// Reloads refused (the previous config kept running).
+    #[serde(default)]
+    pub reloads_failed: u64,
+}
+
+/// Credential requests on the sockets since the daemon started, by result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperCounts {
+    /// A credential was handed out.
+    pub answered: u64,
+    /// The caller may ask, but the daemon holds no valid token for that name.
+    pub not_found: u64,
+    /// The caller may not have that name's credential (answered "not found" too).
+    pub denied: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +159,8 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub portainer: Vec<PortainerStatus>,
     pub config: ConfigStatus,
+    #[serde(default)]
+    pub helper: HelperCounts,
 }
 
 /// RFC 3339, UTC; never panics (see [`crate::clock::rfc3339`]).
@@ -455,6 +488,8 @@ mod tests {
             last_success: None,
             last_error: None,
             consecutive_failures: failures,
+            refreshes_ok: 0,
+            refreshes_failed: 0,
             warnings: Vec::new(),
         }
     }
@@ -552,12 +587,14 @@ mod tests {
                 last_write: None,
                 last_error: Some(hostile.into()),
                 warnings: vec![hostile.into()],
+                ..TargetStatus::default()
             }],
             config: ConfigStatus {
                 path: Some("/etc/c.toml".into()),
                 loaded_at: None,
                 // Our own diagnostics, one per line (from root's config): line feeds stay.
                 error: Some("c.toml:1:1: one\nc.toml:2:1: \r\u{1b}[2K".into()),
+                ..ConfigStatus::default()
             },
             ..Default::default()
         };

@@ -98,6 +98,22 @@ pub async fn status(cli: &Cli, arg: &SocketArg, json: bool) -> u8 {
     status::exit_code(&st, now)
 }
 
+/// `metrics`: the daemon's Prometheus text; exit 0, or 3 without a daemon.
+pub async fn metrics(cli: &Cli, arg: &SocketArg) -> u8 {
+    let socket = socket_path(cli, arg);
+    match ask(&socket, Request::Metrics).await {
+        Ok(Response::Metrics { text }) => {
+            print!("{text}");
+            0
+        }
+        Ok(_) => {
+            eprintln!("ecr-refresherd: unexpected answer");
+            EXIT_UNKNOWN
+        }
+        Err(code) => code,
+    }
+}
+
 /// `refresh [HOST]`: one line per registry; exit 0 when all succeeded, 1 otherwise, 3 no daemon.
 pub async fn refresh(cli: &Cli, arg: &SocketArg, host: Option<&str>) -> u8 {
     let socket = socket_path(cli, arg);

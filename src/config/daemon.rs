@@ -52,6 +52,16 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, accounts: &dyn Accounts) ->
         Some(v) => log_level(c, v),
         None => defaults.log_level,
     };
+    let metrics_file = d.metrics_file.as_ref().map(|v| {
+        let path = c.absolute_path("metrics_file", v);
+        if path.extension().is_none_or(|e| e != "prom") {
+            c.warning(
+                v.span(),
+                "metrics_file does not end in .prom: node_exporter's textfile collector reads only *.prom files",
+            );
+        }
+        path
+    });
     DaemonSettings {
         refresh_at,
         jitter,
@@ -64,6 +74,7 @@ pub(super) fn daemon(c: &mut Checker, d: &RawDaemon, accounts: &dyn Accounts) ->
         helper_socket,
         state_dir,
         log_level,
+        metrics_file,
     }
 }
 

@@ -80,6 +80,8 @@ pub struct DaemonSettings {
     pub state_dir: PathBuf,
     /// error, warn, info, debug or trace.
     pub log_level: String,
+    /// Where the Prometheus text is kept (node_exporter's textfile collector), if anywhere.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -96,6 +98,7 @@ impl Default for DaemonSettings {
             helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             log_level: "info".to_string(),
+            metrics_file: None,
         }
     }
 }
@@ -433,6 +436,7 @@ socket_group = "wheel"
 helper_socket = "/tmp/helper.sock"
 state_dir = "/tmp/state"
 log_level = "DEBUG"
+metrics_file = "/tmp/metrics/ecr-refresherd.prom"
 
 [[registry]]
 host = "123456789012.dkr.ecr.us-east-1.amazonaws.com"

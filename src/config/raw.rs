@@ -29,6 +29,7 @@ pub(super) struct RawDaemon {
     pub(super) helper_socket: Option<Spanned<String>>,
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) log_level: Option<Spanned<String>>,
+    pub(super) metrics_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

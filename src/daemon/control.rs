@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,8 @@ pub enum Request {
     /// The registries (hosts and aliases) whose credential the caller may have and the daemon
     /// holds now (docker's `GetAll` with the helper as `credsStore`: `list`, then `get` each).
     List,
+    /// The status as Prometheus text (what `metrics_file` holds).
+    Metrics,
 }
 
 /// The outcome of refreshing one registry.
@@ -106,6 +109,11 @@ pub enum Response {
         secret: String,
         /// When it expires (RFC 3339).
         expires_at: String,
+    },
+    /// The answer to `metrics`: the Prometheus text exposition.
+    Metrics {
+        /// The exposition, format 0.0.4.
+        text: String,
     },
     /// The answer to `list`: hosts only, no secret.
     List {
@@ -487,9 +495,14 @@ async fn handle(
                 message: "this socket answers credential requests only; use the control socket"
                     .into(),
             },
-            Ok(req) if req != Request::Status && !may_act(budget, uid) => Response::Error {
-                message: "at most one refresh or reload a second for each user; try again".into(),
-            },
+            Ok(req)
+                if !matches!(req, Request::Status | Request::Metrics) && !may_act(budget, uid) =>
+            {
+                Response::Error {
+                    message: "at most one refresh or reload a second for each user; try again"
+                        .into(),
+                }
+            }
             Ok(req) => answer(req, &status, &actions).await,
         },
     };
@@ -505,7 +518,6 @@ const MAX_TURNED_AWAY: usize = 256;
 /// the read timeout, so the close does not reset the connection before the client reads the
 /// answer. Holds no place of the granted callers.
 fn turn_away(stream: UnixStream, count: &Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::Ordering;
     if count.fetch_add(1, Ordering::Relaxed) >= MAX_TURNED_AWAY {
         count.fetch_sub(1, Ordering::Relaxed);
         return;
@@ -529,9 +541,32 @@ fn turn_away(stream: UnixStream, count: &Arc<std::sync::atomic::AtomicUsize>) {
 /// How often a summary of denied credential requests is logged.
 const DENIED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Credential requests on the sockets since the process started, by result (for the metrics).
+struct RequestCounts {
+    answered: AtomicU64,
+    not_found: AtomicU64,
+    denied: AtomicU64,
+}
+
+static REQUESTS: RequestCounts = RequestCounts {
+    answered: AtomicU64::new(0),
+    not_found: AtomicU64::new(0),
+    denied: AtomicU64::new(0),
+};
+
+/// The credential requests answered so far, by result.
+pub fn request_counts() -> crate::status::HelperCounts {
+    crate::status::HelperCounts {
+        answered: REQUESTS.answered.load(Ordering::Relaxed),
+        not_found: REQUESTS.not_found.load(Ordering::Relaxed),
+        denied: REQUESTS.denied.load(Ordering::Relaxed),
+    }
+}
+
 /// Logs a denied credential request: the first one, then at most one summary a minute for the
 /// socket, whatever the number of callers and uids.
 fn note_denied(budget: &Mutex<Budget>, uid: Option<u32>, host: &str) {
+    REQUESTS.denied.fetch_add(1, Ordering::Relaxed);
     let mut b = budget.lock().unwrap_or_else(|e| e.into_inner());
     b.denied += 1;
     let now = Instant::now();
@@ -618,13 +653,19 @@ fn credential(
         .filter(|t| registry.is_some_and(|r| r.auth() == t.auth()))
         .filter(|t| t.expires_at > std::time::SystemTime::now());
     match valid.and_then(|t| Some((t.password()?, t.expires_at))) {
-        Some((secret, expires_at)) => Response::Credential {
-            host,
-            username: crate::portainer::records::USERNAME.to_string(),
-            secret,
-            expires_at: crate::status::rfc3339(expires_at),
-        },
-        None => not_found,
+        Some((secret, expires_at)) => {
+            REQUESTS.answered.fetch_add(1, Ordering::Relaxed);
+            Response::Credential {
+                host,
+                username: crate::portainer::records::USERNAME.to_string(),
+                secret,
+                expires_at: crate::status::rfc3339(expires_at),
+            }
+        }
+        None => {
+            REQUESTS.not_found.fetch_add(1, Ordering::Relaxed);
+            not_found
+        }
     }
 }
 
@@ -688,6 +729,13 @@ async fn answer(
         Request::Status => Response::Status {
             status: Box::new(status.borrow().clone()),
         },
+        Request::Metrics => {
+            let mut now = status.borrow().clone();
+            now.helper = request_counts();
+            Response::Metrics {
+                text: crate::metrics::render(&now),
+            }
+        }
         Request::Refresh { host } => {
             let (reply, rx) = oneshot::channel();
             if actions.send(Action::Refresh { host, reply }).await.is_err() {

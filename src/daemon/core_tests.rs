@@ -602,7 +602,7 @@ fn at_most_max_writes_diagnoses_run_at_once() {
     };
     assert_eq!(count(&core.poll(t(0))), MAX_WRITES);
     assert_eq!(count(&core.poll(t(1))), 0);
-    core.diagnosed(Path::new("/t/0.json"), None, vec![]);
+    core.diagnosed(Path::new("/t/0.json"), None, vec![], false);
     assert_eq!(count(&core.poll(t(1))), 1, "one finished, one more starts");
 }
 
@@ -638,6 +638,7 @@ fn a_reload_rediagnoses_every_target() {
             Path::new(if i == 0 { "/t/a.json" } else { "/t/b.json" }),
             None,
             vec![],
+            false,
         );
     }
     assert!(

@@ -47,9 +47,12 @@ enum Done {
         path: PathBuf,
         owner: Option<String>,
         notes: Vec<String>,
+        shadowed: bool,
     },
     /// A state save finished.
     Saved,
+    /// A write of the metrics file finished; the error, if any, and what was written.
+    MetricsWritten(Result<String, String>),
 }
 
 /// The loop's own state: the core, and the handles of what it started.
@@ -85,7 +88,23 @@ struct Loop<S: TokenSource> {
     /// snapshot never lands after a newer one.
     saving: bool,
     save_again: bool,
+    /// The metrics file: being written now, what it last got (and when), the last error logged.
+    metrics: MetricsFile,
 }
+
+/// The state of `metrics_file`'s writes: one at a time, on change and at least every
+/// [`METRICS_EVERY`] (node_exporter shows the file's mtime: a stale file means a stopped daemon).
+#[derive(Default)]
+struct MetricsFile {
+    writing: bool,
+    written: Option<(String, Instant)>,
+    last_error: Option<String>,
+    /// After a failed write, the next attempt waits until then.
+    retry_at: Option<Instant>,
+}
+
+/// The longest the metrics file goes without a rewrite while the daemon runs.
+const METRICS_EVERY: Duration = Duration::from_secs(60);
 
 /// What to watch: every target, and the config path asked for (also while the instance default
 /// applies, so a config written later is picked up).
@@ -123,6 +142,8 @@ impl Loop<AwsTokenSource> {
                     .map(|p| p.display().to_string()),
                 loaded_at: Some(now),
                 error: None,
+                reloads_ok: 0,
+                reloads_failed: 0,
             },
             core,
             source: Arc::new(AwsTokenSource::new(1)),
@@ -148,6 +169,7 @@ impl Loop<AwsTokenSource> {
             last_summary: String::new(),
             saving: false,
             save_again: false,
+            metrics: MetricsFile::default(),
         }
     }
 }
@@ -233,6 +255,7 @@ impl<S: TokenSource> Loop<S> {
                 path: target.path,
                 owner,
                 notes,
+                shadowed: d.shadowed,
             });
         });
     }
@@ -254,14 +277,39 @@ impl<S: TokenSource> Loop<S> {
                 self.core
                     .delivered(&job, result, SystemTime::now(), rand::random())
             }
-            Done::Diagnosed { path, owner, notes } => {
-                self.core.diagnosed(&path, owner, notes);
+            Done::Diagnosed {
+                path,
+                owner,
+                notes,
+                shadowed,
+            } => {
+                self.core.diagnosed(&path, owner, notes, shadowed);
                 Vec::new()
             }
             Done::Saved => {
                 self.saving = false;
                 if std::mem::take(&mut self.save_again) {
                     self.save_state();
+                }
+                Vec::new()
+            }
+            Done::MetricsWritten(r) => {
+                self.metrics.writing = false;
+                match r {
+                    Ok(text) => {
+                        if self.metrics.last_error.take().is_some() {
+                            tracing::info!("metrics file written again");
+                        }
+                        self.metrics.written = Some((text, Instant::now()));
+                        self.metrics.retry_at = None;
+                    }
+                    Err(e) => {
+                        if self.metrics.last_error.as_deref() != Some(e.as_str()) {
+                            tracing::error!(error = %e, "cannot write the metrics file");
+                        }
+                        self.metrics.last_error = Some(e);
+                        self.metrics.retry_at = Some(Instant::now() + METRICS_EVERY);
+                    }
                 }
                 Vec::new()
             }
@@ -282,6 +330,7 @@ impl<S: TokenSource> Loop<S> {
             targets,
             portainer: self.portainers.statuses(),
             config: self.config_status.clone(),
+            helper: control::request_counts(),
         }
     }
 
@@ -307,7 +356,40 @@ impl<S: TokenSource> Loop<S> {
             systemd::status(&line);
             self.last_summary = line;
         }
+        self.write_metrics(&snap);
         self.status_tx.send_replace(snap);
+    }
+
+    /// Rewrites `metrics_file` when what it says changed, or when it was last written
+    /// [`METRICS_EVERY`] ago; one write at a time, on a blocking thread (the directory is
+    /// node_exporter's, and may be another user's: written as its owner, through `safe_fs`).
+    fn write_metrics(&mut self, snap: &Status) {
+        let Some(path) = self.core.settings().daemon.metrics_file.clone() else {
+            return;
+        };
+        if self.metrics.writing || self.metrics.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let text = crate::metrics::render(snap);
+        if let Some((last, at)) = &self.metrics.written
+            && *last == text
+            && at.elapsed() < METRICS_EVERY
+        {
+            return;
+        }
+        self.metrics.writing = true;
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = crate::safe_fs::update(
+                &path,
+                crate::safe_fs::OwnerPolicy::Inherit,
+                Some(0o644),
+                |_| Ok::<_, std::convert::Infallible>(Some(text.clone().into_bytes())),
+            )
+            .map(|_| text)
+            .map_err(|e| e.to_string());
+            let _ = tx.send(Done::MetricsWritten(r));
+        });
     }
 
     fn ping_watchdog(&mut self) {
@@ -336,6 +418,11 @@ impl<S: TokenSource> Loop<S> {
                 self.config_status.error = Some(e.to_string());
             }
         }
+        if result.is_ok() {
+            self.config_status.reloads_ok += 1;
+        } else {
+            self.config_status.reloads_failed += 1;
+        }
         self.publish(SystemTime::now());
         systemd::ready(Some(&self.last_summary));
         result
@@ -361,6 +448,7 @@ impl<S: TokenSource> Loop<S> {
             path: Some(self.config.path.display().to_string()),
             loaded_at: Some(now),
             error: None,
+            ..self.config_status.clone()
         };
         if new == **self.core.settings() {
             return Ok("config reloaded, unchanged".into());

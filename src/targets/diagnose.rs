@@ -19,6 +19,9 @@ pub struct TargetDiagnosis {
     pub errors: Vec<String>,
     /// Problems that make docker or podman ignore what we write, or weaken it.
     pub warnings: Vec<String>,
+    /// Something hides our entries from docker or podman: a `credsStore` or `credHelpers`
+    /// entry in the file, or another auth file podman reads first.
+    pub shadowed: bool,
 }
 
 /// The hosts a target manages, with their aliases.
@@ -71,7 +74,11 @@ pub fn diagnose_target(
     if let Some(f) = &seen.file {
         match authfile::parse(&f.bytes) {
             Err(e) => d.errors.push(format!("it will be left untouched: {e}")),
-            Ok(map) => d.warnings.extend(authfile::diagnose(&map, &hosts)),
+            Ok(map) => {
+                let hidden = authfile::diagnose(&map, &hosts);
+                d.shadowed |= !hidden.is_empty();
+                d.warnings.extend(hidden);
+            }
         }
     }
     if let Some(m) = target.mode.or(mode)
@@ -82,8 +89,9 @@ pub fn diagnose_target(
         ));
     }
     d.warnings.extend(unreachable_dirs(&seen.dirs, owner));
-    d.warnings
-        .extend(podman_shadows(settings, target, owner, &hosts, run_dir));
+    let hidden = podman_shadows(settings, target, owner, &hosts, run_dir);
+    d.shadowed |= !hidden.is_empty();
+    d.warnings.extend(hidden);
     // One per managed host at most, and a file's own hosts are few: a bound keeps a status
     // answer small whatever a user's file holds.
     if d.warnings.len() > MAX_WARNINGS {

@@ -25,6 +25,9 @@ pub(crate) struct Group {
     /// The expiry of the held token was logged.
     pub(super) expiry_logged: bool,
     pub(super) waiters: Vec<u64>,
+    /// Fetches since the daemon started (kept across reloads while the group stays), by result.
+    pub(crate) fetched_ok: u64,
+    pub(crate) fetched_failed: u64,
 }
 
 impl Group {
@@ -40,6 +43,8 @@ impl Group {
             attempted: false,
             expiry_logged: false,
             waiters: Vec::new(),
+            fetched_ok: 0,
+            fetched_failed: 0,
         }
     }
 
@@ -73,6 +78,7 @@ pub(super) fn record_token(
 ) {
     g.token = Some(token.clone());
     g.last_success = Some(now);
+    g.fetched_ok = g.fetched_ok.saturating_add(1);
     g.failures = 0;
     g.last_error = None;
     g.expiry_logged = false;
@@ -168,6 +174,8 @@ pub(super) fn registry_status(
         last_success: g.and_then(|g| g.last_success),
         last_error: g.and_then(|g| g.last_error.clone()),
         consecutive_failures: g.map_or(0, |g| g.failures),
+        refreshes_ok: g.map_or(0, |g| g.fetched_ok),
+        refreshes_failed: g.map_or(0, |g| g.fetched_failed),
         warnings: lapse.into_iter().collect(),
     }
 }

@@ -283,6 +283,7 @@ impl Core {
             Ok(token) => record_token(g, token, now, rand, &policy, &hosts),
             Err(e) => {
                 g.failures = g.failures.saturating_add(1);
+                g.fetched_failed = g.fetched_failed.saturating_add(1);
                 g.last_error = Some(e.to_string());
                 let held = g.valid_token(now).map(|t| t.expires_at);
                 g.next = schedule::after_failure(now, g.failures, held, &policy, rand);
@@ -389,6 +390,7 @@ impl Core {
                 // Retried with backoff even when nothing else happens (a user created later,
                 // a disk that was full, a file system that came back).
                 t.failures = t.failures.saturating_add(1);
+                t.failures_total = t.failures_total.saturating_add(1);
                 t.retry_at = Some(clock::add(
                     now,
                     schedule::retry_delay(t.failures, &policy, rand),
@@ -407,12 +409,19 @@ impl Core {
     }
 
     /// A diagnosis finished.
-    pub(crate) fn diagnosed(&mut self, path: &Path, owner: Option<String>, notes: Vec<String>) {
+    pub(crate) fn diagnosed(
+        &mut self,
+        path: &Path,
+        owner: Option<String>,
+        notes: Vec<String>,
+        shadowed: bool,
+    ) {
         if let Some(i) = self.index_of(path) {
             let t = &mut self.targets[i];
             t.diagnosing = false;
             t.owner = owner;
             t.warnings = notes;
+            t.shadowed = shadowed;
         }
     }
 

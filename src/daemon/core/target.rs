@@ -21,6 +21,10 @@ pub(crate) struct Target {
     /// Failed deliveries in a row, and when to try again without any other reason.
     pub(crate) failures: u32,
     pub(crate) retry_at: Option<SystemTime>,
+    /// Failed deliveries since the daemon started.
+    pub(crate) failures_total: u64,
+    /// The last diagnosis found our entries hidden (credsStore, credHelpers, another file).
+    pub(crate) shadowed: bool,
     pub(super) diagnosing: bool,
     /// A diagnosis is wanted once the running one ends.
     pub(super) rediagnose: bool,
@@ -56,5 +60,7 @@ pub(super) fn target_status(t: &TargetSettings, rt: &Target, now: SystemTime) ->
             None => rt.last_error.clone(),
         },
         warnings: rt.warnings.clone(),
+        failures_total: rt.failures_total,
+        shadowed: rt.shadowed,
     }
 }
