@@ -116,6 +116,7 @@ path = "/run/containers/0/auth.json"'
 [daemon]
 retry_min = "1s"
 retry_max = "5s"
+metrics_file = "/var/lib/prometheus/node-exporter/ecr-refresherd.prom"
 
 [[registry]]
 host = "$H1"
@@ -249,6 +250,19 @@ check_stat /root/.docker/config.json "root:root 600"
 check_stat /home/portainer/.docker/config.json "portainer:portainer 600"
 check_stat /home/portainer/.docker "portainer:portainer 700"
 check_stat /run/containers/0/auth.json "root:root 600"
+
+step "the metrics file is written under the hardened unit, also when its directory was gone at the start"
+prom=/var/lib/prometheus/node-exporter/ecr-refresherd.prom
+for _ in $(seq 50); do inside test -s "$prom" && break; sleep 0.2; done
+check_stat "$prom" "root:root 644"
+inside grep -q "^ecr_refresherd_token_expiry_timestamp_seconds{registry=\"$H1\"} " "$prom" || { inside cat "$prom"; fail "no token expiry for $H1 in $prom"; }
+inside systemctl stop ecr-refresherd.service
+inside rm -rf /var/lib/prometheus
+inside systemctl start ecr-refresherd.service || { inside journalctl -u ecr-refresherd --no-pager | tail -30; fail "start without the metrics directory"; }
+for _ in $(seq 50); do inside test -s "$prom" && break; sleep 0.2; done
+inside grep -q '^ecr_refresherd_build_info{version=' "$prom" || fail "no metrics after a start without the metrics directory"
+echo "$prom: $(inside stat -c '%U:%G %a' "$prom"), $(inside grep -c '^ecr_refresherd_' "$prom") samples"
+inside ecr-refresherd metrics | grep -q '^ecr_refresherd_build_info{version=' || fail "ecr-refresherd metrics"
 
 step "ecr-refresherd status answers"
 inside ecr-refresherd status || fail "status exit $?"
