@@ -32,7 +32,7 @@ for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service 
     /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
     /usr/share/man/man1/ecr-refresherd-status.1.gz /usr/share/bash-completion/completions/ecr-refresherd \
     /usr/share/zsh/site-functions/_ecr-refresherd /usr/share/fish/vendor_completions.d/ecr-refresherd.fish \
-    /usr/lib/tmpfiles.d/ecr-refresherd.conf; do
+    /usr/lib/tmpfiles.d/ecr-refresherd.conf /usr/share/doc/ecr-refresherd/ecr-refresherd-alerts.yml; do
     grep -qx "$f" <<<"$rpm_files" || fail "the RPM lacks $f"
 done
 rpm -qp --configfiles "$rpm_file" | grep -qx /etc/ecr-refresherd/config.toml || fail "config.toml is not %config in the RPM"
@@ -46,7 +46,7 @@ for f in /usr/bin/ecr-refresherd /usr/lib/systemd/system/ecr-refresherd.service 
     /usr/share/doc/ecr-refresherd/config.example.toml /usr/share/man/man1/ecr-refresherd.1.gz \
     /usr/share/bash-completion/completions/ecr-refresherd /usr/share/zsh/vendor-completions/_ecr-refresherd \
     /usr/share/fish/vendor_completions.d/ecr-refresherd.fish /usr/lib/tmpfiles.d/ecr-refresherd.conf \
-    /usr/bin/docker-credential-ecr-refresherd; do
+    /usr/bin/docker-credential-ecr-refresherd /usr/share/doc/ecr-refresherd/ecr-refresherd-alerts.yml; do
     grep -qx "$f" <<<"$deb_files" || fail "the .deb lacks $f"
 done
 dpkg-deb -c "$deb" | grep -E '^l.* \./usr/bin/docker-credential-ecr-refresherd -> ecr-refresherd$' \
