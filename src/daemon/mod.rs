@@ -51,8 +51,8 @@ enum Done {
     },
     /// A state save finished.
     Saved,
-    /// A write of the metrics file finished; the error, if any, and what was written.
-    MetricsWritten(Result<String, String>),
+    /// A write of the metrics file finished: the status it shows, or the error.
+    MetricsWritten(Result<Box<Status>, String>),
 }
 
 /// The loop's own state: the core, and the handles of what it started.
@@ -97,7 +97,7 @@ struct Loop<S: TokenSource> {
 #[derive(Default)]
 struct MetricsFile {
     writing: bool,
-    written: Option<(String, Instant)>,
+    written: Option<(Box<Status>, Instant)>,
     last_error: Option<String>,
     /// After a failed write, the next attempt waits until then.
     retry_at: Option<Instant>,
@@ -296,11 +296,11 @@ impl<S: TokenSource> Loop<S> {
             Done::MetricsWritten(r) => {
                 self.metrics.writing = false;
                 match r {
-                    Ok(text) => {
+                    Ok(status) => {
                         if self.metrics.last_error.take().is_some() {
                             tracing::info!("metrics file written again");
                         }
-                        self.metrics.written = Some((text, Instant::now()));
+                        self.metrics.written = Some((status, Instant::now()));
                         self.metrics.retry_at = None;
                     }
                     Err(e) => {
@@ -370,13 +370,16 @@ impl<S: TokenSource> Loop<S> {
         if self.metrics.writing || self.metrics.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let text = crate::metrics::render(snap);
+        // The same status as written, and not a minute ago: nothing to render (at a thousand
+        // registries the text is a megabyte; comparing the snapshots is far cheaper).
         if let Some((last, at)) = &self.metrics.written
-            && *last == text
+            && **last == *snap
             && at.elapsed() < METRICS_EVERY
         {
             return;
         }
+        let status = Box::new(snap.clone());
+        let bytes = crate::metrics::render(&status).into_bytes();
         self.metrics.writing = true;
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -384,9 +387,9 @@ impl<S: TokenSource> Loop<S> {
                 &path,
                 crate::safe_fs::OwnerPolicy::Inherit,
                 Some(0o644),
-                |_| Ok::<_, std::convert::Infallible>(Some(text.clone().into_bytes())),
+                |_| Ok::<_, std::convert::Infallible>(Some(bytes.clone())),
             )
-            .map(|_| text)
+            .map(|_| status)
             .map_err(|e| e.to_string());
             let _ = tx.send(Done::MetricsWritten(r));
         });
