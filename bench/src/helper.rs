@@ -29,6 +29,8 @@ pub struct Helpers {
     pub cached_calls: usize,
     pub uncached: Vec<Duration>,
     pub uncached_calls: usize,
+    /// `/bin/true`, spawned and waited for the same way: what any helper costs at least.
+    pub floor: Vec<Duration>,
 }
 
 /// Runs the comparison in new namespaces (`unshare`, as root): re-executes this benchmark with
@@ -69,6 +71,7 @@ pub fn compare(bin: &Path, dir: &Path, runs: usize) -> Result<Helpers> {
         cached_calls: count("cached_calls"),
         uncached: durations("uncached"),
         uncached_calls: count("uncached_calls"),
+        floor: durations("floor"),
     })
 }
 
@@ -150,10 +153,6 @@ pub fn inner(bin: &Path, dir: &Path, runs: usize) -> Result<()> {
     wait_until(Duration::from_secs(30), || get(&link, &ours).is_ok())
         .then_some(())
         .ok_or("the daemon's helper never answered")?;
-    let before = fake.count(Service::Ecr);
-    let ours_times = times(&link, &ours, runs)?;
-    let ours_calls = fake.count(Service::Ecr) - before;
-
     // Amazon's helper, with and without its file cache.
     let ecr_login = PathBuf::from("/usr/bin/docker-credential-ecr-login");
     let home = d.join("ecr-home");
@@ -174,13 +173,33 @@ pub fn inner(bin: &Path, dir: &Path, runs: usize) -> Result<()> {
             }
         }
     };
-    let before = fake.count(Service::Ecr);
-    let uncached = times(&ecr_login, &theirs(false), runs.min(100))?;
-    let uncached_calls = fake.count(Service::Ecr) - before;
     get(&ecr_login, &theirs(true))?; // fills its cache
-    let before = fake.count(Service::Ecr);
-    let cached = times(&ecr_login, &theirs(true), runs)?;
-    let cached_calls = fake.count(Service::Ecr) - before;
+    let (cached_env, uncached_env) = (theirs(true), theirs(false));
+    // Interleaved, so a slower stretch of a shared machine falls on every side alike; each
+    // side's API calls counted around its own runs. `/bin/true` is the process-spawn floor.
+    let (mut ours_times, mut cached, mut uncached, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_calls, mut cached_calls, mut uncached_calls) = (0, 0, 0);
+    let counted = |calls: &mut usize, run: &mut dyn FnMut() -> Result<Duration>| {
+        let before = fake.count(Service::Ecr);
+        let took = run();
+        *calls += fake.count(Service::Ecr) - before;
+        took
+    };
+    for i in 0..runs {
+        ours_times.push(counted(&mut ours_calls, &mut || get(&link, &ours))?);
+        cached.push(counted(&mut cached_calls, &mut || {
+            get(&ecr_login, &cached_env)
+        })?);
+        if i < runs.min(100) {
+            uncached.push(counted(&mut uncached_calls, &mut || {
+                get(&ecr_login, &uncached_env)
+            })?);
+        }
+        let start = Instant::now();
+        run(&mut Command::new("/bin/true"))?;
+        floor.push(start.elapsed());
+    }
 
     let nanos = |v: &[Duration]| v.iter().map(|d| d.as_nanos() as u64).collect::<Vec<_>>();
     let out = serde_json::json!({
@@ -190,6 +209,7 @@ pub fn inner(bin: &Path, dir: &Path, runs: usize) -> Result<()> {
         "cached_calls": cached_calls,
         "uncached": nanos(&uncached),
         "uncached_calls": uncached_calls,
+        "floor": nanos(&floor),
     });
     println!("{out}");
     Ok(())
@@ -305,10 +325,6 @@ fn get(helper: &Path, env: &dyn Fn(&mut Command)) -> Result<Duration> {
             String::from_utf8_lossy(&out.stdout).trim()
         ))
     }
-}
-
-fn times(helper: &Path, env: &dyn Fn(&mut Command), runs: usize) -> Result<Vec<Duration>> {
-    (0..runs).map(|_| get(helper, env)).collect()
 }
 
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

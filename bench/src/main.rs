@@ -255,7 +255,10 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
     // With metrics on (rewritten every minute at least), as an operator runs it.
     let metrics = format!(
         "metrics_file = \"{}\"",
-        b.dir.path().join("idle/textfile/ecr-refresherd.prom").display()
+        b.dir
+            .path()
+            .join("idle/textfile/ecr-refresherd.prom")
+            .display()
     );
     let (cfg, tfiles) = b.setup("idle", &hosts, 10, &metrics)?;
     let sock_path = b.dir.path().join("idle/notify.sock");
@@ -300,7 +303,12 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
         secs,
     };
     kill(child);
-    if !b.dir.path().join("idle/textfile/ecr-refresherd.prom").exists() {
+    if !b
+        .dir
+        .path()
+        .join("idle/textfile/ecr-refresherd.prom")
+        .exists()
+    {
         return Err("idle: the metrics file was never written".into());
     }
     Ok(r)
@@ -412,7 +420,10 @@ fn big(b: &Bench, secs: u64) -> Result<Big> {
     let hosts: Vec<String> = (0..1000).map(host).collect();
     let metrics = format!(
         "metrics_file = \"{}\"",
-        b.dir.path().join("big/textfile/ecr-refresherd.prom").display()
+        b.dir
+            .path()
+            .join("big/textfile/ecr-refresherd.prom")
+            .display()
     );
     let (cfg, tfiles) = b.setup("big", &hosts, 100, &metrics)?;
     let child = b
@@ -777,7 +788,10 @@ fn main() {
                 );
                 let per_min = i.cpu.as_secs_f64() * 60.0 / i.secs as f64;
                 row(
-                    &format!("CPU while idle (watchdog and metrics on), over {} s", i.secs),
+                    &format!(
+                        "CPU while idle (watchdog and metrics on), over {} s",
+                        i.secs
+                    ),
                     "≤ 10 ms per minute",
                     format!("{:.2} ms per minute", per_min * 1000.0),
                     Some(per_min <= 0.010),
@@ -902,6 +916,7 @@ fn main() {
                 percentile(&mut h.uncached, 0.99),
             );
             let speed = umed.as_secs_f64() / med.as_secs_f64().max(1e-9);
+            let floor = percentile(&mut h.floor, 0.5);
             row(
                 &format!(
                     "credential helper `get` from the daemon's memory ({} runs)",
@@ -909,11 +924,12 @@ fn main() {
                 ),
                 "median ≤ 2 ms, ≥ 20x faster than ecr-login uncached",
                 format!(
-                    "median {}, p99 {}, {} API calls: {speed:.0}x faster than uncached, {:.1}x than cached",
+                    "median {}, p99 {}, {} API calls: {speed:.0}x faster than uncached, {:.1}x than cached (spawning /bin/true: {})",
                     ms2(med),
                     ms2(p99),
                     h.ours_calls,
-                    cmed.as_secs_f64() / med.as_secs_f64().max(1e-9)
+                    cmed.as_secs_f64() / med.as_secs_f64().max(1e-9),
+                    ms2(floor)
                 ),
                 Some(med <= Duration::from_millis(2) && speed >= 20.0 && h.ours_calls == 0),
             );
