@@ -363,6 +363,37 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHost
     })
 }
 
+/// The metrics file is rewritten whole, world-readable: never an auth file, a socket, or
+/// anything in the state directory.
+fn metrics_file_apart(
+    c: &mut Checker,
+    raw: &RawConfig,
+    daemon: &DaemonSettings,
+    targets: &[TargetSettings],
+) {
+    let (Some(path), Some(v)) = (
+        &daemon.metrics_file,
+        raw.daemon.as_ref().and_then(|d| d.metrics_file.as_ref()),
+    ) else {
+        return;
+    };
+    let clash = if let Some(t) = targets.iter().find(|t| &t.path == path) {
+        Some(format!("the auth file of target {:?}", t.name))
+    } else if *path == daemon.socket || *path == daemon.helper_socket {
+        Some("a socket of the daemon".to_string())
+    } else if path.starts_with(&daemon.state_dir) {
+        Some("inside state_dir (the daemon's own files)".to_string())
+    } else {
+        None
+    };
+    if let Some(what) = clash {
+        c.error(
+            v.span(),
+            format!("metrics_file must be a file of its own, not {what}"),
+        );
+    }
+}
+
 /// Parses and validates config text; every problem found is returned, each located.
 pub fn parse(
     text: &str,
@@ -381,6 +412,7 @@ pub fn parse(
     let targets = targets::targets(&mut c, &raw.target);
     let registries = registries::registries(&mut c, &raw.registry, &targets);
     let portainers = portainer::portainers(&mut c, &raw.portainer);
+    metrics_file_apart(&mut c, &raw, &daemon, &targets);
     let warnings = c.finish()?;
     Ok(Settings {
         source: source.map(Path::to_path_buf),
@@ -727,6 +759,29 @@ check_every = "2m"
             "{}",
             w.message
         );
+    }
+
+    #[test]
+    fn the_metrics_file_is_a_file_of_its_own() {
+        for (metrics, why) in [
+            ("/root/.docker/config.json", "the auth file of target"),
+            ("/tmp/s.sock", "a socket"),
+            ("/var/lib/ecr-refresherd/m.prom", "inside state_dir"),
+        ] {
+            let d = err(&format!(
+                "[daemon]\nsocket = \"/tmp/s.sock\"\nmetrics_file = \"{metrics}\"\n[[registry]]\nhost = \"{H}\"\n"
+            ));
+            assert_eq!(d[0].line, 3, "{metrics}");
+            assert!(d[0].message.contains(why), "{metrics}: {}", d[0].message);
+        }
+        let s = ok(&format!(
+            "[daemon]\nmetrics_file = \"/var/lib/prometheus/node-exporter/ecr-refresherd.prom\"\n[[registry]]\nhost = \"{H}\"\n"
+        ));
+        assert!(s.warnings.is_empty());
+        let s = ok(&format!(
+            "[daemon]\nmetrics_file = \"/var/lib/prometheus/node-exporter/ecr-refresherd.txt\"\n[[registry]]\nhost = \"{H}\"\n"
+        ));
+        assert!(s.warnings[0].message.contains(".prom"), "{:?}", s.warnings);
     }
 
     #[test]
