@@ -1,0 +1,232 @@
+//! Hostile local users against the metrics (issue 13): the file root writes into a directory
+//! that may be a user's (node_exporter's, `/tmp`), the churn a user can cause in what it says,
+//! and `ecr-refresherd metrics` on the control socket. Attackers are real processes running as
+//! real non-root uids without passwd entries.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Granted H1 in the configs here.
+const GRANTED: u32 = 4242;
+/// Granted nothing.
+const OTHER: u32 = 4343;
+
+/// A python3 process running `code` as `uid` (no passwd entry, no supplementary groups), with
+/// `args` as `sys.argv[1:]`; its stdout lines reach the test through a channel.
+struct Py {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Py {
+    fn spawn(uid: u32, code: &str, args: &[&str]) -> Py {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 attacker");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Py { child, lines }
+    }
+
+    fn line(&self, timeout: Duration) -> String {
+        self.lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("the attacker printed nothing in {timeout:?}: {e}"))
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects to socket `argv[1]`, asks for host `argv[2]`, as fast as it can for `argv[3]`
+/// seconds; prints the number of answers.
+const FLOOD: &str = r#"
+import socket, sys, json, time
+path, host, secs = sys.argv[1], sys.argv[2], float(sys.argv[3])
+line = json.dumps({"cmd": "credential", "host": host}).encode() + b"\n"
+end = time.monotonic() + secs
+n = 0
+while time.monotonic() < end:
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        s.sendall(line)
+        while s.recv(65536):
+            pass
+        s.close()
+        n += 1
+    except OSError:
+        pass
+print(n, flush=True)
+"#;
+
+/// Counts the files renamed into a directory under `name` (each write of the metrics file is one
+/// rename of a temp file over it), from a thread, until dropped.
+struct RenameCounter {
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RenameCounter {
+    fn watch(file: &Path) -> RenameCounter {
+        let dir = file.parent().expect("a directory").to_path_buf();
+        let name = file.file_name().expect("a name").to_os_string();
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut ino = inotify::Inotify::init().expect("inotify");
+        ino.watches()
+            .add(&dir, inotify::WatchMask::MOVED_TO)
+            .expect("watch the directory");
+        let (c, s) = (Arc::clone(&count), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while !s.load(Ordering::Relaxed) {
+                match ino.read_events(&mut buf) {
+                    Ok(events) => {
+                        let n = events.filter(|e| e.name == Some(name.as_os_str())).count();
+                        c.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        RenameCounter { count, stop }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RenameCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The value of the sample whose name and labels start the line as `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn helper_sock(w: &World) -> PathBuf {
+    w.path("helper.sock")
+}
+
+/// A daemon with one root target, H1 granted to GRANTED, and `metrics_file` at `prom`; returns
+/// once the file was first written.
+fn daemon_with_metrics<'w>(w: &'w World, prom: &Path, extra_daemon: &str) -> Daemon<'w> {
+    chmod(w.dir.path(), 0o755);
+    w.config(&format!(
+        "{}metrics_file = \"{}\"\n{extra_daemon}\n[[target]]\npath = \"{}\"\n\
+         [[registry]]\nhost = \"{H1}\"\nusers = [\"{GRANTED}\"]\n",
+        w.daemon_section(),
+        prom.display(),
+        w.path("d/config.json").display(),
+    ));
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(prom)
+                .is_ok_and(|t| t.contains("ecr_refresherd_token_expiry_timestamp_seconds{"))
+        }),
+        "no metrics file:\n{}",
+        d.log_text()
+    );
+    assert!(wait_for(Duration::from_secs(10), || helper_sock(w).exists()));
+    d
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defects: these fail on the code as reviewed (see the report).
+// ---------------------------------------------------------------------------------------------
+
+/// Any local user may connect to the helper socket (0666), and every request, even one turned
+/// away, moves a counter in the status. Each finished write of the metrics file wakes the loop,
+/// which finds the status changed and starts the next: a flood of credential requests kept root
+/// rendering and fsyncing the file back to back. The file must be rewritten at most about once a
+/// second whatever the callers do (a scrape is every 15 s or more).
+#[test]
+fn a_flood_of_credential_requests_does_not_make_the_daemon_rewrite_the_file_continuously() {
+    require_root!();
+    let w = World::new();
+    let prom = w.path("m/ecr-refresherd.prom");
+    let d = daemon_with_metrics(&w, &prom, "");
+    let sock = helper_sock(&w);
+    let sock = sock.to_str().expect("UTF-8 path");
+    let writes = RenameCounter::watch(&prom);
+    let secs = 6.0;
+    let attackers: Vec<Py> = [OTHER, GRANTED, OTHER + 1]
+        .iter()
+        .map(|uid| Py::spawn(*uid, FLOOD, &[sock, "nothing.example", &secs.to_string()]))
+        .collect();
+    // Anything that wakes the loop (a tick every 30 s, a refresh, an edit; here a reload) starts
+    // the writes; they are counted from then on.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = w.client(&["reload"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let started = Instant::now();
+    let before = writes.count();
+    let asked: u64 = attackers
+        .iter()
+        .map(|a| a.line(Duration::from_secs(60)).trim().parse().unwrap_or(0))
+        .sum();
+    let took = started.elapsed().as_secs_f64();
+    let n = writes.count() - before;
+    eprintln!("MEASURE asked={asked} took={took:.1} writes={n}");
+    assert!(asked > 100, "the flood got only {asked} answers");
+    assert!(
+        (n as f64) <= took + 3.0,
+        "{asked} credential requests in {took:.1} s made the daemon rewrite the metrics file {n} times ({:.0} a second)",
+        n as f64 / took
+    );
+    // What was held back is written within about a second of the flood's end, without any
+    // other event to wake the loop: the file counts what the socket does.
+    let series = "ecr_refresherd_helper_requests_total{result=\"denied\"}";
+    let live = sample(&stdout(&w.client(&["metrics"])), series);
+    assert!(live.is_some_and(|n| n >= asked as f64 / 2.0), "{live:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || sample(
+            &std::fs::read_to_string(&prom).unwrap_or_default(),
+            series
+        ) == live),
+        "the file says {:?}, the socket {live:?}",
+        sample(&std::fs::read_to_string(&prom).unwrap_or_default(), series)
+    );
+    drop(d);
+}
