@@ -230,3 +230,215 @@ fn a_flood_of_credential_requests_does_not_make_the_daemon_rewrite_the_file_cont
     );
     drop(d);
 }
+
+// ---------------------------------------------------------------------------------------------
+// What held.
+// ---------------------------------------------------------------------------------------------
+
+/// Races the metrics file `argv[2]` in directory `argv[1]` for `argv[4]` seconds: every temp
+/// file of ours it sees is moved away and replaced with a symbolic link to (and a hard link of)
+/// `argv[3]`; the name itself is swapped between such a link and a regular file of its own.
+/// Prints how many swaps it made.
+const RACE: &str = r#"
+import os, sys, time
+d, name, victim, secs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+prefix = "." + name + ".ecr-refresherd-"
+end = time.monotonic() + secs
+n = 0
+i = 0
+while time.monotonic() < end:
+    i += 1
+    try:
+        for e in os.listdir(d):
+            if e.startswith(prefix) and e.endswith(".tmp"):
+                p = os.path.join(d, e)
+                try:
+                    os.rename(p, os.path.join(d, "stolen-%d" % i))
+                except OSError:
+                    pass
+                try:
+                    os.link(victim, p)
+                except OSError:
+                    try:
+                        os.symlink(victim, p)
+                    except OSError:
+                        pass
+                n += 1
+    except OSError:
+        pass
+    p = os.path.join(d, name)
+    tmp = os.path.join(d, "swap")
+    try:
+        if i % 2:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            os.symlink(victim, tmp)
+        else:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            with open(tmp, "w") as f:
+                f.write("mine\n")
+        os.rename(tmp, p)
+        n += 1
+    except OSError:
+        pass
+print(n, flush=True)
+"#;
+
+/// Victims of a race: a root file (0600, in a directory only root may enter) and a file of
+/// `other` (not the attacker); both must be left byte for byte.
+fn victims(w: &World, other: u32) -> Vec<PathBuf> {
+    let root_dir = w.path("root-only");
+    std::fs::create_dir(&root_dir).unwrap();
+    let secret = root_dir.join("secret");
+    std::fs::write(&secret, "root's secret\n").unwrap();
+    chmod(&secret, 0o600);
+    let other_dir = w.path("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    chown(&other_dir, other, other);
+    chmod(&other_dir, 0o755);
+    let theirs = other_dir.join("file");
+    std::fs::write(&theirs, "another user's file\n").unwrap();
+    chown(&theirs, other, other);
+    chmod(&theirs, 0o600);
+    vec![secret, theirs]
+}
+
+/// The metrics file in a directory a user owns (node_exporter's, owned by its `prometheus`
+/// user): written as that user, so whatever the user swaps in, root never writes, chmods or
+/// chowns a file of root's or of another user through it, and creates nothing elsewhere.
+#[test]
+fn a_user_racing_links_in_the_metrics_directory_gains_nothing() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    let victims = victims(&w, OTHER);
+    let dir = w.path("node-exporter");
+    std::fs::create_dir(&dir).unwrap();
+    chown(&dir, GRANTED, GRANTED);
+    let prom = dir.join("ecr-refresherd.prom");
+    let d = daemon_with_metrics(&w, &prom, "");
+    let before: Vec<Sentinel> = victims.iter().map(|v| Sentinel::of(v)).collect();
+    let listing = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let top = listing(w.dir.path());
+    let sock = helper_sock(&w);
+    let sock = sock.to_str().expect("UTF-8 path");
+    let dir_s = dir.to_str().expect("UTF-8 path");
+    let secs = "8";
+    let flood = Py::spawn(OTHER, FLOOD, &[sock, "nothing.example", secs]);
+    let racers: Vec<Py> = victims
+        .iter()
+        .map(|v| {
+            Py::spawn(
+                GRANTED,
+                RACE,
+                &[dir_s, "ecr-refresherd.prom", v.to_str().unwrap(), secs],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(code(&w.client(&["reload"])), 0);
+    let swaps: u64 = racers
+        .iter()
+        .map(|r| r.line(Duration::from_secs(60)).trim().parse().unwrap_or(0))
+        .sum();
+    let _ = flood.line(Duration::from_secs(60));
+    eprintln!("MEASURE swaps={swaps}");
+    assert!(swaps > 100, "the race made only {swaps} swaps");
+    let after: Vec<Sentinel> = victims.iter().map(|v| Sentinel::of(v)).collect();
+    assert_eq!(before, after, "a victim changed:\n{}", d.log_text());
+    assert_eq!(
+        top,
+        listing(w.dir.path()),
+        "something appeared above the directory"
+    );
+    // Everything root left in the directory is the user's.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        use std::os::unix::fs::MetadataExt;
+        let e = e.unwrap();
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        assert_eq!(
+            md.uid(),
+            GRANTED,
+            "{} is not the user's",
+            e.path().display()
+        );
+    }
+    drop(d);
+}
+
+/// The metrics file in a sticky world-writable directory (`/tmp`): written as root, which a user
+/// racing links there cannot redirect, and whose file they cannot replace once written.
+#[test]
+fn a_user_racing_links_in_a_sticky_directory_gains_nothing() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    let victims = victims(&w, GRANTED);
+    let dir = w.path("tmp");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o1777);
+    let prom = dir.join("ecr-refresherd.prom");
+    // The user is there first, racing before the daemon's first write.
+    let dir_s = dir.to_str().expect("UTF-8 path");
+    let secs = "8";
+    let racers: Vec<Py> = victims
+        .iter()
+        .map(|v| {
+            Py::spawn(
+                OTHER,
+                RACE,
+                &[dir_s, "ecr-refresherd.prom", v.to_str().unwrap(), secs],
+            )
+        })
+        .collect();
+    let before: Vec<Sentinel> = victims.iter().map(|v| Sentinel::of(v)).collect();
+    chmod(w.dir.path(), 0o755);
+    w.config(&format!(
+        "{}metrics_file = \"{}\"\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\n",
+        w.daemon_section(),
+        prom.display(),
+        w.path("d/config.json").display(),
+    ));
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    let swaps: u64 = racers
+        .iter()
+        .map(|r| r.line(Duration::from_secs(60)).trim().parse().unwrap_or(0))
+        .sum();
+    eprintln!("MEASURE swaps={swaps}");
+    assert!(swaps > 100, "the race made only {swaps} swaps");
+    let after: Vec<Sentinel> = victims.iter().map(|v| Sentinel::of(v)).collect();
+    assert_eq!(before, after, "a victim changed:\n{}", d.log_text());
+    // Whatever is at the name now: the user's own (the daemon refused it) or root's own file.
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::symlink_metadata(&prom) {
+        if md.uid() == 0 {
+            assert!(md.file_type().is_file() && md.nlink() == 1);
+            assert!(
+                std::fs::read_to_string(&prom)
+                    .unwrap()
+                    .contains("ecr_refresherd_")
+            );
+        } else {
+            assert_eq!(md.uid(), OTHER);
+            assert!(
+                d.log_text().contains("cannot write the metrics file"),
+                "{}",
+                d.log_text()
+            );
+        }
+    }
+    drop(d);
+}
