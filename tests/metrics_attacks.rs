@@ -228,6 +228,7 @@ fn a_flood_of_credential_requests_does_not_make_the_daemon_rewrite_the_file_cont
         "the file says {:?}, the socket {live:?}",
         sample(&std::fs::read_to_string(&prom).unwrap_or_default(), series)
     );
+    w.capture_text(std::fs::read_to_string(&prom).unwrap_or_default());
     drop(d);
 }
 
@@ -441,4 +442,195 @@ fn a_user_racing_links_in_a_sticky_directory_gains_nothing() {
         }
     }
     drop(d);
+}
+
+/// Sends request `argv[2]` (a JSON line) on socket `argv[1]` over `argv[3]` connections at once,
+/// as fast as answered, for `argv[4]` seconds; prints the answers and the bytes they held.
+const ASK: &str = r#"
+import socket, sys, threading, time
+path, line, conns, secs = sys.argv[1], sys.argv[2].encode() + b"\n", int(sys.argv[3]), float(sys.argv[4])
+end = time.monotonic() + secs
+counts = [0, 0]
+lock = threading.Lock()
+def run():
+    while time.monotonic() < end:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.sendall(line)
+            got = 0
+            while True:
+                b = s.recv(1 << 20)
+                if not b:
+                    break
+                got += len(b)
+            s.close()
+            with lock:
+                counts[0] += 1
+                counts[1] += got
+        except OSError:
+            pass
+ts = [threading.Thread(target=run) for _ in range(conns)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(counts[0], counts[1], flush=True)
+"#;
+
+/// The CPU time (user + system) the process `pid` used so far.
+fn cpu_of(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+/// A `socket_group` member (not root) is not rate limited for `metrics`, as for `status`: at a
+/// thousand registries a metrics answer is 1.2 MB and costs about 5 times a status answer, but
+/// a member asking over the 8 connections a uid may hold takes no more of the daemon's CPU with
+/// `metrics` than it already could with `status` (about a core, either way).
+#[test]
+fn a_socket_group_member_asking_for_metrics_at_scale_costs_what_status_does() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    let prom = w.path("m/ecr-refresherd.prom");
+    let mut cfg = w.daemon_section();
+    cfg += &format!(
+        "socket_group = \"users\"\nmetrics_file = \"{}\"\n[[target]]\npath = \"{}\"\n",
+        prom.display(),
+        w.path("d/config.json").display()
+    );
+    for i in 0..1000 {
+        cfg += &format!(
+            "[[registry]]\nhost = \"{:012}.dkr.ecr.us-east-1.amazonaws.com\"\n",
+            100_000_000_000u64 + i
+        );
+    }
+    w.config(&cfg);
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            std::fs::read_to_string(&prom).is_ok_and(|t| {
+                t.matches("ecr_refresherd_token_expiry_timestamp_seconds{")
+                    .count()
+                    == 1000
+            })
+        }),
+        "no tokens:\n{}",
+        d.log_text()
+    );
+    let sock = w.socket();
+    let sock = sock.to_str().expect("UTF-8 path");
+    let mut used_by = Vec::new();
+    for cmd in ["metrics", "status"] {
+        let line = format!("{{\"cmd\":\"{cmd}\"}}");
+        let cpu = cpu_of(d.pid());
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={GRANTED}"))
+            .arg(format!("--regid={GRANTED}"))
+            .args([
+                "--groups=100",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                ASK,
+                sock,
+                &line,
+                "8",
+                "4",
+            ])
+            .stdout(Stdio::piped());
+        let out = c.output().expect("setpriv python3");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text
+            .split_whitespace()
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        let (n, bytes) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        let used = cpu_of(d.pid()) - cpu;
+        eprintln!(
+            "MEASURE {cmd}: {n} answers in 4 s ({} bytes each), daemon CPU {:.2} s ({:.1} ms an answer)",
+            bytes / n.max(1),
+            used.as_secs_f64(),
+            used.as_secs_f64() * 1000.0 / n.max(1) as f64
+        );
+        assert!(n > 0, "{cmd}: no answer");
+        used_by.push(used.as_secs_f64());
+    }
+    assert!(
+        used_by[0] <= used_by[1] * 1.5 + 0.5,
+        "4 s of metrics requests took {:.2} s of the daemon's CPU, 4 s of status requests {:.2} s",
+        used_by[0],
+        used_by[1]
+    );
+    drop(d);
+}
+
+/// node_exporter runs as its own user: a metrics directory the daemon creates (it was missing,
+/// in a root directory) must let it in, as the file's 0644 says. It was made 0700, like a
+/// user's `.docker`: the collector then cannot list it (node_textfile_scrape_error 1) and the
+/// metrics are lost though the file is written.
+#[test]
+fn a_metrics_directory_the_daemon_creates_can_be_read_by_node_exporter() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    let dir = w.path("lib/prometheus/node-exporter");
+    let prom = dir.join("ecr-refresherd.prom");
+    w.config(&format!(
+        "{}metrics_file = \"{}\"\n[[target]]\npath = \"{}\"\n[[registry]]\nhost = \"{H1}\"\n",
+        w.daemon_section(),
+        prom.display(),
+        w.path("d/config.json").display(),
+    ));
+    // Under the unit's UMask=0077.
+    let log = w.path("daemon.log");
+    let mut c = w.cmd();
+    c.arg("--config").arg(w.path("config.toml")).arg("run");
+    c.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().expect("spawn daemon");
+    let written = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&prom).is_ok_and(|t| t.contains("ecr_refresherd_build_info{"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    w.capture_text(std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        written,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // The collector's user (not the directory's owner, not root).
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={OTHER}"))
+        .arg(format!("--regid={OTHER}"))
+        .args(["--clear-groups", "--", "/usr/bin/python3", "-c"])
+        .arg("import os, sys; d = sys.argv[1]; print([n for n in os.listdir(d) if n.endswith('.prom')]); print(open(os.path.join(d, 'ecr-refresherd.prom')).read().count('ecr_refresherd_build_info{'))")
+        .arg(&dir)
+        .output()
+        .expect("setpriv python3");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (code(&out), stdout(&out)),
+        (0, "['ecr-refresherd.prom']\n1\n".to_string()),
+        "node_exporter's user cannot read the metrics in {} (mode {mode:o}): {}",
+        dir.display(),
+        stderr(&out)
+    );
 }

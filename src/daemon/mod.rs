@@ -442,7 +442,7 @@ impl<S: TokenSource> Loop<S> {
         let bytes = crate::metrics::render(&status).into_bytes();
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let r = crate::safe_fs::update(
+            let r = crate::safe_fs::update_shared(
                 &path,
                 crate::safe_fs::OwnerPolicy::Inherit,
                 Some(0o644),
