@@ -96,15 +96,62 @@ struct Loop<S: TokenSource> {
 /// [`METRICS_EVERY`] (node_exporter shows the file's mtime: a stale file means a stopped daemon).
 #[derive(Default)]
 struct MetricsFile {
-    writing: bool,
+    /// A write is under way, started (rendering included) then.
+    writing: Option<Instant>,
     written: Option<(Box<Status>, Instant)>,
     last_error: Option<String>,
     /// After a failed write, the next attempt waits until then.
     retry_at: Option<Instant>,
+    /// The earliest the next write may start: [`METRICS_SPACING`] or [`METRICS_SHARE`] after
+    /// the last one.
+    next_at: Option<Instant>,
+    /// The status changed since the last write, which waits for `next_at`.
+    pending: bool,
+}
+
+impl MetricsFile {
+    /// When the loop must wake to write a change held back by the spacing.
+    fn wake_at(&self) -> Option<Instant> {
+        if self.pending && self.writing.is_none() {
+            self.next_at
+        } else {
+            None
+        }
+    }
 }
 
 /// The longest the metrics file goes without a rewrite while the daemon runs.
 const METRICS_EVERY: Duration = Duration::from_secs(60);
+/// Writes of the metrics file start at least this far apart, whatever changes: anyone may move
+/// the credential request counters (the helper socket is open to all) as fast as they can
+/// connect, and a scrape reads the file every 15 s or more...
+const METRICS_SPACING: Duration = Duration::from_secs(1);
+/// ...and take at most 1/this of the time (rendering a thousand registries is a megabyte):
+/// the next write waits for `took × METRICS_SHARE`.
+const METRICS_SHARE: u32 = 20;
+
+/// Whether two snapshots say the same in the metrics (the runtime's task count, which every
+/// connection moves, and the pid are not in them).
+fn same_metrics(a: &Status, b: &Status) -> bool {
+    let Status {
+        version,
+        pid: _,
+        started_at,
+        tasks: _,
+        registries,
+        targets,
+        portainer,
+        config,
+        helper,
+    } = a;
+    *version == b.version
+        && *started_at == b.started_at
+        && *registries == b.registries
+        && *targets == b.targets
+        && *portainer == b.portainer
+        && *config == b.config
+        && *helper == b.helper
+}
 
 /// What to watch: every target, and the config path asked for (also while the instance default
 /// applies, so a config written later is picked up).
@@ -294,7 +341,10 @@ impl<S: TokenSource> Loop<S> {
                 Vec::new()
             }
             Done::MetricsWritten(r) => {
-                self.metrics.writing = false;
+                if let Some(started) = self.metrics.writing.take() {
+                    let spacing = METRICS_SPACING.max(started.elapsed() * METRICS_SHARE);
+                    self.metrics.next_at = Some(Instant::now() + spacing);
+                }
                 match r {
                     Ok(status) => {
                         if self.metrics.last_error.take().is_some() {
@@ -367,23 +417,32 @@ impl<S: TokenSource> Loop<S> {
         let Some(path) = self.core.settings().daemon.metrics_file.clone() else {
             return;
         };
-        if self.metrics.writing || self.metrics.retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.metrics.writing.is_some()
+            || self.metrics.retry_at.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         // The same status as written, and not a minute ago: nothing to render (at a thousand
         // registries the text is a megabyte; comparing the snapshots is far cheaper).
         if let Some((last, at)) = &self.metrics.written
-            && **last == *snap
+            && same_metrics(last, snap)
             && at.elapsed() < METRICS_EVERY
         {
+            self.metrics.pending = false;
             return;
         }
+        // A change too soon after the last write waits for the spacing (the loop wakes then).
+        if self.metrics.next_at.is_some_and(|t| Instant::now() < t) {
+            self.metrics.pending = true;
+            return;
+        }
+        self.metrics.pending = false;
+        self.metrics.writing = Some(Instant::now());
         let status = Box::new(snap.clone());
         let bytes = crate::metrics::render(&status).into_bytes();
-        self.metrics.writing = true;
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let r = crate::safe_fs::update(
+            let r = crate::safe_fs::update_shared(
                 &path,
                 crate::safe_fs::OwnerPolicy::Inherit,
                 Some(0o644),
@@ -547,6 +606,9 @@ impl<S: TokenSource> Loop<S> {
             let mut wake = self.core.next_wake(SystemTime::now());
             if let Some(every) = self.watchdog {
                 wake = wake.min(every.saturating_sub(self.last_ping.elapsed()));
+            }
+            if let Some(at) = self.metrics.wake_at() {
+                wake = wake.min(at.saturating_duration_since(Instant::now()));
             }
             let wake = wake.max(Duration::from_millis(5));
             tokio::select! {

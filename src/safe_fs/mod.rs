@@ -19,7 +19,7 @@ mod write;
 pub use read::{DirInfo, inspect, read, read_secret, read_sized, read_trusted};
 
 pub use walk::{nearest_dir, open_private_dir};
-pub use write::{remove_stray_temp_files, update, update_sized};
+pub use write::{remove_stray_temp_files, update, update_shared, update_sized};
 
 use std::path::{Path, PathBuf};
 

@@ -355,6 +355,19 @@ pub(super) fn locate(
     policy: &OwnerPolicy,
     create: bool,
 ) -> Result<Option<Located>, FileError> {
+    locate_with(path, policy, create, PRIVATE_DIR)
+}
+
+/// The mode of a directory created for an auth file: its owner's alone.
+pub(super) const PRIVATE_DIR: u32 = 0o700;
+
+/// [`locate`], creating missing directories with `dir_mode` (whatever the umask).
+pub(super) fn locate_with(
+    path: &Path,
+    policy: &OwnerPolicy,
+    create: bool,
+    dir_mode: u32,
+) -> Result<Option<Located>, FileError> {
     let name = path
         .file_name()
         .ok_or_else(|| refused(path, "the path does not name a file"))?
@@ -372,13 +385,14 @@ pub(super) fn locate(
     for part in missing {
         let here = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
         let shown = here.path.join(&part);
-        {
+        let made = {
             let _id = FsIdentity::become_user(owner, path)?;
-            match rustix::fs::mkdirat(&here.fd, part.as_os_str(), Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => {}
+            match rustix::fs::mkdirat(&here.fd, part.as_os_str(), Mode::from_raw_mode(dir_mode)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) => false,
                 Err(e) => return Err(io_err(&shown, "create directory", e)),
             }
-        }
+        };
         let fd = rustix::fs::openat(
             &here.fd,
             part.as_os_str(),
@@ -404,6 +418,14 @@ pub(super) fn locate(
                 ),
             ));
         }
+        // Made by us just now: its mode whatever the umask (the unit's is 0077). Set as the
+        // owner, on the directory opened and checked as theirs.
+        if made && stat.st_mode & 0o7777 != dir_mode {
+            let _id = FsIdentity::become_user(owner, path)?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir_mode))
+                .map_err(|e| io_err(&shown, "chmod new directory", e))?;
+        }
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_err(&shown, "stat", e))?;
         let dir = Dir {
             fd,
             stat,

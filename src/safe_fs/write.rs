@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 use super::*;
 
-use super::owner::{FsGid, FsIdentity, Located, locate};
+use super::owner::{FsGid, FsIdentity, Located, PRIVATE_DIR, locate, locate_with};
 
 /// The state of the target file when we read it; a rename happens only if it still matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,10 +169,32 @@ pub fn update_sized<E: std::fmt::Display>(
     policy: OwnerPolicy,
     mode: Option<u32>,
     limit: usize,
+    change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+) -> Result<Outcome, FileError> {
+    update_in(path, policy, mode, limit, PRIVATE_DIR, change)
+}
+
+/// [`update`] of a file others read (the metrics file, which node_exporter reads as its own
+/// user): a missing directory is created 0755, not 0700.
+pub fn update_shared<E: std::fmt::Display>(
+    path: &Path,
+    policy: OwnerPolicy,
+    mode: Option<u32>,
+    change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+) -> Result<Outcome, FileError> {
+    update_in(path, policy, mode, MAX_FILE_SIZE, 0o755, change)
+}
+
+fn update_in<E: std::fmt::Display>(
+    path: &Path,
+    policy: OwnerPolicy,
+    mode: Option<u32>,
+    limit: usize,
+    dir_mode: u32,
     mut change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
 ) -> Result<Outcome, FileError> {
-    let mut loc =
-        locate(path, &policy, true)?.ok_or_else(|| refused(path, "parent directory missing"))?;
+    let mut loc = locate_with(path, &policy, true, dir_mode)?
+        .ok_or_else(|| refused(path, "parent directory missing"))?;
     loc.limit = limit;
     if !rustix::process::geteuid().is_root() && loc.owner.uid != rustix::process::geteuid().as_raw()
     {
