@@ -83,6 +83,8 @@ scrape || { cat "$work/node.log" "$work/curl.err"; fail "cannot scrape node_expo
 # `value SERIES`: the scraped value of a series, exactly as named with its labels.
 value() { scrape && awk -v s="$1" '$1 == s {print $2}' "$work/scrape.txt"; }
 expiry_series="ecr_refresherd_token_expiry_timestamp_seconds{registry=\"$H\"}"
+# The first file may be written before the first token (rewrites are at least a second apart).
+for _ in $(seq 100); do [ -n "$(value "$expiry_series")" ] && break; sleep 0.1; done
 [ -n "$(value "$expiry_series")" ] || { cat "$work/scrape.txt"; fail "no token expiry in the scrape"; }
 [ "$(value 'node_textfile_scrape_error')" = 0 ] || fail "node_exporter could not read the file"
 value "node_textfile_mtime_seconds{file=\"$prom\"}" | grep -q . \

@@ -253,9 +253,11 @@ check_stat /run/containers/0/auth.json "root:root 600"
 
 step "the metrics file is written under the hardened unit, also when its directory was gone at the start"
 prom=/var/lib/prometheus/node-exporter/ecr-refresherd.prom
-for _ in $(seq 50); do inside test -s "$prom" && break; sleep 0.2; done
+# Rewrites are at least a second apart: the first may show no token yet.
+has_expiry() { inside grep -q "^ecr_refresherd_token_expiry_timestamp_seconds{registry=\"$H1\"} " "$prom"; }
+for _ in $(seq 50); do has_expiry && break; sleep 0.2; done
 check_stat "$prom" "root:root 644"
-inside grep -q "^ecr_refresherd_token_expiry_timestamp_seconds{registry=\"$H1\"} " "$prom" || { inside cat "$prom"; fail "no token expiry for $H1 in $prom"; }
+has_expiry || { inside cat "$prom"; fail "no token expiry for $H1 in $prom"; }
 inside systemctl stop ecr-refresherd.service
 inside rm -rf /var/lib/prometheus
 inside systemctl start ecr-refresherd.service || { inside journalctl -u ecr-refresherd --no-pager | tail -30; fail "start without the metrics directory"; }
