@@ -4,7 +4,7 @@
 # compares against: awscli (PyPI, in target/bench-venv), skopeo, docker-registry, GNU time, Amazon's
 # docker-credential-ecr-login and socat (Debian).
 # Usage: bench/run.sh [--quick] [--only helper]
-#   --quick: a 10 s idle window instead of 60 s; --only helper: the credential helper comparison
+#   --quick: 10 s idle windows instead of 240 s (and 60 s at scale); --only helper: the credential helper comparison
 #   alone, printed (docs untouched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
