@@ -39,6 +39,17 @@ fn provider(w: &World, input: &str) -> Output {
     out
 }
 
+/// Waits until the daemon holds a credential for each host (root's helper gets it): the fake having
+/// issued a token is not enough, the daemon may not have taken it in yet.
+fn wait_held(w: &World, hosts: &[&str]) {
+    for h in hosts {
+        assert!(
+            wait_for(Duration::from_secs(30), || code(&helper(w, "get", h)) == 0),
+            "the daemon never held a credential for {h}"
+        );
+    }
+}
+
 fn current_password(w: &World) -> String {
     w.fake
         .issued_passwords()
@@ -53,10 +64,7 @@ fn root_gets_the_credential_from_memory_without_an_api_call() {
     w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
-    assert!(wait_for(Duration::from_secs(30), || !w
-        .fake
-        .issued_passwords()
-        .is_empty()));
+    wait_held(&w, &[H1]);
     let calls = w.fake.count(Service::Ecr);
     for url in [
         H1.to_string(),
@@ -135,10 +143,7 @@ fn a_user_gets_nothing_and_is_logged() {
     w.one_target_config(&[H1], "socket_group = \"4545\"\n");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
-    assert!(wait_for(Duration::from_secs(30), || !w
-        .fake
-        .issued_passwords()
-        .is_empty()));
+    wait_held(&w, &[H1]);
     // A member of socket_group may ask for status, not for a secret.
     let run_as = |uid: &str, groups: &str| {
         let mut c = Command::new("setpriv");
@@ -241,10 +246,7 @@ fn the_kubelet_provider_answers_recorded_requests() {
     w.one_target_config(&[H1], "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
-    assert!(wait_for(Duration::from_secs(30), || !w
-        .fake
-        .issued_passwords()
-        .is_empty()));
+    wait_held(&w, &[H1]);
     for version in ["v1", "v1beta1"] {
         let api = format!("credentialprovider.kubelet.k8s.io/{version}");
         let out = provider(
@@ -341,11 +343,7 @@ fn grants_decide_who_gets_which_registry() {
     ));
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
-    assert!(wait_for(Duration::from_secs(30), || w
-        .fake
-        .issued_passwords()
-        .len()
-        >= 2));
+    wait_held(&w, &[H1, H3]);
     let sock = w.path("helper.sock");
     assert!(wait_for(Duration::from_secs(10), || sock.exists()));
     use std::os::unix::fs::PermissionsExt;
@@ -493,10 +491,7 @@ fn provider_answers_validate_against_the_published_schema() {
     ));
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
-    assert!(wait_for(Duration::from_secs(30), || !w
-        .fake
-        .issued_passwords()
-        .is_empty()));
+    wait_held(&w, &[H1]);
     let requests = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/kubelet/requests.jsonl"
