@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -17,55 +14,6 @@ const A_USER: u32 = 4242;
 /// Granted H3 (and the alias while it is H3's).
 const B_USER: u32 = 4343;
 const M: &str = "mirror.internal:5000";
-
-/// A python3 process running `code` as `uid` (no passwd entry; std clears its supplementary
-/// groups), with `args` as `sys.argv[1:]`; its stdout lines reach the test through a channel.
-struct Py {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Py {
-    fn spawn(uid: u32, code: &str, args: &[&str]) -> Py {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(code)
-            .args(args)
-            .uid(uid)
-            .gid(uid)
-            .current_dir("/")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 attacker");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Py { child, lines }
-    }
-
-    fn line(&self, timeout: Duration) -> String {
-        self.lines
-            .recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("the attacker printed nothing in {timeout:?}: {e}"))
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Asks socket `argv[1]` for `argv[2]` as fast as it can until the file `argv[3]` exists; prints
 /// "ready" after its first answer, then, at the end, the number of answers and every distinct

@@ -8,8 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -113,61 +112,6 @@ fn daemon_with_grants<'w>(w: &'w World, h1_extra: &str) -> Daemon<'w> {
 
 fn helper_sock(w: &World) -> PathBuf {
     w.path("helper.sock")
-}
-
-/// A python3 process running `code` as `uid` (no passwd entry; std clears its supplementary
-/// groups), with `args` as `sys.argv[1:]`; its stdout lines reach the test through a channel.
-struct Py {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Py {
-    fn spawn(uid: u32, code: &str, args: &[&str]) -> Py {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(code)
-            .args(args)
-            .uid(uid)
-            .gid(uid)
-            .current_dir("/")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 attacker");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Py { child, lines }
-    }
-
-    /// The next line it prints, waiting at most `timeout`.
-    fn line(&self, timeout: Duration) -> String {
-        self.lines
-            .recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("the attacker printed nothing in {timeout:?}: {e}"))
-    }
-
-    /// The next line it prints, if any within `timeout`.
-    fn try_line(&self, timeout: Duration) -> Option<String> {
-        self.lines.recv_timeout(timeout).ok()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A user holding a subordinate uid range: `n` uids from `first`, each a real process.

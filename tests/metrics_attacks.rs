@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,55 +17,6 @@ use common::*;
 const GRANTED: u32 = 4242;
 /// Granted nothing.
 const OTHER: u32 = 4343;
-
-/// A python3 process running `code` as `uid` (no passwd entry, no supplementary groups), with
-/// `args` as `sys.argv[1:]`; its stdout lines reach the test through a channel.
-struct Py {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Py {
-    fn spawn(uid: u32, code: &str, args: &[&str]) -> Py {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(code)
-            .args(args)
-            .uid(uid)
-            .gid(uid)
-            .current_dir("/")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 attacker");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Py { child, lines }
-    }
-
-    fn line(&self, timeout: Duration) -> String {
-        self.lines
-            .recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("the attacker printed nothing in {timeout:?}: {e}"))
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Connects to socket `argv[1]`, asks for host `argv[2]`, as fast as it can for `argv[3]`
 /// seconds; prints the number of answers.

@@ -402,3 +402,61 @@ impl Drop for Daemon<'_> {
         self.world.capture_text(self.log_text());
     }
 }
+
+/// A python3 process running `code` as `uid` (an attacker in the attack tests: no passwd entry;
+/// std clears its supplementary groups), with `args` as `sys.argv[1:]`; its stdout lines read on
+/// a thread; killed when dropped.
+pub struct Py {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Py {
+    pub fn spawn(uid: u32, code: &str, args: &[&str]) -> Py {
+        use std::io::{BufRead, BufReader};
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .uid(uid)
+            .gid(uid)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 attacker");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Py { child, lines }
+    }
+
+    /// The next line it prints, waiting at most `timeout`.
+    pub fn line(&self, timeout: std::time::Duration) -> String {
+        self.lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("the attacker printed nothing in {timeout:?}: {e}"))
+    }
+
+    /// The next line it prints, if any within `timeout`.
+    pub fn try_line(&self, timeout: std::time::Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
