@@ -240,6 +240,69 @@ fn proc_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// The CPU time of one process and every thread it ever had, exactly: a cgroup of its own (v1
+/// `cpuacct.usage` in ns, or v2 `cpu.stat` `usage_usec`). Per-thread counters lose the threads
+/// that exit in the window (tokio's blocking threads), and the process's clock ticks are 10 ms.
+struct CpuMeter {
+    dir: PathBuf,
+    counter: PathBuf,
+}
+
+impl CpuMeter {
+    fn attach(pid: u32, name: &str) -> Option<CpuMeter> {
+        let bases = [
+            ("/sys/fs/cgroup/cpuacct", "cpuacct.usage"),
+            ("/sys/fs/cgroup/unified", "cpu.stat"),
+            ("/sys/fs/cgroup", "cpu.stat"),
+        ];
+        for (base, counter) in bases {
+            let dir = Path::new(base).join(format!("ecr-bench-{name}-{}", std::process::id()));
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok() {
+                let m = CpuMeter {
+                    counter: dir.join(counter),
+                    dir,
+                };
+                if m.used().is_some() {
+                    return Some(m);
+                }
+                return None;
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        None
+    }
+
+    fn used(&self) -> Option<Duration> {
+        let text = std::fs::read_to_string(&self.counter).ok()?;
+        if self.counter.ends_with("cpu.stat") {
+            let usec = text
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(Duration::from_micros(usec))
+        } else {
+            Some(Duration::from_nanos(text.trim().parse().ok()?))
+        }
+    }
+}
+
+impl Drop for CpuMeter {
+    fn drop(&mut self) {
+        // Empty once the process is gone; the caller kills it first.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 struct Idle {
     peak_kb: u64,
     steady_kb: u64,
@@ -277,6 +340,7 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
         .spawn()
         .map_err(|e| e.to_string())?;
     let pid = child.id();
+    let meter = CpuMeter::attach(pid, "idle");
     let end = Instant::now() + Duration::from_secs(30);
     while !tfiles.iter().all(|t| hosts.iter().all(|h| has_entry(t, h))) {
         if Instant::now() > end {
@@ -290,15 +354,22 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
     std::thread::sleep(Duration::from_secs(12));
     let (cpu0, sw0) = cpu_and_switches(pid);
     let ticks0 = proc_ticks(pid);
+    let exact0 = meter.as_ref().and_then(CpuMeter::used);
     std::thread::sleep(Duration::from_secs(secs));
     let (cpu1, sw1) = cpu_and_switches(pid);
     let ticks1 = proc_ticks(pid);
+    let exact1 = meter.as_ref().and_then(CpuMeter::used);
     let r = Idle {
         peak_kb: proc_kb(pid, "VmHWM:"),
         steady_kb: proc_kb(pid, "VmRSS:"),
         // Per-thread nanoseconds; the process's tick count (exited threads included) as a floor.
-        cpu: Duration::from_nanos(cpu1.saturating_sub(cpu0))
-            .max(Duration::from_millis(10 * ticks1.saturating_sub(ticks0))),
+        // The cgroup's exact figure when there is one; else per-thread nanoseconds with the
+        // process's tick count (exited threads included) as a floor.
+        cpu: match (exact0, exact1) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => Duration::from_nanos(cpu1.saturating_sub(cpu0))
+                .max(Duration::from_millis(10 * ticks1.saturating_sub(ticks0))),
+        },
         wakeups: sw1.saturating_sub(sw0),
         secs,
     };
@@ -434,6 +505,7 @@ fn big(b: &Bench, secs: u64) -> Result<Big> {
         .spawn()
         .map_err(|e| e.to_string())?;
     let pid = child.id();
+    let meter = CpuMeter::attach(pid, "big");
     let end = Instant::now() + Duration::from_secs(120);
     while !tfiles.iter().all(|t| has_entry(t, &hosts[999])) {
         if Instant::now() > end {
@@ -444,9 +516,15 @@ fn big(b: &Bench, secs: u64) -> Result<Big> {
     }
     std::thread::sleep(Duration::from_secs(12));
     let (cpu0, _) = cpu_and_switches(pid);
+    let exact0 = meter.as_ref().and_then(CpuMeter::used);
     std::thread::sleep(Duration::from_secs(secs));
     let (cpu1, _) = cpu_and_switches(pid);
-    let cpu_per_min = Duration::from_nanos(cpu1.saturating_sub(cpu0)) * 60 / secs as u32;
+    let exact1 = meter.as_ref().and_then(CpuMeter::used);
+    let used = match (exact0, exact1) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::from_nanos(cpu1.saturating_sub(cpu0)),
+    };
+    let cpu_per_min = used * 60 / secs as u32;
     let mut heal = Vec::new();
     for i in 0..10 {
         let t = &tfiles[i * 10];
