@@ -82,6 +82,18 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Say why a pull of IMAGE from ECR fails, step by step, and what fixes it (read only; no
+    /// daemon needed): exit 0 when the pull would work, 1 when a step fails.
+    Doctor {
+        /// The image, as given to docker pull (host/repository:tag or @digest).
+        image: String,
+        /// Look at this user's docker and podman files instead of the configured targets.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running daemon to re-read its config; exits non-zero when the new config is invalid.
     Reload {
         /// Where the daemon listens.

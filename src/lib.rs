@@ -15,6 +15,7 @@ pub(crate) mod clock;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod ecr;
 pub(crate) mod escape;
 pub(crate) mod logging;

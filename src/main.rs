@@ -62,6 +62,17 @@ fn main() -> ExitCode {
             None => daemon::run(&cli, Duration::from_secs(30)).await,
             Some(Command::Run { start_timeout }) => daemon::run(&cli, *start_timeout).await,
             Some(Command::Once) => commands::once(&cli).await,
+            Some(Command::Doctor { image, user, json }) => {
+                ecr_refresherd::doctor::doctor(
+                    &cli,
+                    ecr_refresherd::doctor::Options {
+                        image,
+                        user: user.as_deref(),
+                        json: *json,
+                    },
+                )
+                .await
+            }
             Some(Command::Check) => commands::check(&cli).await,
             Some(Command::Status { json, socket }) => client::status(&cli, socket, *json).await,
             Some(Command::Refresh { host, socket }) => {

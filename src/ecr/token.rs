@@ -263,10 +263,11 @@ impl AwsTokenSource {
         base
     }
 
-    async fn client(&self, key: &GroupKey) -> Client {
-        if let Some(c) = self.clients.lock().await.get(key) {
-            return c.clone();
-        }
+    /// The SDK config and, for a role, the assumed role's credentials of one group.
+    async fn credentials(
+        &self,
+        key: &GroupKey,
+    ) -> (aws_config::SdkConfig, Option<SharedCredentialsProvider>) {
         let region = Region::new(key.region.clone());
         let base = self.base(&key.credentials.profile).await;
         let assumed = match &key.credentials.role_arn {
@@ -287,6 +288,15 @@ impl AwsTokenSource {
                 Some(SharedCredentialsProvider::new(b.build().await))
             }
         };
+        (base, assumed)
+    }
+
+    async fn client(&self, key: &GroupKey) -> Client {
+        if let Some(c) = self.clients.lock().await.get(key) {
+            return c.clone();
+        }
+        let region = Region::new(key.region.clone());
+        let (base, assumed) = self.credentials(key).await;
         let client = if key.public {
             let mut conf = aws_sdk_ecrpublic::config::Builder::from(&base).region(region.clone());
             if let Some(u) = &key.endpoint_url {
@@ -358,7 +368,11 @@ where
 /// The kind of a failure that is not an answer from the service, without its details.
 fn failure_kind(detail: &str) -> &'static str {
     let d = detail.to_ascii_lowercase();
-    if d.contains("credential") || d.contains("assume") || d.contains("sts") {
+    if d.contains("no providers in chain") || d.contains("credentialsnotloaded") {
+        "no AWS credentials found (environment, profile, web identity, container or instance role)"
+    } else if d.contains("imds") || d.contains("instance metadata") || d.contains("ec2 metadata") {
+        "the instance metadata service (IMDS) gave no credentials: no instance role, or IMDS unreachable (inside a container IMDSv2 needs the hop limit at 2)"
+    } else if d.contains("credential") || d.contains("assume") || d.contains("sts") {
         "could not load AWS credentials (profile, role, credential_process or instance role); set log_level = \"debug\" for details"
     } else if d.contains("timeout") || d.contains("timed out") {
         "timeout: the endpoint did not answer in time"
@@ -421,6 +435,90 @@ impl AwsTokenSource {
                 Token::new(auth.to_string(), expiry(data.expires_at())?)
             }
         }
+    }
+}
+
+/// The most names `doctor` lists to find close matches.
+const LIST_MAX: usize = 2000;
+
+impl AwsTokenSource {
+    /// The ARN of the principal a group's calls are made as (STS `GetCallerIdentity`, in the
+    /// group's region, with the group's credentials).
+    pub async fn caller_identity(&self, key: &GroupKey) -> Result<String, TokenError> {
+        let (base, assumed) = self.credentials(key).await;
+        let mut conf =
+            aws_sdk_sts::config::Builder::from(&base).region(Region::new(key.region.clone()));
+        if let Some(c) = assumed {
+            conf = conf.credentials_provider(c);
+        }
+        let out = aws_sdk_sts::Client::from_conf(conf.build())
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        out.arn()
+            .map(str::to_string)
+            .ok_or_else(|| TokenError::Invalid("GetCallerIdentity gave no ARN".into()))
+    }
+
+    /// The repositories of a private registry the principal may list (`DescribeRepositories`).
+    pub async fn repository_names(
+        &self,
+        key: &GroupKey,
+        account: &str,
+    ) -> Result<Vec<String>, TokenError> {
+        let Client::Private(c) = self.client(key).await else {
+            return Err(TokenError::Failed("ECR Public is not listed".into()));
+        };
+        let mut names = Vec::new();
+        let mut pages = c
+            .describe_repositories()
+            .registry_id(account)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(sdk_error)?;
+            names.extend(
+                page.repositories()
+                    .iter()
+                    .filter_map(|r| r.repository_name().map(str::to_string)),
+            );
+            if names.len() >= LIST_MAX {
+                break;
+            }
+        }
+        Ok(names)
+    }
+
+    /// The tags of one repository (`ListImages`).
+    pub async fn image_tags(
+        &self,
+        key: &GroupKey,
+        account: &str,
+        repository: &str,
+    ) -> Result<Vec<String>, TokenError> {
+        let Client::Private(c) = self.client(key).await else {
+            return Err(TokenError::Failed("ECR Public is not listed".into()));
+        };
+        let mut tags = Vec::new();
+        let mut pages = c
+            .list_images()
+            .registry_id(account)
+            .repository_name(repository)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(sdk_error)?;
+            tags.extend(
+                page.image_ids()
+                    .iter()
+                    .filter_map(|i| i.image_tag().map(str::to_string)),
+            );
+            if tags.len() >= LIST_MAX {
+                break;
+            }
+        }
+        Ok(tags)
     }
 }
 

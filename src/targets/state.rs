@@ -72,6 +72,14 @@ impl State {
         State::load_limited(dir, STATE_LIMIT)
     }
 
+    /// The state as the daemon left it, read only (`doctor`): nothing is moved or changed; a
+    /// missing or unreadable file is `None`.
+    pub fn peek(dir: &Path) -> Option<State> {
+        let bytes =
+            safe_fs::read_sized(&dir.join(STATE_FILE), root_policy(), STATE_LIMIT).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn load_limited(dir: &Path, limit: usize) -> (State, Option<String>) {
         let path = dir.join(STATE_FILE);
         let why = match safe_fs::read_sized(&path, root_policy(), limit) {
