@@ -239,6 +239,24 @@ pub fn token(error: &str, p: &Place) -> Finding {
             "the key was deleted or belongs to another partition (aws-cn, aws-us-gov): use valid credentials for this registry's partition",
         );
     }
+    if e.contains("metadata is disabled") {
+        return finding(
+            quote(error),
+            "give credentials another way: `profile` or `role_arn` in the [[registry]] (root's ~/.aws), or AWS_ACCESS_KEY_ID in the unit's environment",
+        );
+    }
+    if e.contains("hop limit") {
+        return finding(
+            quote(error),
+            "on EC2 inside a container, raise the IMDSv2 hop limit to 2: aws ec2 modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2; else give credentials another way (profile, role_arn, environment)",
+        );
+    }
+    if e.contains("no role") || e.contains("no instance profile") {
+        return finding(
+            quote(error),
+            "attach an instance profile whose role may pull from ECR (AmazonEC2ContainerRegistryReadOnly), or give the [[registry]] a profile or role_arn",
+        );
+    }
     if e.contains("instance metadata") || e.contains("imds") {
         return finding(
             quote(error),

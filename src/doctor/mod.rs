@@ -328,7 +328,18 @@ impl Doctor {
                 Some(t)
             }
             Ok(Err(e)) => {
-                let f = explain::token(&e.to_string(), &place);
+                let mut said = e.to_string();
+                // "No credentials" hides why the instance role gave none: ask IMDS.
+                if said.contains("no AWS credentials") && key.credentials.profile.is_none() {
+                    let why = tokio::time::timeout(
+                        self.left(TCP_STEP),
+                        crate::ecr::token::instance_role_problem(),
+                    )
+                    .await
+                    .unwrap_or_else(|_| "IMDS did not answer in time".into());
+                    said = format!("{said}; {why}");
+                }
+                let f = explain::token(&said, &place);
                 self.report.fail("token", f.detail, f.fix);
                 None
             }

@@ -566,6 +566,41 @@ pub async fn instance_identity() -> Result<(String, String), IdentityError> {
     Ok((field("accountId")?, field("region")?))
 }
 
+/// Why the instance role gave no credentials, for `doctor`: what IMDS says, in a sentence
+/// that holds no credential.
+pub async fn instance_role_problem() -> String {
+    if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return "instance metadata is disabled here (AWS_EC2_METADATA_DISABLED=true), so no instance role".into();
+    }
+    let client = aws_config::imds::Client::builder()
+        .max_attempts(1)
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(1))
+        .build();
+    match client
+        .get("/latest/meta-data/iam/security-credentials/")
+        .await
+    {
+        Ok(roles) => match roles.as_ref().lines().next().filter(|r| !r.is_empty()) {
+            Some(role) => format!(
+                "IMDS answers and names the instance role {:?}, but its credentials could not be had",
+                role.chars().take(64).collect::<String>()
+            ),
+            None => "IMDS answers, but the instance has no role (no instance profile)".into(),
+        },
+        Err(e) => {
+            let d = DisplayErrorContext(&e).to_string().to_ascii_lowercase();
+            if d.contains("404") || d.contains("not found") {
+                "IMDS answers, but the instance has no role (no instance profile)".into()
+            } else if d.contains("timeout") || d.contains("timed out") {
+                "IMDS did not answer: not on EC2, metadata turned off for the instance, or inside a container with the IMDSv2 hop limit at 1".into()
+            } else {
+                "IMDS is not reachable: not on EC2, or metadata turned off for the instance".into()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
