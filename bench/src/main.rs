@@ -201,20 +201,21 @@ fn proc_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// (CPU ns, context switches) summed over the threads of `pid`.
-fn cpu_and_switches(pid: u32) -> (u64, u64) {
-    let mut cpu = 0;
-    let mut sw = 0;
+/// Per thread of `pid`: (CPU ns, context switches).
+fn thread_counters(pid: u32) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
             let p = t.path();
-            if let Ok(s) = std::fs::read_to_string(p.join("schedstat")) {
-                cpu += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
+            let cpu = std::fs::read_to_string(p.join("schedstat"))
+                .ok()
+                .and_then(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+                .unwrap_or(0);
+            let mut sw = 0;
             if let Ok(s) = std::fs::read_to_string(p.join("status")) {
                 for l in s.lines() {
                     if let Some(v) = l
@@ -225,9 +226,23 @@ fn cpu_and_switches(pid: u32) -> (u64, u64) {
                     }
                 }
             }
+            out.insert(t.file_name().to_string_lossy().into_owned(), (cpu, sw));
         }
     }
-    (cpu, sw)
+    out
+}
+
+/// (CPU ns, context switches) between two snapshots of [`thread_counters`]: threads alive at
+/// both ends from the first, threads started in between from zero (a thread that exited in
+/// between is lost: the cgroup meter is the exact CPU figure).
+fn delta(
+    a: &std::collections::BTreeMap<String, (u64, u64)>,
+    b: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> (u64, u64) {
+    b.iter().fold((0, 0), |(cpu, sw), (tid, (c1, s1))| {
+        let (c0, s0) = a.get(tid).copied().unwrap_or((0, 0));
+        (cpu + c1.saturating_sub(c0), sw + s1.saturating_sub(s0))
+    })
 }
 
 /// utime + stime of the whole process (exited threads included), in 10 ms clock ticks.
@@ -352,11 +367,11 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
     // tokio's blocking threads (file writes) retire 10 s after their last job; start the window
     // after that, so the per-thread counters cover the same threads at both ends.
     std::thread::sleep(Duration::from_secs(12));
-    let (cpu0, sw0) = cpu_and_switches(pid);
+    let threads0 = thread_counters(pid);
     let ticks0 = proc_ticks(pid);
     let exact0 = meter.as_ref().and_then(CpuMeter::used);
     std::thread::sleep(Duration::from_secs(secs));
-    let (cpu1, sw1) = cpu_and_switches(pid);
+    let (cpu, switches) = delta(&threads0, &thread_counters(pid));
     let ticks1 = proc_ticks(pid);
     let exact1 = meter.as_ref().and_then(CpuMeter::used);
     let r = Idle {
@@ -367,10 +382,10 @@ fn idle(b: &Bench, secs: u64) -> Result<Idle> {
         // process's tick count (exited threads included) as a floor.
         cpu: match (exact0, exact1) {
             (Some(a), Some(b)) => b.saturating_sub(a),
-            _ => Duration::from_nanos(cpu1.saturating_sub(cpu0))
+            _ => Duration::from_nanos(cpu)
                 .max(Duration::from_millis(10 * ticks1.saturating_sub(ticks0))),
         },
-        wakeups: sw1.saturating_sub(sw0),
+        wakeups: switches,
         secs,
     };
     kill(child);
@@ -515,14 +530,14 @@ fn big(b: &Bench, secs: u64) -> Result<Big> {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(12));
-    let (cpu0, _) = cpu_and_switches(pid);
+    let threads0 = thread_counters(pid);
     let exact0 = meter.as_ref().and_then(CpuMeter::used);
     std::thread::sleep(Duration::from_secs(secs));
-    let (cpu1, _) = cpu_and_switches(pid);
+    let (cpu, _) = delta(&threads0, &thread_counters(pid));
     let exact1 = meter.as_ref().and_then(CpuMeter::used);
     let used = match (exact0, exact1) {
         (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => Duration::from_nanos(cpu1.saturating_sub(cpu0)),
+        _ => Duration::from_nanos(cpu),
     };
     let cpu_per_min = used * 60 / secs as u32;
     let mut heal = Vec::new();
