@@ -8,6 +8,10 @@
 //! * a path under `/latest/` is IMDSv2,
 //! * a path under `/_fake/` is the out-of-process control plane (see [`FakeAws`]).
 //!
+//! [`FakeAws::start_registry`] adds an ECR-shaped registry over HTTPS on a second port, which
+//! accepts the passwords this fake ECR issued, and an S3-shaped layer storage its blob redirects
+//! point at (see [`RegistryConfig`]).
+//!
 //! The server never opens an outbound connection.
 //!
 //! ```no_run
@@ -18,9 +22,12 @@
 //! # drop(env);
 //! ```
 
+mod image;
 mod protocol;
+mod registry;
 mod server;
 mod state;
+mod tls;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +37,34 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use state::Shared;
+
+pub use image::{Blob, Image, ManifestFormat};
+pub use registry::{Deny, FakeRegistry, RegistryCall, RegistryConfig, RegistryKind, RepoTag};
+
+/// Why [`FakeAws::start_registry`] could not start the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A listener address is not a loopback address.
+    #[error("fake-aws only listens on loopback addresses, not {0}")]
+    NotLoopback(SocketAddr),
+    /// The configuration does not hold together (a bad repository name or storage URL).
+    #[error("{0}")]
+    Config(String),
+    /// The certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The runtime or its thread could not start.
+    #[error("cannot start the registry: {0}")]
+    Io(std::io::Error),
+}
 
 /// Environment value given as `AWS_ACCESS_KEY_ID` by [`FakeAws::env`].
 pub const FAKE_ACCESS_KEY_ID: &str = "FAKEACCESSKEY";
@@ -352,7 +387,8 @@ impl Call {
 ///
 /// * `GET /_fake/calls`: counts per service and the list of calls,
 /// * `GET /_fake/secrets`: every secret issued so far,
-/// * `POST /_fake/reset`: forget recorded calls,
+/// * `GET /_fake/registry`: counts per kind and the list of registry and storage requests,
+/// * `POST /_fake/reset`: forget recorded calls (registry requests too),
 /// * `POST /_fake/fault?service=ecr&fault=throttle[&count=N]`: sticky fault, or N one-shot ones,
 /// * `POST /_fake/lifetime?secs=N`: ECR / ECR Public token lifetime,
 /// * `POST /_fake/rate?service=ecr&rate=20&burst=200` (`rate=off` removes the limit),
@@ -514,7 +550,28 @@ impl FakeAws {
         self.shared.count(s)
     }
 
-    /// Forgets recorded calls (issued secrets are kept).
+    /// Starts the fake registry and its layer storage (both HTTPS) beside this fake, on their own
+    /// thread. The registry accepts `Basic` logins with user `AWS` and a password this fake's ECR
+    /// issued (in a well-formed token), as real ECR does; it stops when the handle is dropped.
+    pub fn start_registry(&self, config: RegistryConfig) -> Result<FakeRegistry, RegistryError> {
+        FakeRegistry::start(Arc::clone(&self.shared), config)
+    }
+
+    /// Every request to a registry started from this fake (and its storage), oldest first.
+    pub fn registry_calls(&self) -> Vec<RegistryCall> {
+        self.shared.registry_calls()
+    }
+
+    /// Number of registry and storage requests of a kind.
+    pub fn registry_count(&self, kind: RegistryKind) -> usize {
+        self.shared
+            .registry_calls()
+            .iter()
+            .filter(|c| c.kind == kind)
+            .count()
+    }
+
+    /// Forgets recorded calls and registry requests (issued secrets are kept).
     pub fn reset_calls(&self) {
         self.shared.reset_calls();
     }
@@ -531,8 +588,9 @@ impl FakeAws {
     }
 
     /// Every secret ever issued: passwords (also those in deliberately malformed tokens), full
-    /// base64 tokens, STS and IMDS secret keys and session tokens. None of them may appear in the
-    /// daemon's output.
+    /// base64 tokens, STS and IMDS secret keys and session tokens, and the signatures of the
+    /// presigned layer URLs the registry handed out. None of them may appear in the daemon's
+    /// output.
     pub fn secrets(&self) -> Vec<String> {
         self.shared.secrets()
     }

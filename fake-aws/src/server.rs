@@ -21,7 +21,7 @@ use crate::protocol::{
     form_decode, form_get, iso8601, json_error_body, json_padded, now_epoch, now_epoch_secs,
     query_error_body, sigv4_scope, xml_escape,
 };
-use crate::state::{DEFAULT_REGION, Shared};
+use crate::state::{DEFAULT_REGION, IssuedToken, Shared};
 use crate::{Call, Fault, IMDS_ROLE_NAME, Service};
 
 mod control;
@@ -250,7 +250,7 @@ async fn ecr(
     };
     let (akid, region) = req.scope();
     let mut call = Call::new(service, action);
-    call.access_key_id = akid;
+    call.access_key_id = akid.clone();
     call.region = region.clone();
 
     let input: Option<Map<String, Value>> = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -329,6 +329,7 @@ async fn ecr(
             service,
             &f,
             region.as_deref().unwrap_or(DEFAULT_REGION),
+            akid.as_deref(),
             &registry_ids,
         ),
     };
@@ -340,6 +341,7 @@ fn ecr_success(
     service: Service,
     fault: &Fault,
     region: &str,
+    access_key_id: Option<&str>,
     registry_ids: &[String],
 ) -> Resp {
     let lifetime = shared.token_lifetime(service);
@@ -352,22 +354,28 @@ fn ecr_success(
         }
     };
     let expiry = expires_at.as_ref().and_then(Value::as_f64);
+    let origin = || IssuedToken {
+        service,
+        expires_at: expiry,
+        access_key_id: access_key_id.map(str::to_string),
+        region: region.to_string(),
+    };
     let entry = |account: Option<&str>| -> Value {
         let mut m = Map::new();
         let token = match fault {
             Fault::MissingFields => None,
             Fault::NotBase64 => Some("%%% fake-aws: not base64 %%%".to_string()),
             Fault::NoAwsPrefix => {
-                let pw = shared.issue_password(false, expiry);
+                let pw = shared.issue_password(false, origin());
                 Some(BASE64.encode(format!("user:{pw}")))
             }
             Fault::HugeToken(n) => {
-                let pw = shared.issue_password(true, expiry);
+                let pw = shared.issue_password(true, origin());
                 let pad = "p".repeat(n.saturating_sub(pw.len()));
                 Some(BASE64.encode(format!("AWS:{pw}{pad}")))
             }
             _ => {
-                let pw = shared.issue_password(true, expiry);
+                let pw = shared.issue_password(true, origin());
                 Some(BASE64.encode(format!("AWS:{pw}")))
             }
         };
@@ -478,20 +486,7 @@ async fn sts(
             if let Some(r) = sts_fault(&fault, &request_id, "sts:GetCallerIdentity") {
                 return Ok(r);
             }
-            let (arn, user_id, account) = match akid.as_deref().and_then(|k| shared.assumed(k)) {
-                Some((arn, role_id)) => {
-                    let account = arn.split(':').nth(4).unwrap_or_default().to_string();
-                    (arn, role_id, account)
-                }
-                None => {
-                    let account = shared.ecr_account();
-                    (
-                        format!("arn:aws:iam::{account}:user/fake"),
-                        "FAKEUSERID".to_string(),
-                        account,
-                    )
-                }
-            };
+            let (arn, user_id, account) = shared.caller_identity(akid.as_deref());
             Ok(xml(
                 200,
                 format!(

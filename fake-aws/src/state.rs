@@ -79,6 +79,19 @@ impl Default for ServiceState {
     }
 }
 
+/// Where and to whom an ECR / ECR Public password was issued.
+#[derive(Clone, Debug)]
+pub(crate) struct IssuedToken {
+    /// ECR or ECR Public.
+    pub(crate) service: Service,
+    /// `expiresAt` as sent (epoch seconds), if it was sent.
+    pub(crate) expires_at: Option<f64>,
+    /// Access key id from the SigV4 scope of the GetAuthorizationToken request.
+    pub(crate) access_key_id: Option<String>,
+    /// Region from the SigV4 scope (the default region when the request had none).
+    pub(crate) region: String,
+}
+
 /// Credentials issued by the fake STS or IMDS.
 #[derive(Clone, Debug)]
 pub(crate) struct IssuedCreds {
@@ -103,6 +116,11 @@ struct State {
     passwords: Vec<String>,
     /// Password -> the expiresAt (epoch seconds) it was issued with.
     expiries: std::collections::HashMap<String, f64>,
+    /// Password (of a well-formed `AWS:` token) -> who got it, where, until when: what the fake
+    /// registry checks a `Basic` login against.
+    tokens: HashMap<String, IssuedToken>,
+    /// Requests to the fake registry and its layer storage, oldest first.
+    registry_calls: Vec<crate::RegistryCall>,
     secrets: Vec<String>,
     /// IMDS session tokens and when they expire.
     imds_tokens: HashMap<String, Instant>,
@@ -141,6 +159,8 @@ impl Shared {
                 imds_region: DEFAULT_REGION.to_string(),
                 passwords: Vec::new(),
                 expiries: std::collections::HashMap::new(),
+                tokens: HashMap::new(),
+                registry_calls: Vec::new(),
                 secrets: Vec::new(),
                 imds_tokens: HashMap::new(),
                 assumed: HashMap::new(),
@@ -253,11 +273,47 @@ impl Shared {
     }
 
     pub(crate) fn reset_calls(&self) {
-        lock(&self.state).calls.clear();
+        let mut st = lock(&self.state);
+        st.calls.clear();
+        st.registry_calls.clear();
     }
 
     pub(crate) fn expiry_of(&self, password: &str) -> Option<f64> {
         lock(&self.state).expiries.get(password).copied()
+    }
+
+    /// Who got this password, where and until when (well-formed tokens only).
+    pub(crate) fn issued_token(&self, password: &str) -> Option<IssuedToken> {
+        lock(&self.state).tokens.get(password).cloned()
+    }
+
+    /// `(arn, user id, account)` STS GetCallerIdentity answers for this access key id: the
+    /// assumed role of a key the fake STS issued, else `arn:aws:iam::ACCOUNT:user/fake`.
+    pub(crate) fn caller_identity(&self, access_key_id: Option<&str>) -> (String, String, String) {
+        match access_key_id.and_then(|k| self.assumed(k)) {
+            Some((arn, role_id)) => {
+                let account = arn.split(':').nth(4).unwrap_or_default().to_string();
+                (arn, role_id, account)
+            }
+            None => {
+                let account = self.ecr_account();
+                (
+                    format!("arn:aws:iam::{account}:user/fake"),
+                    "FAKEUSERID".to_string(),
+                    account,
+                )
+            }
+        }
+    }
+
+    /// Appends a request to the registry log.
+    pub(crate) fn record_registry(&self, call: crate::RegistryCall) {
+        lock(&self.state).registry_calls.push(call);
+    }
+
+    /// Every registry and storage request since start or the last reset.
+    pub(crate) fn registry_calls(&self) -> Vec<crate::RegistryCall> {
+        lock(&self.state).registry_calls.clone()
     }
 
     pub(crate) fn issued_passwords(&self) -> Vec<String> {
@@ -301,8 +357,9 @@ impl Shared {
     }
 
     /// Issues a new ECR password. `valid` passwords (in a well-formed `AWS:` token) are listed by
-    /// `issued_passwords` and passed to the hook; all are listed by `secrets`.
-    pub(crate) fn issue_password(&self, valid: bool, expires_at: Option<f64>) -> String {
+    /// `issued_passwords`, remembered with `origin` for the fake registry and passed to the hook;
+    /// all are listed by `secrets`.
+    pub(crate) fn issue_password(&self, valid: bool, origin: IssuedToken) -> String {
         let pw = {
             let mut st = lock(&self.state);
             let (_, hex) = Self::next_unique(&mut st);
@@ -312,9 +369,10 @@ impl Shared {
             st.secrets.push(pw.clone());
             if valid {
                 st.passwords.push(pw.clone());
-                if let Some(at) = expires_at {
+                if let Some(at) = origin.expires_at {
                     st.expiries.insert(pw.clone(), at);
                 }
+                st.tokens.insert(pw.clone(), origin);
             }
             pw
         };
@@ -380,7 +438,7 @@ impl Shared {
 }
 
 /// 16 hex digits that differ between calls and between processes.
-fn random_hex16(n: u64) -> String {
+pub(crate) fn random_hex16(n: u64) -> String {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(n);
     let nanos = SystemTime::now()

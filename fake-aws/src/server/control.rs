@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{Req, Resp, json_response};
 use crate::protocol::{form_decode, form_get};
 use crate::state::{Bucket, Shared};
-use crate::{Fault, Service};
+use crate::{Fault, RegistryKind, Service};
 
 fn ok() -> Resp {
     json_response(200, &json!({ "ok": true }))
@@ -25,7 +25,12 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
     let path = req.path.trim_end_matches('/');
     let read_only = matches!(
         path,
-        "/_fake/calls" | "/_fake/counts" | "/_fake/secrets" | "/_fake/health" | "/_fake"
+        "/_fake/calls"
+            | "/_fake/counts"
+            | "/_fake/secrets"
+            | "/_fake/health"
+            | "/_fake/registry"
+            | "/_fake"
     );
     if read_only {
         if req.method != Method::GET && req.method != Method::HEAD {
@@ -41,6 +46,7 @@ pub(super) fn handle(shared: &Shared, req: &Req) -> Resp {
         "/_fake/calls" => json_response(200, &calls_json(shared, true)),
         "/_fake/counts" => json_response(200, &calls_json(shared, false)),
         "/_fake/secrets" => json_response(200, &json!(shared.secrets())),
+        "/_fake/registry" => json_response(200, &registry_json(shared)),
         "/_fake/reset" => {
             shared.reset_calls();
             ok()
@@ -177,4 +183,32 @@ fn calls_json(shared: &Shared, with_list: bool) -> Value {
         m.insert("calls".into(), Value::Array(list));
     }
     out
+}
+
+fn registry_json(shared: &Shared) -> Value {
+    let calls = shared.registry_calls();
+    let started = shared.started();
+    let mut counts = serde_json::Map::new();
+    for k in RegistryKind::ALL {
+        let n = calls.iter().filter(|c| c.kind == k).count();
+        counts.insert(k.name().to_string(), json!(n));
+    }
+    let list: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            json!({
+                "kind": c.kind.name(),
+                "method": c.method,
+                "path": c.path,
+                "host": c.host,
+                "sni": c.sni,
+                "accept": c.accept,
+                "range": c.range,
+                "authorization": c.authorization,
+                "status": c.status,
+                "at_ms": c.at.saturating_duration_since(started).as_millis() as u64,
+            })
+        })
+        .collect();
+    json!({ "total": calls.len(), "counts": counts, "calls": list })
 }
