@@ -503,6 +503,13 @@ impl FakeAws {
         self.shared.with_service(s, |st| st.latency = d);
     }
 
+    /// Every valid ECR token from now on carries the first password issued (only their expiry
+    /// differs), so a registry with one htpasswd line for `AWS` accepts every unexpired token,
+    /// as ECR accepts every token it issued. The issue hook hears of that password once.
+    pub fn set_same_password(&self, on: bool) {
+        self.shared.set_same_password(on);
+    }
+
     /// Lifetime of ECR and ECR Public tokens (`expiresAt = now + d`; default 12 h).
     pub fn set_token_lifetime(&self, d: Duration) {
         self.shared

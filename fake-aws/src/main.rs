@@ -9,7 +9,7 @@ use fake_aws::{Deny, FakeAws, RegistryConfig, RepoTag, Service};
 
 const USAGE: &str = "\
 usage: fake-aws [--listen 127.0.0.1:0] [--lifetime 12h|SECS] [--account A] [--region R]
-                [--rate R --burst B] [--latency-ms N] [--htpasswd FILE] [--verbose]
+                [--rate R --burst B] [--latency-ms N] [--htpasswd FILE] [--same-password] [--verbose]
                 [--registry ADDR --tls-cert PEM --tls-key PEM [--storage ADDR]
                  [--storage-url URL] [--repo NAME:TAG[=oci]]... [--deny-repo NAME=KIND]...]
 
@@ -25,6 +25,8 @@ ECR-shaped registry over HTTPS and prints `registry ADDR` (and `storage ADDR`) a
   --latency-ms N    delay before every response of every service
   --htpasswd FILE   after each issued ECR password, write FILE as `AWS:<bcrypt>` (a registry
                     that re-reads it then accepts exactly the newest token's password)
+  --same-password   every valid token carries the first password issued (they differ in expiry
+                    only): a one-line htpasswd then accepts every token, as ECR does
   --verbose         one line per request on stderr (registry and storage: method, path, status)
 Registry (HTTPS, HTTP/1.1, on its own loopback address; accepts `Basic AWS:<password>` with a
 password this fake's ECR issued; answers as ECR does: 401 Not Authorized, 403 DENIED for an
@@ -59,6 +61,7 @@ struct Args {
     burst: Option<u32>,
     latency: Option<Duration>,
     htpasswd: Option<std::path::PathBuf>,
+    same_password: bool,
     verbose: bool,
     registry: Option<SocketAddr>,
     storage: Option<SocketAddr>,
@@ -111,6 +114,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         burst: None,
         latency: None,
         htpasswd: None,
+        same_password: false,
         verbose: false,
         registry: None,
         storage: None,
@@ -153,6 +157,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                 let kind: Deny = kind.parse().map_err(|e| format!("--deny-repo: {e}"))?;
                 a.deny.push((name.to_string(), kind));
             }
+            "--same-password" => a.same_password = true,
             "--lifetime" => a.lifetime = Some(parse_duration(&value("--lifetime")?)?),
             "--account" => a.account = Some(value("--account")?),
             "--region" => a.region = Some(value("--region")?),
@@ -225,6 +230,7 @@ fn main() -> ExitCode {
         }
     };
     aws.set_verbose(args.verbose);
+    aws.set_same_password(args.same_password);
     if let Some(file) = args.htpasswd.clone() {
         aws.on_issue(move |password| write_htpasswd(&file, password));
     }

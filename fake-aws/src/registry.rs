@@ -223,6 +223,13 @@ impl FakeRegistry {
                 .or_default()
                 .insert(r.tag.clone(), image);
         }
+        // What the ECR API lists (DescribeRepositories, ListImages): the same repositories.
+        shared.set_catalog(
+            repos
+                .iter()
+                .map(|(name, tags)| (name.clone(), tags.keys().cloned().collect()))
+                .collect(),
+        );
         let tls = crate::tls::server_config(&config.cert_pem, &config.key_pem)?;
         let bind = |addr: SocketAddr| -> Result<TcpListener, RegistryError> {
             let l =

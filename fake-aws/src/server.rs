@@ -269,6 +269,9 @@ async fn ecr(
             "fake-aws: request body is not a JSON object",
         ));
     };
+    if !public && (action == "DescribeRepositories" || action == "ListImages") {
+        return listing(shared, call, action, &input).await;
+    }
     if action != "GetAuthorizationToken" {
         shared.record(call);
         return Ok(json_error(
@@ -332,6 +335,78 @@ async fn ecr(
             akid.as_deref(),
             &registry_ids,
         ),
+    };
+    Ok(with_header(r, "x-amzn-requestid", &request_id))
+}
+
+/// `DescribeRepositories` and `ListImages` over the fake registry's catalog (one page each),
+/// with ECR's errors; faults apply as to `GetAuthorizationToken`.
+async fn listing(
+    shared: &Shared,
+    call: Call,
+    action: &str,
+    input: &Map<String, Value>,
+) -> Result<Resp, CloseConnection> {
+    let account = input
+        .get("registryId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| shared.ecr_account());
+    let region = call
+        .region
+        .clone()
+        .unwrap_or_else(|| DEFAULT_REGION.to_string());
+    let request_id = format!("fake-{}", shared.next_id());
+    let fault = begin(shared, call, true).await?;
+    let r = match fault {
+        Fault::Throttle => json_error(400, "ThrottlingException", "Rate exceeded"),
+        Fault::AccessDenied => json_error(
+            400,
+            "AccessDeniedException",
+            &format!(
+                "User: arn:aws:iam::{}:user/fake is not authorized to perform: ecr:{action} on resource: arn:aws:ecr:{region}:{account}:repository/* because no identity-based policy allows the ecr:{action} action",
+                shared.ecr_account()
+            ),
+        ),
+        Fault::ServerError => json_error(500, "ServerException", "fake-aws: injected server error"),
+        _ => {
+            let catalog = shared.catalog();
+            if action == "DescribeRepositories" {
+                let repos: Vec<Value> = catalog
+                    .keys()
+                    .map(|name| {
+                        serde_json::json!({
+                            "repositoryName": name,
+                            "registryId": account,
+                            "repositoryArn": format!("arn:aws:ecr:{region}:{account}:repository/{name}"),
+                            "repositoryUri": format!("{account}.dkr.ecr.{region}.amazonaws.com/{name}"),
+                        })
+                    })
+                    .collect();
+                json_response(200, &serde_json::json!({ "repositories": repos }))
+            } else {
+                let name = input
+                    .get("repositoryName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match catalog.get(name) {
+                    None => json_error(
+                        400,
+                        "RepositoryNotFoundException",
+                        &format!(
+                            "The repository with name '{name}' does not exist in the registry with id '{account}'"
+                        ),
+                    ),
+                    Some(tags) => {
+                        let ids: Vec<Value> = tags
+                            .iter()
+                            .map(|t| serde_json::json!({ "imageTag": t }))
+                            .collect();
+                        json_response(200, &serde_json::json!({ "imageIds": ids }))
+                    }
+                }
+            }
+        }
     };
     Ok(with_header(r, "x-amzn-requestid", &request_id))
 }

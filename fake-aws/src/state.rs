@@ -114,6 +114,10 @@ struct State {
     imds_account: String,
     imds_region: String,
     passwords: Vec<String>,
+    /// Every valid token carries the first password issued (tokens differ in expiry only).
+    same_password: bool,
+    /// Repository -> tags, what the fake registry serves and the ECR API lists.
+    catalog: std::collections::BTreeMap<String, Vec<String>>,
     /// Password -> the expiresAt (epoch seconds) it was issued with.
     expiries: std::collections::HashMap<String, f64>,
     /// Password (of a well-formed `AWS:` token) -> who got it, where, until when: what the fake
@@ -158,6 +162,8 @@ impl Shared {
                 imds_account: DEFAULT_ACCOUNT.to_string(),
                 imds_region: DEFAULT_REGION.to_string(),
                 passwords: Vec::new(),
+                same_password: false,
+                catalog: Default::default(),
                 expiries: std::collections::HashMap::new(),
                 tokens: HashMap::new(),
                 registry_calls: Vec::new(),
@@ -360,29 +366,57 @@ impl Shared {
     /// `issued_passwords`, remembered with `origin` for the fake registry and passed to the hook;
     /// all are listed by `secrets`.
     pub(crate) fn issue_password(&self, valid: bool, origin: IssuedToken) -> String {
-        let pw = {
+        let (pw, new) = {
             let mut st = lock(&self.state);
-            let (_, hex) = Self::next_unique(&mut st);
-            st.password_counter += 1;
-            let n = st.password_counter;
-            let pw = format!("fakepw-{n}-{hex}");
-            st.secrets.push(pw.clone());
+            let again = (valid && st.same_password)
+                .then(|| st.passwords.first().cloned())
+                .flatten();
+            let new = again.is_none();
+            let pw = match again {
+                Some(pw) => pw,
+                None => {
+                    let (_, hex) = Self::next_unique(&mut st);
+                    st.password_counter += 1;
+                    let n = st.password_counter;
+                    format!("fakepw-{n}-{hex}")
+                }
+            };
+            if new {
+                st.secrets.push(pw.clone());
+            }
             if valid {
-                st.passwords.push(pw.clone());
+                if new {
+                    st.passwords.push(pw.clone());
+                }
                 if let Some(at) = origin.expires_at {
                     st.expiries.insert(pw.clone(), at);
                 }
                 st.tokens.insert(pw.clone(), origin);
             }
-            pw
+            (pw, new)
         };
-        if valid {
+        // The hook (a registry's htpasswd) hears of each password once.
+        if valid && new {
             let hook = lock(&self.hook).clone();
             if let Some(hook) = hook {
                 hook(&pw);
             }
         }
         pw
+    }
+
+    /// The repositories and tags of the fake registry, for the ECR API's listings.
+    pub(crate) fn set_catalog(&self, c: std::collections::BTreeMap<String, Vec<String>>) {
+        lock(&self.state).catalog = c;
+    }
+
+    pub(crate) fn catalog(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        lock(&self.state).catalog.clone()
+    }
+
+    /// Every valid token from now on carries the first password issued.
+    pub(crate) fn set_same_password(&self, on: bool) {
+        lock(&self.state).same_password = on;
     }
 
     /// Remembers an issued secret (a full token, say) for `secrets`.

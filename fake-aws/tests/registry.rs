@@ -1118,3 +1118,92 @@ fn binary_refuses_registry_flags_without_their_partners_and_unreadable_files() {
         "no listening line before the registry runs"
     );
 }
+
+/// `ecr:<action>` on the fake ECR API, JSON in and out.
+fn ecr_api(aws: &FakeAws, action: &str, body: &str) -> (u16, serde_json::Value) {
+    let auth = "AWS4-HMAC-SHA256 Credential=FAKEACCESSKEY/20260101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=00";
+    let target = format!("AmazonEC2ContainerRegistry_V20150921.{action}");
+    let r = common::request(
+        aws.addr(),
+        "POST",
+        "/",
+        &[
+            ("X-Amz-Target", target.as_str()),
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("Authorization", auth),
+        ],
+        body.as_bytes(),
+    );
+    (r.status, r.json())
+}
+
+#[test]
+fn the_ecr_api_lists_the_registrys_repositories_and_tags() {
+    let s = setup();
+    let (st, v) = ecr_api(
+        &s.aws,
+        "DescribeRepositories",
+        r#"{"registryId":"222222222222"}"#,
+    );
+    assert_eq!(st, 200, "{v}");
+    let names: Vec<&str> = v["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["repositoryName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team/app", "team/oci"]);
+    assert_eq!(
+        v["repositories"][0]["repositoryArn"],
+        "arn:aws:ecr:us-east-1:222222222222:repository/team/app"
+    );
+    let (st, v) = ecr_api(&s.aws, "ListImages", r#"{"repositoryName":"team/app"}"#);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["imageIds"],
+        serde_json::json!([{"imageTag": "v1"}, {"imageTag": "v2"}])
+    );
+    let (st, v) = ecr_api(
+        &s.aws,
+        "ListImages",
+        r#"{"repositoryName":"nope","registryId":"222222222222"}"#,
+    );
+    assert_eq!(st, 400);
+    assert_eq!(v["__type"], "RepositoryNotFoundException", "{v}");
+    assert_eq!(
+        v["message"],
+        "The repository with name 'nope' does not exist in the registry with id '222222222222'"
+    );
+    s.aws
+        .set_fault(fake_aws::Service::Ecr, fake_aws::Fault::AccessDenied);
+    let (st, v) = ecr_api(&s.aws, "DescribeRepositories", "{}");
+    assert_eq!(st, 400);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not authorized to perform: ecr:DescribeRepositories"),
+        "{v}"
+    );
+}
+
+#[test]
+fn same_password_issues_one_password_and_tells_the_hook_once() {
+    let aws = FakeAws::start().unwrap();
+    aws.set_same_password(true);
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = std::sync::Arc::clone(&heard);
+    aws.on_issue(move |p| h.lock().unwrap().push(p.to_string()));
+    let pw = |r: common::HttpResponse| {
+        let t = r.json()["authorizationData"][0]["authorizationToken"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        String::from_utf8(BASE64.decode(t).unwrap()).unwrap()
+    };
+    let a = pw(common::ecr_get_token(aws.addr(), "us-east-1"));
+    let b = pw(common::ecr_get_token(aws.addr(), "us-east-1"));
+    assert_eq!(a, b, "one password for every token");
+    assert_eq!(aws.issued_passwords().len(), 1);
+    assert_eq!(heard.lock().unwrap().len(), 1, "the hook hears of it once");
+}

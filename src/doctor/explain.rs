@@ -41,6 +41,14 @@ pub fn registry_error(body: &[u8]) -> Option<(String, String)> {
     Some((quote(&e.code), quote(&e.message)))
 }
 
+/// A short plain-text body (ECR's `Not Authorized`), quoted; anything else is left out.
+fn plain(body: &[u8]) -> String {
+    match std::str::from_utf8(body) {
+        Ok(t) if t.len() <= 200 && !t.trim_start().starts_with(['{', '<']) => quote(t.trim()),
+        _ => String::new(),
+    }
+}
+
 /// A server's text made printable on one line and cut to [`QUOTE_MAX`] characters.
 pub fn quote(s: &str) -> String {
     let clean: String = s
@@ -84,7 +92,8 @@ pub const PULL_ACTIONS: &str =
 
 /// A manifest request's answer other than 200.
 pub fn manifest(status: u16, body: &[u8], p: &Place) -> Finding {
-    let (code, message) = registry_error(body).unwrap_or_default();
+    // ECR's 401 is plain text ("Not Authorized"); its other errors are the registry API's JSON.
+    let (code, message) = registry_error(body).unwrap_or_else(|| (String::new(), plain(body)));
     let said = if message.is_empty() {
         format!("HTTP {status}")
     } else if code.is_empty() {
@@ -93,9 +102,9 @@ pub fn manifest(status: u16, body: &[u8], p: &Place) -> Finding {
         format!("HTTP {status} {code}: {message}")
     };
     match status {
-        401 if message.to_ascii_lowercase().contains("expired") => finding(
-            format!("the registry says the token expired ({said})"),
-            "the token was just fetched: check this host's clock (timedatectl; chronyd) against the registry's",
+        401 | 403 if message.to_ascii_lowercase().contains("token has expired") => finding(
+            format!("the registry refused the token as expired ({said})"),
+            "the token was just fetched: it was issued for another region than this host names (check the registry's region and endpoint_url), or this host's clock is off (timedatectl)",
         ),
         401 if p.alias => finding(
             format!("{} refused the ECR token ({said})", p.host),
@@ -492,6 +501,24 @@ mod tests {
             &place(),
         );
         assert!(exp.fix.contains("clock"), "{exp:?}");
+        // ECR answers an expired token with 403 (and a token of another region the same way).
+        let exp403 = manifest(
+            403,
+            br#"{"errors":[{"code":"DENIED","message":"Your authorization token has expired. Reauthenticate and try again."}]}"#,
+            &place(),
+        );
+        assert!(
+            exp403
+                .detail
+                .starts_with("the registry refused the token as expired"),
+            "{exp403:?}"
+        );
+        assert!(exp403.fix.contains("another region"), "{exp403:?}");
+        let ecr401 = manifest(401, b"Not Authorized\n", &place());
+        assert_eq!(
+            ecr401.detail,
+            "the registry refused the token (HTTP 401: Not Authorized)"
+        );
         let alias = Place {
             alias: true,
             host: "mirror.internal:5000",

@@ -358,7 +358,7 @@ impl Doctor {
         self.report.absorb(network_steps);
         // 4-5. The manifest and one layer, with the token.
         match (&reached, &token) {
-            (Some(at), Some(t)) => self.manifest_and_layer(at, r, t, &place).await,
+            (Some(at), Some(t)) => self.manifest_and_layer(at, r, t, &place, &key).await,
             (None, _) => {
                 self.report
                     .skip("manifest", "the registry is not reachable");
@@ -526,6 +526,7 @@ impl Doctor {
         r: &Reference,
         token: &Token,
         place: &Place<'_>,
+        key: &GroupKey,
     ) {
         let authority = r.host.clone();
         let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
@@ -547,13 +548,15 @@ impl Doctor {
                 return;
             }
         };
+        if answer.status == 404 {
+            self.not_found(key, r, place, &answer.body).await;
+            self.report.skip("layer", "no manifest");
+            return;
+        }
         if answer.status != 200 {
             let Finding { detail, fix } = explain::manifest(answer.status, &answer.body, place);
             self.report.fail("manifest", detail, fix);
             self.report.skip("layer", "no manifest");
-            if answer.status == 404 {
-                self.suggest(r, place, &answer.body).await;
-            }
             return;
         }
         let mut manifest: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
@@ -768,56 +771,74 @@ impl Doctor {
         }
     }
 
-    /// After a 404, close names the principal may list; or why none are shown.
-    async fn suggest(&mut self, r: &Reference, place: &Place<'_>, body: &[u8]) {
-        let (Some(account), Ok(reg)) = (place.account, Registry::parse(place.host)) else {
-            return;
-        };
-        if self.out_of_time() {
-            return;
-        }
-        let key = GroupKey::new(&reg, &Default::default(), None);
-        let source = AwsTokenSource::new(1);
-        let repo_unknown = explain::registry_error(body).is_some_and(|(c, _)| c == "NAME_UNKNOWN");
-        let listed = if repo_unknown {
-            tokio::time::timeout(self.left(AWS_STEP), source.repository_names(&key, account))
+    /// A 404: which of repository and tag is missing (distribution says MANIFEST_UNKNOWN for
+    /// both; ECR's API tells them apart), with close names when the principal may list them.
+    async fn not_found(&mut self, key: &GroupKey, r: &Reference, place: &Place<'_>, body: &[u8]) {
+        let code = explain::registry_error(body)
+            .map(|(c, _)| c)
+            .unwrap_or_default();
+        let mut repo_missing = code == "NAME_UNKNOWN";
+        let mut suggestion = None;
+        if let (Some(account), false) = (place.account, self.out_of_time()) {
+            let source = AwsTokenSource::new(1);
+            if !repo_missing {
+                match tokio::time::timeout(
+                    self.left(AWS_STEP),
+                    source.image_tags(key, account, &r.repository),
+                )
                 .await
-                .map(|names| names.map(|names| close(&names, &r.repository)))
-        } else {
-            tokio::time::timeout(
-                self.left(AWS_STEP),
-                source.image_tags(&key, account, &r.repository),
-            )
-            .await
-            .map(|tags| tags.map(|tags| close(&tags, r.manifest_ref())))
-        };
-        let what = if repo_unknown { "repositories" } else { "tags" };
-        match listed {
-            Ok(Ok(near)) if near.is_empty() => {
-                self.report
-                    .warn("suggest", format!("no {what} with a close name"), None)
-            }
-            Ok(Ok(near)) => self.report.warn(
-                "suggest",
-                format!("close {what}: {}", near.join(", ")),
-                None,
-            ),
-            Ok(Err(e)) => self.report.warn(
-                "suggest",
-                format!(
-                    "cannot list {what} ({e}): the principal may not ecr:{}",
-                    if repo_unknown {
-                        "DescribeRepositories"
-                    } else {
-                        "ListImages"
+                {
+                    Ok(Ok(tags)) => {
+                        suggestion = Some(listed("tags", close(&tags, r.manifest_ref())))
                     }
-                ),
-                None,
-            ),
-            Err(_) => self
-                .report
-                .warn("suggest", format!("listing {what} took too long"), None),
+                    Ok(Err(e)) if e.to_string().contains("RepositoryNotFoundException") => {
+                        repo_missing = true
+                    }
+                    Ok(Err(e)) => {
+                        suggestion = Some(format!(
+                            "cannot list tags ({e}): the principal may not ecr:ListImages"
+                        ))
+                    }
+                    Err(_) => suggestion = Some("listing tags took too long".into()),
+                }
+            }
+            if repo_missing && !self.out_of_time() {
+                suggestion = Some(
+                    match tokio::time::timeout(
+                        self.left(AWS_STEP),
+                        source.repository_names(key, account),
+                    )
+                    .await
+                    {
+                        Ok(Ok(names)) => listed("repositories", close(&names, &r.repository)),
+                        Ok(Err(e)) => format!(
+                            "cannot list repositories ({e}): the principal may not ecr:DescribeRepositories"
+                        ),
+                        Err(_) => "listing repositories took too long".into(),
+                    },
+                );
+            }
         }
+        let body = if repo_missing && code != "NAME_UNKNOWN" {
+            // What ECR itself would have said.
+            br#"{"errors":[{"code":"NAME_UNKNOWN","message":"the registry's API has no such repository"}]}"#.to_vec()
+        } else {
+            body.to_vec()
+        };
+        let f = explain::manifest(404, &body, place);
+        let detail = if repo_missing && code != "NAME_UNKNOWN" {
+            format!(
+                "the repository {} does not exist (HTTP 404 {code}; ListImages: no such repository)",
+                r.repository
+            )
+        } else {
+            f.detail
+        };
+        let fix = match suggestion {
+            Some(s) => format!("{}; {s}", f.fix),
+            None => f.fix,
+        };
+        self.report.fail("manifest", detail, fix);
     }
 
     /// Each consumer file: what its reader sends for this host, checked live when the registry is reachable.
@@ -974,12 +995,21 @@ impl Doctor {
     }
 }
 
+/// "close tags: a, b", or that none is close.
+fn listed(what: &str, near: Vec<String>) -> String {
+    if near.is_empty() {
+        format!("no {what} with a close name")
+    } else {
+        format!("close {what}: {}", near.join(", "))
+    }
+}
+
 /// Up to five names close to `want` (Jaro-Winkler similarity), best first.
 fn close(names: &[String], want: &str) -> Vec<String> {
     let mut scored: Vec<(f64, &String)> = names
         .iter()
         .map(|n| (strsim::jaro_winkler(n, want), n))
-        .filter(|(s, _)| *s >= 0.75)
+        .filter(|(s, _)| *s >= 0.6)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     scored
