@@ -24,4 +24,5 @@ pub(crate) mod portainer;
 pub(crate) mod safe_fs;
 pub(crate) mod startup;
 pub(crate) mod status;
+pub(crate) mod swarm;
 pub mod targets;

@@ -271,6 +271,76 @@ pub fn render(s: &Status) -> String {
         }
     }
 
+    if let Some(sw) = &s.swarm {
+        let mut f = family(
+            &mut out,
+            "swarm_manager",
+            "gauge",
+            "1 when this node is a swarm manager (services are kept fresh here), 0 otherwise.",
+        );
+        f.sample(
+            "swarm_manager",
+            &[("socket", &sw.socket)],
+            flag(sw.role == "manager"),
+        );
+        let mut f = family(
+            &mut out,
+            "swarm_service_up",
+            "gauge",
+            "1 when the swarm service's last credential update succeeded.",
+        );
+        for x in &sw.services {
+            let labels = [("service", x.name.as_str()), ("registry", x.host.as_str())];
+            f.sample("swarm_service_up", &labels, flag(x.last_error.is_none()));
+        }
+        let mut f = family(
+            &mut out,
+            "swarm_service_updates_total",
+            "counter",
+            "Credential updates sent to the swarm service since the daemon started.",
+        );
+        for x in &sw.services {
+            let labels = [("service", x.name.as_str()), ("registry", x.host.as_str())];
+            f.sample(
+                "swarm_service_updates_total",
+                &labels,
+                &x.updates.to_string(),
+            );
+        }
+        let mut f = family(
+            &mut out,
+            "swarm_service_credential_expiry_timestamp_seconds",
+            "gauge",
+            "When the credential the swarm service holds (the last one sent) expires (absent until one was sent).",
+        );
+        for x in &sw.services {
+            if let Some(t) = x.credential_expires_at {
+                let labels = [("service", x.name.as_str()), ("registry", x.host.as_str())];
+                f.sample(
+                    "swarm_service_credential_expiry_timestamp_seconds",
+                    &labels,
+                    &seconds(t),
+                );
+            }
+        }
+        let mut f = family(
+            &mut out,
+            "swarm_service_last_update_timestamp_seconds",
+            "gauge",
+            "When the swarm service last got a fresh credential (absent until it has).",
+        );
+        for x in &sw.services {
+            if let Some(t) = x.last_update {
+                let labels = [("service", x.name.as_str()), ("registry", x.host.as_str())];
+                f.sample(
+                    "swarm_service_last_update_timestamp_seconds",
+                    &labels,
+                    &seconds(t),
+                );
+            }
+        }
+    }
+
     let h = &s.helper;
     let mut f = family(
         &mut out,
@@ -474,6 +544,54 @@ mod tests {
         assert_eq!(
             got.iter().filter(|l| l.contains("registry_state{")).count(),
             10
+        );
+    }
+
+    #[test]
+    fn swarm_series_only_when_swarm_is_on() {
+        assert!(
+            !render(&status()).contains("swarm"),
+            "no [swarm]: no swarm families"
+        );
+        let mut st = status();
+        st.swarm = Some(crate::status::SwarmStatus {
+            socket: "/var/run/docker.sock".into(),
+            role: "manager".into(),
+            services: vec![
+                crate::status::SwarmServiceStatus {
+                    id: "x1".into(),
+                    name: "web \"1\"".into(),
+                    host: "111111111111.dkr.ecr.us-east-1.amazonaws.com".into(),
+                    last_update: Some(t(1_800_000_005)),
+                    credential_expires_at: Some(t(1_800_043_205)),
+                    updates: 2,
+                    last_error: None,
+                },
+                crate::status::SwarmServiceStatus {
+                    id: "x2".into(),
+                    name: "api".into(),
+                    host: "public.ecr.aws".into(),
+                    last_error: Some("HTTP 500".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        let text = render(&st);
+        let got = samples(&text);
+        for w in [
+            r#"ecr_refresherd_swarm_manager{socket="/var/run/docker.sock"} 1"#,
+            r#"ecr_refresherd_swarm_service_up{service="web \"1\"",registry="111111111111.dkr.ecr.us-east-1.amazonaws.com"} 1"#,
+            r#"ecr_refresherd_swarm_service_up{service="api",registry="public.ecr.aws"} 0"#,
+            r#"ecr_refresherd_swarm_service_updates_total{service="web \"1\"",registry="111111111111.dkr.ecr.us-east-1.amazonaws.com"} 2"#,
+            r#"ecr_refresherd_swarm_service_credential_expiry_timestamp_seconds{service="web \"1\"",registry="111111111111.dkr.ecr.us-east-1.amazonaws.com"} 1800043205.250"#,
+            r#"ecr_refresherd_swarm_service_last_update_timestamp_seconds{service="web \"1\"",registry="111111111111.dkr.ecr.us-east-1.amazonaws.com"} 1800000005.250"#,
+        ] {
+            assert!(got.contains(&w), "missing {w}\n{text}");
+        }
+        assert!(
+            !text.contains(r#"timestamp_seconds{service="api""#),
+            "no time is no series\n{text}"
         );
     }
 

@@ -100,6 +100,41 @@ pub struct PortainerStatus {
     pub warnings: Vec<String>,
 }
 
+/// Docker Swarm: this node's part, and each service kept fresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmStatus {
+    /// The Engine's socket.
+    pub socket: String,
+    /// `manager`, `worker`, `none` (not in a swarm) or `unreachable`.
+    pub role: String,
+    /// The Engine API version agreed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// When the services were last listed.
+    #[serde(with = "wire_time")]
+    pub last_check: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub services: Vec<SwarmServiceStatus>,
+}
+
+/// One swarm service whose image is on a managed registry (or alias).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmServiceStatus {
+    pub id: String,
+    pub name: String,
+    /// The image's registry host.
+    pub host: String,
+    /// When it last got a fresh credential.
+    #[serde(with = "wire_time")]
+    pub last_update: Option<SystemTime>,
+    /// When the credential the service holds (the last one sent) expires.
+    #[serde(with = "wire_time")]
+    pub credential_expires_at: Option<SystemTime>,
+    /// Credential updates since the daemon started.
+    pub updates: u64,
+    pub last_error: Option<String>,
+}
+
 /// One registry record of a Portainer instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordStatus {
@@ -158,6 +193,8 @@ pub struct Status {
     pub targets: Vec<TargetStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub portainer: Vec<PortainerStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmStatus>,
     pub config: ConfigStatus,
     #[serde(default)]
     pub helper: HelperCounts,
@@ -214,6 +251,12 @@ pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
         .iter()
         .any(|p| p.last_error.is_some() || p.records.iter().any(|r| r.last_error.is_some()));
     if portainer_failing {
+        code = code.max(EXIT_WARNING);
+    }
+    let swarm_failing = status.swarm.as_ref().is_some_and(|s| {
+        s.last_error.is_some() || s.services.iter().any(|x| x.last_error.is_some())
+    });
+    if swarm_failing {
         code = code.max(EXIT_WARNING);
     }
     code
@@ -335,6 +378,10 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         out.push('\n');
         out += &render_portainer(&status.portainer, now);
     }
+    if let Some(sw) = &status.swarm {
+        out.push('\n');
+        out += &render_swarm(sw, now);
+    }
     for r in &status.registries {
         for w in &r.warnings {
             out += &format!("warning: {}: {}\n", shown(&r.host), shown(w));
@@ -361,6 +408,53 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         );
     }
     out.push('\n');
+    out
+}
+
+/// This node's swarm role, then one row per service kept fresh.
+fn render_swarm(sw: &SwarmStatus, now: SystemTime) -> String {
+    let dash = |o: Option<&str>| o.map_or("-".to_string(), |e| shown(e).into_owned());
+    let mut out = format!(
+        "swarm {}: {}{}, last check {}{}\n",
+        shown(&sw.socket),
+        match sw.role.as_str() {
+            "manager" => "a manager: services on managed registries get each new token",
+            "worker" => "a worker: services are updated from a manager, nothing to do here",
+            "none" => "not in a swarm, nothing to do",
+            _ => "the Engine is not reachable",
+        },
+        sw.api_version
+            .as_deref()
+            .map(|v| format!(" (API {})", shown(v)))
+            .unwrap_or_default(),
+        sw.last_check.map_or("-".into(), |t| relative(t, now)),
+        sw.last_error
+            .as_deref()
+            .map(|e| format!("; error: {}", shown(e)))
+            .unwrap_or_default(),
+    );
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "REGISTRY".into(),
+        "UPDATES".into(),
+        "LAST UPDATE".into(),
+        "HOLDS UNTIL".into(),
+        "LAST ERROR".into(),
+    ]];
+    for s in &sw.services {
+        rows.push([
+            shown(&s.name).into_owned(),
+            shown(&s.host).into_owned(),
+            s.updates.to_string(),
+            s.last_update.map_or("-".into(), |t| relative(t, now)),
+            s.credential_expires_at
+                .map_or("-".into(), |t| relative(t, now)),
+            dash(s.last_error.as_deref()),
+        ]);
+    }
+    if rows.len() > 1 {
+        out += &table(&rows);
+    }
     out
 }
 

@@ -7,6 +7,7 @@ mod daemon;
 mod portainer;
 mod raw;
 mod registries;
+mod swarm;
 mod syntax;
 mod targets;
 
@@ -19,6 +20,7 @@ use crate::safe_fs::{self, FileError};
 use check::Checker;
 pub use portainer::{PortainerSettings, RecordSelection};
 use raw::RawConfig;
+pub use swarm::SwarmSettings;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/ecr-refresherd/config.toml";
@@ -51,6 +53,8 @@ pub struct Settings {
     pub targets: Vec<TargetSettings>,
     /// The `[[portainer]]` instances, in file order.
     pub portainers: Vec<PortainerSettings>,
+    /// `[swarm]`, when enabled.
+    pub swarm: Option<SwarmSettings>,
     /// Things that work but that an operator should hear about (located like errors).
     pub warnings: Vec<Diagnostic>,
 }
@@ -359,6 +363,7 @@ pub fn zero_config(account: &str, region: &str) -> Result<Settings, InstanceHost
             mode: None,
         }],
         portainers: Vec::new(),
+        swarm: None,
         warnings: Vec::new(),
     })
 }
@@ -412,6 +417,7 @@ pub fn parse(
     let targets = targets::targets(&mut c, &raw.target);
     let registries = registries::registries(&mut c, &raw.registry, &targets);
     let portainers = portainer::portainers(&mut c, &raw.portainer);
+    let swarm = swarm::swarm(&mut c, raw.swarm.as_ref());
     metrics_file_apart(&mut c, &raw, &daemon, &targets);
     let warnings = c.finish()?;
     Ok(Settings {
@@ -420,6 +426,7 @@ pub fn parse(
         registries,
         targets,
         portainers,
+        swarm,
         warnings,
     })
 }
@@ -620,6 +627,43 @@ check_every = "2m"
     }
 
     /// Every `[[portainer]]` mistake is located at its value, with what to write instead.
+    #[test]
+    fn swarm_is_off_unless_enabled_and_its_errors_are_located() {
+        let base = format!("[[registry]]\nhost = \"{H}\"\n[swarm]\n");
+        assert_eq!(ok(&base).swarm, None, "an empty [swarm] is off");
+        assert_eq!(ok(&format!("{base}enabled = false\n")).swarm, None);
+        let s = ok(&format!("{base}enabled = true\n")).swarm.unwrap();
+        assert_eq!(s.socket, std::path::Path::new(swarm::DEFAULT_SOCKET));
+        assert_eq!(s.check_every, swarm::DEFAULT_CHECK_EVERY);
+        let s = ok(&format!(
+            "{base}enabled = true\nsocket = \"/run/d.sock\"\ncheck_every = \"30s\"\n"
+        ))
+        .swarm
+        .unwrap();
+        assert_eq!(s.socket, std::path::Path::new("/run/d.sock"));
+        assert_eq!(s.check_every, Duration::from_secs(30));
+        for (body, line, column, want) in [
+            (
+                "enabled = true\nsocket = \"d.sock\"\n",
+                5,
+                10,
+                "socket must be an absolute path",
+            ),
+            (
+                "enabled = true\ncheck_every = \"10ms\"\n",
+                5,
+                15,
+                "check_every must be at least 1s",
+            ),
+            ("enabled = \"yes\"\n", 4, 11, "invalid type"),
+            ("enable = true\n", 4, 1, "unknown"),
+        ] {
+            let d = err(&format!("{base}{body}"));
+            assert_eq!((d[0].line, d[0].column), (line, column), "{body:?}: {d:?}");
+            assert!(d[0].message.contains(want), "{body:?}: {d:?}");
+        }
+    }
+
     #[test]
     fn portainer_errors_are_located() {
         let base = format!("[[registry]]\nhost = \"{H}\"\n[[portainer]]\n");

@@ -13,6 +13,7 @@ pub(super) struct RawConfig {
     pub(super) target: Vec<Spanned<RawTarget>>,
     #[serde(default)]
     pub(super) portainer: Vec<Spanned<RawPortainer>>,
+    pub(super) swarm: Option<RawSwarm>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +68,14 @@ pub(super) struct RawPortainer {
     pub(super) check_every: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSwarm {
+    pub(super) enabled: Option<bool>,
+    pub(super) socket: Option<Spanned<String>>,
+    pub(super) check_every: Option<Spanned<String>>,
+}
+
 /// A table of the file, named by the struct that reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
@@ -75,15 +84,17 @@ pub(super) enum Section {
     Registry,
     Target,
     Portainer,
+    Swarm,
 }
 
 impl Section {
-    pub(super) const ALL: [Section; 5] = [
+    pub(super) const ALL: [Section; 6] = [
         Section::Top,
         Section::Daemon,
         Section::Registry,
         Section::Target,
         Section::Portainer,
+        Section::Swarm,
     ];
 
     /// How the file opens the table; `None` for the top level.
@@ -94,6 +105,7 @@ impl Section {
             Section::Registry => Some("[[registry]]"),
             Section::Target => Some("[[target]]"),
             Section::Portainer => Some("[[portainer]]"),
+            Section::Swarm => Some("[swarm]"),
         }
     }
 
@@ -111,6 +123,7 @@ impl Section {
             Section::Registry => fields::<RawRegistry>(),
             Section::Target => fields::<RawTarget>(),
             Section::Portainer => fields::<RawPortainer>(),
+            Section::Swarm => fields::<RawSwarm>(),
         }
     }
 }

@@ -80,6 +80,9 @@ struct Loop<S: TokenSource> {
     grants_resolved: Instant,
     /// Portainer instances, each on its own task, fed the credentials when they change.
     portainers: Portainers,
+    /// Docker Swarm services, when `[swarm]` is enabled; its status changes wake the loop
+    /// through the Portainer tasks' notifier.
+    swarm: crate::swarm::Swarm,
     ready: Option<oneshot::Sender<()>>,
     watchdog: Option<Duration>,
     last_ping: Instant,
@@ -141,6 +144,7 @@ fn same_metrics(a: &Status, b: &Status) -> bool {
         registries,
         targets,
         portainer,
+        swarm,
         config,
         helper,
     } = a;
@@ -149,6 +153,7 @@ fn same_metrics(a: &Status, b: &Status) -> bool {
         && *registries == b.registries
         && *targets == b.targets
         && *portainer == b.portainer
+        && *swarm == b.swarm
         && *config == b.config
         && *helper == b.helper
 }
@@ -180,6 +185,8 @@ impl Loop<AwsTokenSource> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut portainers = Portainers::new(credentials.subscribe());
         portainers.configure(core.settings());
+        let mut swarm = crate::swarm::Swarm::new(credentials.subscribe(), portainers.changed());
+        swarm.configure(core.settings());
         Loop {
             config_status: ConfigStatus {
                 path: core
@@ -210,6 +217,7 @@ impl Loop<AwsTokenSource> {
             grants,
             grants_resolved: Instant::now(),
             portainers,
+            swarm,
             ready: Some(ready),
             watchdog: systemd::watchdog_interval(),
             last_ping: Instant::now(),
@@ -379,6 +387,7 @@ impl<S: TokenSource> Loop<S> {
             registries,
             targets,
             portainer: self.portainers.statuses(),
+            swarm: self.swarm.status(),
             config: self.config_status.clone(),
             helper: control::request_counts(),
         }
@@ -526,6 +535,7 @@ impl<S: TokenSource> Loop<S> {
         let actions = self.core.reload(Arc::clone(&new), now);
         self.perform(actions);
         self.portainers.configure(&new);
+        self.swarm.configure(&new);
         self.grants.reload(Arc::clone(&new)).await;
         self.grants_resolved = Instant::now();
         self.share_credentials();

@@ -65,10 +65,12 @@ fi
 
 work=$(mktemp -d /var/tmp/ecr-refresherd-system.XXXXXX)
 fake_pid=
+engine_pid=
 nspawn_pid=
 cleanup() {
     [ -n "$nspawn_pid" ] && kill "$nspawn_pid" 2>/dev/null && wait "$nspawn_pid" 2>/dev/null
     [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null
+    [ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -145,8 +147,16 @@ step "the package enabled the unit (it starts at the next boot) without starting
 [ -L "$root/etc/systemd/system/multi-user.target.wants/ecr-refresherd.service" ] || fail "not enabled"
 grep -q "deb-systemd-invoke start" "$work/dpkg.log" && fail "started by the package"
 
+# A Docker Engine stand-in on the host, bound into the container at /run/docker.sock: the
+# swarm step proves the hardened unit reaches the Engine's socket under a read-only /run.
+python3 tests/system/fake-engine.py "$work/engine.sock" "$work/engine.log" &
+engine_pid=$!
+for _ in $(seq 100); do [ -S "$work/engine.sock" ] && break; sleep 0.05; done
+[ -S "$work/engine.sock" ] || fail "the Engine stand-in did not start"
+
 step "booting the root with systemd-nspawn (/run a fresh tmpfs, as on Amazon Linux 2023)"
-systemd-nspawn -D "$root" --register=no --keep-unit --boot --machine="ecr-ci-$$" --quiet >"$work/console.log" 2>&1 &
+systemd-nspawn -D "$root" --register=no --keep-unit --boot --machine="ecr-ci-$$" --quiet \
+    --bind="$work/engine.sock:/run/docker.sock" >"$work/console.log" 2>&1 &
 nspawn_pid=$!
 leader=
 for _ in $(seq 300); do
@@ -298,6 +308,18 @@ printf '[[registry]]\nhost = "nope"\n' >>"$root/etc/ecr-refresherd/config.toml"
 if inside systemctl reload ecr-refresherd.service 2>"$work/reload.err"; then fail "reload of a bad config succeeded"; fi
 echo "systemctl reload of a bad config failed, as it should"
 inside systemctl is-active --quiet ecr-refresherd.service || fail "a bad config stopped the daemon"
+
+step "[swarm]: the hardened unit reaches the Engine's socket (/var/run/docker.sock under a read-only /run)"
+write_config "[swarm]
+enabled = true"
+inside systemctl reload ecr-refresherd.service || fail "reload with [swarm]"
+swarm_seen() { inside ecr-refresherd status --json | python3 -c 'import json,sys; s=json.load(sys.stdin).get("swarm") or {}; sys.exit(0 if s.get("role") == "none" and s.get("api_version") == "1.41" else 1)'; }
+for _ in $(seq 100); do swarm_seen && break; sleep 0.1; done
+swarm_seen || { inside ecr-refresherd status; cat "$work/engine.log"; fail "the daemon did not reach the Engine socket"; }
+grep -q "^GET /v1.41/info" "$work/engine.log" || fail "the Engine saw no /info"
+inside ecr-refresherd status | grep "^swarm" || fail "status shows no swarm line"
+write_config ""
+inside systemctl reload ecr-refresherd.service || fail "reload without [swarm]"
 cp "$work/good.toml" "$root/etc/ecr-refresherd/config.toml"
 inside systemctl reload ecr-refresherd.service || fail "reload after the fix"
 

@@ -1,0 +1,315 @@
+//! The Docker Engine API over its Unix socket: the version, `/info`, the services, and a service update with credentials.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+/// A request is answered by then, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest answer read (a service list of a big swarm).
+const MAX_BODY: usize = 32 * 1024 * 1024;
+/// The newest API version this code knows; an older Engine's own version is used instead.
+const MAX_API: (u32, u32) = (1, 43);
+/// The oldest the calls here exist in (swarm services with `X-Registry-Auth`).
+const MIN_API: (u32, u32) = (1, 25);
+
+/// Why an Engine call failed. Never holds a credential.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker Engine at {path}: {reason}")]
+    Unreachable { path: PathBuf, reason: String },
+    #[error("the Docker Engine answered HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the Docker Engine's answer could not be read: {0}")]
+    Invalid(String),
+}
+
+impl EngineError {
+    /// The update raced another one (the service's version moved): read it again and retry.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, EngineError::Status { message, .. } if message.contains("out of sequence"))
+    }
+}
+
+/// A client of one Engine, with the API version agreed on.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    socket: PathBuf,
+    version: String,
+}
+
+/// A swarm service as listed: its id, version, name, image and the spec to send back unchanged.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub id: String,
+    pub version: u64,
+    pub name: String,
+    pub image: String,
+    pub spec: Value,
+}
+
+/// What `/info` says of this node's part in a swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not in a swarm (or joining, or in error).
+    None,
+    /// A worker: it cannot update services.
+    Worker,
+    /// A manager: it can.
+    Manager,
+}
+
+impl Engine {
+    /// Connects once to agree on the API version (`/_ping`'s `API-Version`, capped at ours).
+    pub async fn connect(socket: &Path) -> Result<Engine, EngineError> {
+        let mut e = Engine {
+            socket: socket.to_path_buf(),
+            version: String::new(),
+        };
+        let (_, headers) = e.call("GET", "/_ping", None, None).await?;
+        let theirs = headers
+            .get("api-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_version)
+            .ok_or_else(|| EngineError::Invalid("/_ping gave no API-Version".into()))?;
+        if theirs < MIN_API {
+            return Err(EngineError::Invalid(format!(
+                "the Engine's API {}.{} is older than {}.{}",
+                theirs.0, theirs.1, MIN_API.0, MIN_API.1
+            )));
+        }
+        let v = theirs.min(MAX_API);
+        e.version = format!("/v{}.{}", v.0, v.1);
+        Ok(e)
+    }
+
+    /// The API version in use (`1.41`).
+    pub fn version(&self) -> &str {
+        self.version.trim_start_matches("/v")
+    }
+
+    /// This node's role in a swarm.
+    pub async fn role(&self) -> Result<Role, EngineError> {
+        let info = self.json("GET", "/info", None, None).await?;
+        let swarm = &info["Swarm"];
+        let active = swarm["LocalNodeState"].as_str() == Some("active");
+        Ok(match (active, swarm["ControlAvailable"].as_bool()) {
+            (false, _) => Role::None,
+            (true, Some(true)) => Role::Manager,
+            (true, _) => Role::Worker,
+        })
+    }
+
+    /// Every service.
+    pub async fn services(&self) -> Result<Vec<Service>, EngineError> {
+        let v = self.json("GET", "/services", None, None).await?;
+        let list = v
+            .as_array()
+            .ok_or_else(|| EngineError::Invalid("/services is not a list".into()))?;
+        Ok(list.iter().filter_map(service).collect())
+    }
+
+    /// One service, read again (after a version conflict).
+    pub async fn service(&self, id: &str) -> Result<Option<Service>, EngineError> {
+        match self
+            .json("GET", &format!("/services/{}", escape_id(id)), None, None)
+            .await
+        {
+            Ok(v) => Ok(service(&v)),
+            Err(EngineError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /services/{id}/update?version=N` with the spec as read and `X-Registry-Auth`: the
+    /// swarm stores the credential for the tasks it starts from now on; running tasks stay.
+    pub async fn update(
+        &self,
+        s: &Service,
+        server: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), EngineError> {
+        let auth = serde_json::json!({
+            "username": username,
+            "password": password,
+            "serveraddress": server,
+        });
+        // The Engine decodes it with Go's base64.URLEncoding (padded), as the docker CLI encodes it.
+        let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+        let body = serde_json::to_vec(&s.spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let path = format!(
+            "/services/{}/update?version={}",
+            escape_id(&s.id),
+            s.version
+        );
+        self.json("POST", &path, Some(body), Some(header))
+            .await
+            .map(|_| ())
+    }
+
+    async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        auth: Option<String>,
+    ) -> Result<Value, EngineError> {
+        let (bytes, _) = self
+            .call(method, &format!("{}{path}", self.version), body, auth)
+            .await?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        auth: Option<String>,
+    ) -> Result<(Bytes, http::HeaderMap), EngineError> {
+        let unreachable = |reason: String| EngineError::Unreachable {
+            path: self.socket.clone(),
+            reason,
+        };
+        let exchange = async {
+            let stream = UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let driver = tokio::spawn(conn);
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, "docker")
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("ecr-refresherd/", env!("CARGO_PKG_VERSION")),
+                );
+            if body.is_some() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(a) = auth {
+                req = req.header("X-Registry-Auth", a);
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let bytes = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| EngineError::Invalid(format!("reading the answer: {e}")))?
+                .to_bytes();
+            driver.abort();
+            if !(200..300).contains(&status) {
+                // The Engine's errors are `{"message": "..."}`; its messages hold no credential.
+                let message = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+                return Err(EngineError::Status {
+                    status,
+                    message: crate::escape::shown(&message).into_owned(),
+                });
+            }
+            Ok((bytes, headers))
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable(format!(
+                "no answer within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// A service from the Engine's JSON; `None` when it lacks an id, a version or a spec.
+fn service(v: &Value) -> Option<Service> {
+    let spec = v.get("Spec")?.clone();
+    Some(Service {
+        id: v.get("ID")?.as_str()?.to_string(),
+        version: v.get("Version")?.get("Index")?.as_u64()?,
+        name: spec["Name"].as_str().unwrap_or_default().to_string(),
+        image: spec["TaskTemplate"]["ContainerSpec"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        spec,
+    })
+}
+
+/// `1.41` -> (1, 41).
+fn parse_version(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Service ids are alphanumeric; anything else is refused rather than put in a path.
+fn escape_id(id: &str) -> String {
+    id.chars().filter(char::is_ascii_alphanumeric).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_are_read_from_the_engines_json() {
+        let v = serde_json::json!({
+            "ID": "abc123", "Version": {"Index": 17},
+            "Spec": {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "h/app:v1@sha256:00"}}, "Mode": {"Replicated": {"Replicas": 2}}}
+        });
+        let s = service(&v).unwrap();
+        assert_eq!(
+            (s.id.as_str(), s.version, s.name.as_str(), s.image.as_str()),
+            ("abc123", 17, "web", "h/app:v1@sha256:00")
+        );
+        assert_eq!(
+            s.spec, v["Spec"],
+            "the spec is kept whole, to be sent back unchanged"
+        );
+        assert!(service(&serde_json::json!({"ID": "x"})).is_none());
+    }
+
+    #[test]
+    fn versions_and_ids() {
+        assert_eq!(parse_version("1.41"), Some((1, 41)));
+        assert_eq!(parse_version("x"), None);
+        assert!((1, 41) < MAX_API && (1, 44).min(MAX_API) == MAX_API);
+        assert_eq!(escape_id("abc/../x?y"), "abcxy");
+    }
+
+    #[test]
+    fn conflicts_are_recognised() {
+        let e = EngineError::Status {
+            status: 500,
+            message: "rpc error: code = Unknown desc = update out of sequence".into(),
+        };
+        assert!(e.is_conflict());
+        assert!(
+            !EngineError::Status {
+                status: 500,
+                message: "x".into()
+            }
+            .is_conflict()
+        );
+    }
+}

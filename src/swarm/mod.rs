@@ -1,0 +1,306 @@
+//! Docker Swarm services kept fresh: after each rotation, every service on a managed registry gets the new credential.
+//!
+//! A service created with `--with-registry-auth` keeps the credential it was created with; after
+//! 12 hours any new task (a reschedule, a scale-up) cannot pull. On a manager node, this task
+//! lists the services whenever the daemon's credentials change (and every `check_every`), and
+//! sends each service whose image is on a managed registry (or alias) its current spec, unchanged,
+//! with the new credential in `X-Registry-Auth`: the swarm stores it for the tasks it starts from
+//! then on, and running tasks are left alone. Once per token per service; a version conflict
+//! (someone else updated it meanwhile) is read again and retried.
+
+pub(crate) mod engine;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Settings, SwarmSettings};
+use crate::daemon::schedule::{self, Policy};
+use crate::status::{SwarmServiceStatus, SwarmStatus};
+use crate::targets::consumer::Credentials;
+use engine::{Engine, EngineError, Role, Service};
+
+/// Attempts of one service's update when its version keeps moving.
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// The swarm task, when `[swarm]` is enabled; restarted when its settings change.
+pub struct Swarm {
+    credentials: watch::Receiver<Arc<Credentials>>,
+    changed: Arc<Notify>,
+    running: Option<Running>,
+}
+
+struct Running {
+    settings: SwarmSettings,
+    hosts: BTreeSet<String>,
+    status: Arc<Mutex<SwarmStatus>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Swarm {
+    /// No task yet; it will follow `credentials` and notify `changed` when its status moves.
+    pub fn new(credentials: watch::Receiver<Arc<Credentials>>, changed: Arc<Notify>) -> Swarm {
+        Swarm {
+            credentials,
+            changed,
+            running: None,
+        }
+    }
+
+    /// Starts, keeps or stops the task as the config says.
+    pub fn configure(&mut self, settings: &Settings) {
+        let hosts = crate::portainer::managed_hosts(settings);
+        let policy = Policy::from(&settings.daemon);
+        let Some(s) = &settings.swarm else {
+            self.running = None;
+            return;
+        };
+        if let Some(r) = &self.running
+            && r.settings == *s
+            && r.hosts == hosts
+        {
+            return;
+        }
+        let status = Arc::new(Mutex::new(SwarmStatus {
+            socket: s.socket.display().to_string(),
+            role: "unreachable".into(),
+            ..SwarmStatus::default()
+        }));
+        let task = tokio::spawn(run(
+            s.clone(),
+            hosts.clone(),
+            self.credentials.clone(),
+            Arc::clone(&status),
+            Arc::clone(&self.changed),
+            policy,
+        ));
+        self.running = Some(Running {
+            settings: s.clone(),
+            hosts,
+            status,
+            task: task.abort_handle(),
+        });
+    }
+
+    /// The task's status, when enabled.
+    pub fn status(&self) -> Option<SwarmStatus> {
+        self.running.as_ref().map(|r| match r.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+}
+
+/// What the task remembers of one service between rounds.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The credential (its `auth`) last stored in the service.
+    sent: Option<String>,
+    status: SwarmServiceStatus,
+}
+
+async fn run(
+    settings: SwarmSettings,
+    hosts: BTreeSet<String>,
+    mut credentials: watch::Receiver<Arc<Credentials>>,
+    status: Arc<Mutex<SwarmStatus>>,
+    changed: Arc<Notify>,
+    policy: Policy,
+) {
+    let mut kept: BTreeMap<String, Kept> = BTreeMap::new();
+    let mut failures: u32 = 0;
+    let mut last_role: Option<String> = None;
+    loop {
+        let creds = Arc::clone(&credentials.borrow_and_update());
+        let mut st = match status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let ok = round(&settings, &hosts, &creds, &mut kept, &mut st).await;
+        if last_role.as_deref() != Some(st.role.as_str()) {
+            match st.role.as_str() {
+                "manager" => {
+                    tracing::info!(socket = %settings.socket.display(), "swarm: a manager node; services on managed registries get each new token")
+                }
+                "worker" => tracing::info!(
+                    "swarm: a worker node; services are updated from a manager, nothing to do here"
+                ),
+                "none" => tracing::info!("swarm: not in a swarm; nothing to do"),
+                _ => {}
+            }
+            last_role = Some(st.role.clone());
+        }
+        let retry = if ok {
+            failures = 0;
+            None
+        } else {
+            failures = failures.saturating_add(1);
+            let wall = SystemTime::now();
+            let at = schedule::after_failure(wall, failures, None, &policy, rand::random());
+            Some(at.duration_since(wall).unwrap_or(Duration::ZERO))
+        };
+        match status.lock() {
+            Ok(mut s) => *s = st,
+            Err(p) => *p.into_inner() = st,
+        }
+        changed.notify_one();
+        let wake = retry.map_or(settings.check_every, |r| r.min(settings.check_every));
+        tokio::select! {
+            r = credentials.changed() => {
+                if r.is_err() {
+                    return; // the daemon is stopping
+                }
+            }
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+}
+
+/// One round: this node's role, then each matching service that has not had the current token.
+/// `false` when something failed (retried with backoff).
+async fn round(
+    settings: &SwarmSettings,
+    hosts: &BTreeSet<String>,
+    creds: &Credentials,
+    kept: &mut BTreeMap<String, Kept>,
+    st: &mut SwarmStatus,
+) -> bool {
+    let engine = match Engine::connect(&settings.socket).await {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(st, "unreachable", &e);
+        }
+    };
+    st.api_version = Some(engine.version().to_string());
+    let role = match engine.role().await {
+        Ok(r) => r,
+        Err(e) => return fail(st, "unreachable", &e),
+    };
+    st.role = match role {
+        Role::Manager => "manager",
+        Role::Worker => "worker",
+        Role::None => "none",
+    }
+    .into();
+    if role != Role::Manager {
+        kept.clear();
+        st.services.clear();
+        st.last_error = None;
+        st.last_check = Some(SystemTime::now());
+        return true;
+    }
+    let services = match engine.services().await {
+        Ok(s) => s,
+        Err(e) => return fail(st, "manager", &e),
+    };
+    st.last_error = None;
+    st.last_check = Some(SystemTime::now());
+    let mut ok = true;
+    let mut seen = BTreeSet::new();
+    for s in services {
+        let Some(host) = image_host(&s.image).filter(|h| hosts.contains(h)) else {
+            continue;
+        };
+        seen.insert(s.id.clone());
+        let k = kept.entry(s.id.clone()).or_default();
+        k.status.id = s.id.clone();
+        k.status.name = s.name.clone();
+        k.status.host = host.clone();
+        let Some(token) = creds.get(&host) else {
+            continue; // no valid token for it now: the next rotation brings one
+        };
+        let (Some(password), auth) = (token.password(), token.auth().to_string()) else {
+            continue;
+        };
+        if k.sent.as_deref() == Some(auth.as_str()) {
+            continue;
+        }
+        match update(&engine, s, &host, &password).await {
+            Ok(()) => {
+                k.sent = Some(auth);
+                k.status.credential_expires_at = Some(token.expires_at);
+                k.status.updates += 1;
+                k.status.last_update = Some(SystemTime::now());
+                k.status.last_error = None;
+                tracing::info!(service = %k.status.name, registry = %host, "swarm service given the new token");
+            }
+            Err(e) => {
+                ok = false;
+                let text = e.to_string();
+                if k.status.last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(service = %k.status.name, registry = %host, error = %text, "swarm service update failed");
+                }
+                k.status.last_error = Some(text);
+            }
+        }
+    }
+    kept.retain(|id, _| seen.contains(id));
+    st.services = kept.values().map(|k| k.status.clone()).collect();
+    ok
+}
+
+/// One service's update, read again and retried when its version moved meanwhile.
+async fn update(
+    engine: &Engine,
+    mut s: Service,
+    host: &str,
+    password: &str,
+) -> Result<(), EngineError> {
+    let mut attempt = 1;
+    loop {
+        match engine.update(&s, host, "AWS", password).await {
+            Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
+                attempt += 1;
+                match engine.service(&s.id).await? {
+                    Some(fresh) => s = fresh,
+                    None => return Ok(()), // removed meanwhile: nothing to keep fresh
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+fn fail(st: &mut SwarmStatus, role: &str, e: &EngineError) -> bool {
+    let text = e.to_string();
+    if st.last_error.as_deref() != Some(text.as_str()) {
+        tracing::warn!(error = %text, "swarm: cannot list services");
+    }
+    st.role = role.into();
+    st.last_error = Some(text);
+    false
+}
+
+/// The registry host of a service's image, lower-cased; `None` when it does not parse.
+fn image_host(image: &str) -> Option<String> {
+    crate::doctor::reference::parse(image)
+        .ok()
+        .map(|r| r.host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_hosts() {
+        assert_eq!(
+            image_host("111111111111.dkr.ecr.us-east-1.amazonaws.com/app:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").as_deref(),
+            Some("111111111111.dkr.ecr.us-east-1.amazonaws.com")
+        );
+        assert_eq!(image_host("nginx:1").as_deref(), Some("docker.io"));
+        assert_eq!(
+            image_host("Mirror.Internal:5000/app").as_deref(),
+            Some("mirror.internal:5000")
+        );
+        assert_eq!(image_host(""), None);
+    }
+}
