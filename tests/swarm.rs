@@ -404,3 +404,60 @@ fn a_worker_or_a_node_without_swarm_is_left_alone() {
         d.log_text()
     );
 }
+
+/// A user's Engine (rootless docker, or a listener a user put where the socket should be) never
+/// gets root's registry credential: the daemon checks who serves the socket (SO_PEERCRED).
+#[test]
+fn an_engine_served_by_a_user_gets_no_credential() {
+    require_root!();
+    let w = World::new();
+    let dir = w.path("user-run");
+    std::fs::create_dir_all(&dir).unwrap();
+    chown(&dir, 4242, 4242);
+    chmod(&dir, 0o755);
+    let sock = dir.join("docker.sock");
+    // uid 4242 serves an Engine that says "manager" and lists a service of the managed registry,
+    // and prints every X-Registry-Auth it is sent.
+    let code = r#"
+import http.server, json, os, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def send(self, body):
+        d = json.dumps(body).encode()
+        self.send_response(200); self.send_header("Api-Version", "1.41")
+        self.send_header("Content-Length", str(len(d))); self.end_headers(); self.wfile.write(d)
+    def do_GET(self):
+        p = self.path.split("?")[0]
+        if p == "/_ping": self.send(None)
+        elif p.endswith("/info"): self.send({"Swarm": {"LocalNodeState": "active", "ControlAvailable": True}})
+        else: self.send([{"ID": "s1", "Version": {"Index": 1}, "Spec": {"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": sys.argv[2] + "/app:v1"}}}}])
+    def do_POST(self):
+        print("AUTH " + str(self.headers.get("X-Registry-Auth")), flush=True)
+        self.rfile.read(int(self.headers.get("Content-Length", "0"))); self.send({"Warnings": []})
+    def log_message(self, *a): pass
+    def address_string(self): return "unix"
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer): daemon_threads = True
+s = S(sys.argv[1], H); os.chmod(sys.argv[1], 0o666); print("READY", flush=True); s.serve_forever()
+"#;
+    let py = Py::spawn(4242, code, &[sock.to_str().unwrap(), H1]);
+    assert_eq!(py.line(Duration::from_secs(10)), "READY");
+    world_with_swarm(&w, &sock);
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(
+        wait_for(Duration::from_secs(20), || w.status_json().is_some_and(
+            |s| s["swarm"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("uid 4242"))
+        )),
+        "the status does not say who serves the socket: {:?}\n{}",
+        w.status_json(),
+        d.log_text()
+    );
+    assert_eq!(
+        py.try_line(Duration::from_secs(3)),
+        None,
+        "a user's Engine was sent a credential"
+    );
+    assert_eq!(w.status_json().unwrap()["swarm"]["role"], "unreachable");
+}

@@ -185,6 +185,18 @@ impl Engine {
             let stream = UnixStream::connect(&self.socket)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
+            // Who listens there (SO_PEERCRED, fixed when it called listen): root's dockerd, or a
+            // user's (rootless docker, or a listener put where the socket should be). A user's
+            // Engine never gets a request, so never root's registry credentials.
+            let peer = stream
+                .peer_cred()
+                .map_err(|e| unreachable(format!("cannot tell who serves it: {e}")))?;
+            if peer.uid() != 0 {
+                return Err(unreachable(format!(
+                    "it is served by uid {}, not root: registry credentials go only to root's Docker Engine",
+                    peer.uid()
+                )));
+            }
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
