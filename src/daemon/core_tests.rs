@@ -657,6 +657,31 @@ fn a_reload_rediagnoses_every_target() {
 }
 
 #[test]
+fn a_change_on_disk_rediagnoses_that_target_alone() {
+    // `status` shows what `check` would: a credsStore added, a mode fixed, is seen at once.
+    let (mut core, _) = started("", &[H1], &["/t/a.json", "/t/b.json"]);
+    for p in ["/t/a.json", "/t/b.json"] {
+        core.diagnosed(Path::new(p), None, vec![], false);
+    }
+    assert!(
+        !core
+            .poll(t(1))
+            .iter()
+            .any(|a| matches!(a, Action::Diagnose(_)))
+    );
+    core.changed(&BTreeSet::from([PathBuf::from("/t/b.json")]));
+    let diag: Vec<usize> = core
+        .poll(t(2))
+        .iter()
+        .filter_map(|a| match a {
+            Action::Diagnose(i) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(diag, [1]);
+}
+
+#[test]
 fn a_delivery_records_what_we_manage_and_asks_to_save_only_on_change() {
     let (mut core, s) = started("", &[H1, H2], &["/t/a.json"]);
     succeed(&mut core, &s, H1, "pw", 0, 12 * HOUR);

@@ -430,6 +430,9 @@ impl Core {
         for (i, t) in self.settings.targets.iter().enumerate() {
             if paths.contains(&t.path) {
                 self.targets[i].changed = true;
+                // What docker and podman will use may have changed too (a credsStore added, a
+                // mode fixed): `status` says what `check` would.
+                self.targets[i].rediagnose = true;
             }
         }
     }
