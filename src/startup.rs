@@ -20,6 +20,8 @@ pub mod exit {
     pub const CONFIG: u8 = 2;
     /// `status` and the other clients: no daemon answered.
     pub const UNKNOWN: u8 = 3;
+    /// `status` and the other clients: a daemon is there, but this user may not ask it.
+    pub const DENIED: u8 = 4;
 }
 
 /// Why no settings could be had.

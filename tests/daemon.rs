@@ -623,3 +623,28 @@ fn a_target_removed_from_the_config_loses_our_entries_only() {
         .log_text()
         .contains("target removed from the config")));
 }
+
+/// `reload` reaches the daemon on the `socket` of a config that no longer parses, and says why
+/// the edit is rejected (exit 1), rather than looking for the default socket (exit 3).
+#[test]
+fn reload_finds_a_custom_socket_in_a_broken_config_and_reports_the_error() {
+    let w = World::new();
+    w.one_target_config(&[H1], "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    let cfg = w.path("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}\n[[registry]\nhost = \"x\"\n")).unwrap();
+    let out = w.run(&["reload"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("the new config was rejected")
+            && stderr(&out).contains("config.toml:"),
+        "{}",
+        stderr(&out)
+    );
+    // An unknown host: the daemon refuses the request (2), which is not "no daemon" (3).
+    let out = w.run(&["refresh", "nope.example"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    drop(d);
+}

@@ -41,7 +41,7 @@ pub fn helper_socket_path(cli: &Cli, arg: &SocketArg) -> PathBuf {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 struct PartialDaemon {
     socket: Option<PathBuf>,
     helper_socket: Option<PathBuf>,
@@ -57,22 +57,65 @@ fn sockets_in_config(cli: &Cli) -> Option<PartialDaemon> {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
-    std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|text| toml::from_str::<Partial>(&text).ok())
-        .and_then(|p| p.daemon)
+    let text = std::fs::read_to_string(&path).ok()?;
+    match toml::from_str::<Partial>(&text) {
+        Ok(p) => p.daemon,
+        // A config with a syntax error elsewhere still names its sockets: `reload` must reach
+        // the daemon to hear why the new config is rejected.
+        Err(_) => Some(scan_sockets(&text)),
+    }
 }
 
+/// `socket` and `helper_socket` of `[daemon]`, read line by line from a file TOML cannot parse
+/// (basic or literal strings on one line).
+fn scan_sockets(text: &str) -> PartialDaemon {
+    let mut out = PartialDaemon {
+        socket: None,
+        helper_socket: None,
+    };
+    let mut in_daemon = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_daemon = l.trim_start_matches('[').trim_end_matches(']').trim() == "daemon";
+            continue;
+        }
+        if !in_daemon {
+            continue;
+        }
+        let Some((key, value)) = l.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        let quoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.split_once('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.split_once('\'')))
+            .map(|(v, _)| PathBuf::from(v));
+        match key.trim() {
+            "socket" => out.socket = quoted,
+            "helper_socket" => out.helper_socket = quoted,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Asks the daemon. Exit codes when it cannot: 2 the daemon refused the request (an unknown
+/// host), 3 no daemon answers, 4 a daemon is there but this user may not ask it.
 async fn ask(socket: &Path, req: Request) -> Result<Response, u8> {
     match control::request(socket, &req, ACTION_TIMEOUT).await {
         Ok(Response::Error { message }) => {
             eprintln!("ecr-refresherd: the daemon says: {}", shown(&message));
-            Err(EXIT_UNKNOWN)
+            Err(crate::startup::exit::CONFIG)
         }
         Ok(r) => Ok(r),
         Err(e) => {
             eprintln!("ecr-refresherd: {}", shown(&e.to_string()));
-            Err(EXIT_UNKNOWN)
+            Err(match e {
+                control::ClientError::Denied(_) => crate::startup::exit::DENIED,
+                _ => EXIT_UNKNOWN,
+            })
         }
     }
 }
@@ -167,5 +210,30 @@ pub async fn reload(cli: &Cli, arg: &SocketArg) -> u8 {
         }
         Ok(_) => EXIT_UNKNOWN,
         Err(code) => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_are_read_from_a_config_toml_cannot_parse() {
+        let text = "[daemon]\nsocket = \"/run/x/ctl.sock\"\nhelper_socket = '/run/x/h.sock'\nbroken = [\n[[registry]]\nsocket = \"/not/this\"\n";
+        assert!(toml::from_str::<toml::Value>(text).is_err());
+        assert_eq!(
+            scan_sockets(text),
+            PartialDaemon {
+                socket: Some(PathBuf::from("/run/x/ctl.sock")),
+                helper_socket: Some(PathBuf::from("/run/x/h.sock")),
+            }
+        );
+        assert_eq!(
+            scan_sockets("[[target]]\nsocket = \"/no\"\n"),
+            PartialDaemon {
+                socket: None,
+                helper_socket: None
+            }
+        );
     }
 }

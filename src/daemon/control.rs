@@ -810,6 +810,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The daemon is there, but the socket's mode or group keeps this user out.
+    #[error("ecr-refresherd is running on {}, but this user may not ask it (the socket is root's and `socket_group`'s): run it as root (sudo), or add the user to the group set as socket_group in [daemon]", .0.display())]
+    Denied(PathBuf),
     /// The answer could not be read or understood.
     #[error("the daemon's answer: {0}")]
     Protocol(String),
@@ -821,9 +824,12 @@ pub async fn request(
     req: &Request,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let no_daemon = |source| ClientError::NoDaemon {
-        path: socket.to_path_buf(),
-        source,
+    let no_daemon = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::PermissionDenied => ClientError::Denied(socket.to_path_buf()),
+        _ => ClientError::NoDaemon {
+            path: socket.to_path_buf(),
+            source,
+        },
     };
     let mut stream = tokio::time::timeout(Duration::from_secs(5), connect(socket))
         .await
