@@ -59,6 +59,17 @@ pub enum Command {
     Once,
     /// Validate the config and diagnose each auth file without calling AWS.
     Check,
+    /// Print a config for this host: its instance's registry (instance metadata) and the docker
+    /// and podman auth files that exist; `--write PATH` writes it there instead (0600, never over
+    /// an existing file).
+    Init {
+        /// Write the config to this new file instead of printing it.
+        #[arg(long, value_name = "PATH")]
+        write: Option<PathBuf>,
+        /// Look for users and files under this directory instead of `/` (tests).
+        #[arg(long, hide = true, default_value = "/", value_name = "DIR")]
+        root: PathBuf,
+    },
     /// Ask the running daemon how every registry and auth file is.
     Status {
         /// Print the daemon's JSON instead of a table.

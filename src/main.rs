@@ -62,6 +62,9 @@ fn main() -> ExitCode {
             None => daemon::run(&cli, Duration::from_secs(30)).await,
             Some(Command::Run { start_timeout }) => daemon::run(&cli, *start_timeout).await,
             Some(Command::Once) => commands::once(&cli).await,
+            Some(Command::Init { write, root }) => {
+                commands::init::init(root, write.as_deref()).await
+            }
             Some(Command::Doctor { image, user, json }) => {
                 ecr_refresherd::doctor::doctor(
                     &cli,

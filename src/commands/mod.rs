@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod helper;
+pub mod init;
 
 use std::path::Path;
 use std::sync::Arc;
