@@ -509,6 +509,11 @@ ca_file = "/etc/ecr-refresherd/portainer-ca.pem"
 pin_sha256 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 registries = [3, 4]
 check_every = "2m"
+
+[swarm]
+enabled = true
+socket = "/run/docker.sock"
+check_every = "30s"
 "#;
 
     #[test]
@@ -587,6 +592,7 @@ check_every = "2m"
             (Section::Registry, keys(&first("registry"))),
             (Section::Target, keys(&first("target"))),
             (Section::Portainer, keys(&first("portainer"))),
+            (Section::Swarm, keys(doc["swarm"].as_table().unwrap())),
         ] {
             let listed: BTreeSet<String> = section.keys().iter().map(|k| k.to_string()).collect();
             assert_eq!(listed, set, "{section:?}");
@@ -1036,17 +1042,17 @@ check_every = "2m"
             (
                 "[[webhook]]",
                 3,
-                "unknown key \"webhook\" at the top level; expected one of: daemon, registry, target, portainer",
+                "unknown key \"webhook\" at the top level; expected one of: daemon, registry, target, portainer, swarm",
             ),
             (
                 "[[registries]]",
                 3,
-                "unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target, portainer",
+                "unknown key \"registries\" at the top level; did you mean \"registry\"? The top-level tables are: daemon, registry, target, portainer, swarm",
             ),
             (
                 "[daemonn]",
                 2,
-                "unknown key \"daemonn\" at the top level; did you mean \"daemon\"? The top-level tables are: daemon, registry, target, portainer",
+                "unknown key \"daemonn\" at the top level; did you mean \"daemon\"? The top-level tables are: daemon, registry, target, portainer, swarm",
             ),
         ] {
             for text in [
