@@ -51,8 +51,9 @@ pub struct SocketArg {
 pub enum Command {
     /// Run the daemon: keep every auth file fresh until stopped (the default).
     Run {
-        /// Report READY to systemd after this long even if the first round is still running.
-        #[arg(long, hide = true, default_value = "30s", value_parser = humantime::parse_duration)]
+        /// Report READY to systemd after this long even if the first round is still running
+        /// (keep it under the unit's TimeoutStartSec).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         start_timeout: Duration,
     },
     /// Fetch every token and write every auth file once, then exit.

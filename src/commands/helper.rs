@@ -61,14 +61,10 @@ async fn ask(socket: &Path, registry: &str) -> Result<Answer, String> {
 /// What a client error means to the helper's caller.
 fn client_error(e: control::ClientError) -> String {
     match e {
-        control::ClientError::NoDaemon { path, source }
-            if source.kind() == std::io::ErrorKind::PermissionDenied =>
-        {
-            format!(
-                "not allowed to ask ecr-refresherd (permission denied on {}); the credential helper socket is helper_socket, beside the control socket",
-                path.display()
-            )
-        }
+        control::ClientError::Denied(path) => format!(
+            "not allowed to ask ecr-refresherd (permission denied on {}); the credential helper socket is helper_socket, beside the control socket",
+            path.display()
+        ),
         e @ control::ClientError::Busy(_) => e.to_string(),
         control::ClientError::NoDaemon { path, .. } => format!(
             "ecr-refresherd is not running (nothing answers on {}); start it with: systemctl start ecr-refresherd",
