@@ -478,6 +478,91 @@ fn user_file(path: &Path, uid: u32, text: &str) {
 // Secrets a registry echoes
 // ---------------------------------------------------------------------------------------------
 
+/// A registry that echoes the `Authorization` it was sent in its error message, padded so that
+/// the 400-character cut of a quoted message falls 2 characters before the token's end: the scrub,
+/// which looked for whole secrets only, let all but the last characters of root's token through.
+#[test]
+fn a_token_echoed_and_cut_short_is_not_shown() {
+    let w = World::new();
+    let pki = pki(&w);
+    let reg = Registry::start(&pki, |req| {
+        if req.path.contains("/manifests/") {
+            let auth = req.header("authorization").unwrap_or_default().to_string();
+            let token = auth.trim_start_matches("Basic ");
+            // The cut is at 400 characters: the token ends 2 characters past it.
+            let pad = "x".repeat(402usize.saturating_sub(token.len()));
+            json_error(403, "DENIED", &format!("{pad}{token}"))
+        } else {
+            good(req)
+        }
+    });
+    config(&w, &reg.host(), "");
+    let (text, json) = both(&w, &pki, &format!("{}/app:v1", reg.host()), &[]);
+    let (token, pw) = issued(&w);
+    assert!(text.contains("HTTP 403 DENIED: xxx"), "{text}");
+    for out in [&text, &json] {
+        assert_no_piece(out, &token, "root's ECR token");
+        assert_no_piece(out, &pw, "root's ECR password");
+    }
+}
+
+/// The same with the password, decoded, in the message.
+#[test]
+fn a_password_echoed_and_cut_short_is_not_shown() {
+    let w = World::new();
+    let pki = pki(&w);
+    let reg = Registry::start(&pki, |req| {
+        if req.path.contains("/manifests/") {
+            let auth = req.header("authorization").unwrap_or_default();
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim_start_matches("Basic "))
+                .unwrap_or_default();
+            let user_pw = String::from_utf8_lossy(&raw).into_owned();
+            let pad = "y".repeat(402usize.saturating_sub(user_pw.len()));
+            json_error(401, "UNAUTHORIZED", &format!("{pad}{user_pw}"))
+        } else {
+            good(req)
+        }
+    });
+    config(&w, &reg.host(), "");
+    let (text, json) = both(&w, &pki, &format!("{}/app:v1", reg.host()), &[]);
+    let (token, pw) = issued(&w);
+    assert!(text.contains("yyy"), "{text}");
+    for out in [&text, &json] {
+        assert_no_piece(out, &token, "root's ECR token");
+        assert_no_piece(out, &pw, "root's ECR password");
+    }
+}
+
+/// A registry that splits the token it was sent between the two headers `doctor` shows of a
+/// good manifest (`Content-Type` and `Docker-Content-Digest`): neither half is the whole secret.
+#[test]
+fn a_token_split_across_headers_is_not_shown() {
+    let w = World::new();
+    let pki = pki(&w);
+    let reg = Registry::start(&pki, |req| {
+        if req.path.contains("/manifests/") {
+            let auth = req.header("authorization").unwrap_or_default();
+            let token = auth.trim_start_matches("Basic ").to_string();
+            let (a, b) = token.split_at(token.len() / 2);
+            answer(
+                200,
+                &[("Content-Type", a), ("Docker-Content-Digest", b)],
+                &manifest(),
+            )
+        } else {
+            good(req)
+        }
+    });
+    config(&w, &reg.host(), "");
+    let (text, json) = both(&w, &pki, &format!("{}/app:v1", reg.host()), &[]);
+    let (token, _) = issued(&w);
+    assert!(text.contains("manifest"), "{text}");
+    for out in [&text, &json] {
+        assert_no_piece(out, &token, "root's ECR token");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Terminal injection and forged lines
 // ---------------------------------------------------------------------------------------------

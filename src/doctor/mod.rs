@@ -43,6 +43,9 @@ const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const MAX_SMALL: usize = 64 * 1024;
 /// Files checked live against the registry at most.
 const MAX_FILES: usize = 16;
+/// No piece of a secret this long is shown: a secret a server cut short or split (between two
+/// headers, say), or that [`explain::quote`] cut, is redacted piece by piece, not only whole.
+const SECRET_PIECE: usize = 16;
 
 /// docker's `Accept` for a pull: both manifest formats and both list formats.
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -91,6 +94,7 @@ pub async fn doctor(cli: &Cli, o: Options<'_>) -> u8 {
     let mut d = Doctor {
         report: Report::new(&r.to_string()),
         secrets: Vec::new(),
+        urls: Vec::new(),
         deadline: Instant::now() + TOTAL,
         tls: match tls_config() {
             Ok(t) => t,
@@ -102,7 +106,8 @@ pub async fn doctor(cli: &Cli, o: Options<'_>) -> u8 {
     };
     d.run(&settings, &r, user.as_ref(), &cli.run_dir).await;
     let secrets = std::mem::take(&mut d.secrets);
-    let report = scrub(d.report, &secrets);
+    let urls = std::mem::take(&mut d.urls);
+    let report = scrub(d.report, &secrets, &urls);
     if o.json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
@@ -154,13 +159,22 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Every secret handled is replaced before anything is shown (a server could echo one back).
-fn scrub(mut report: Report, secrets: &[String]) -> Report {
+/// Every secret handled is replaced before anything is shown (a server could echo one back):
+/// each whole, and any piece of [`SECRET_PIECE`] bytes of one; `urls` (presigned URLs, whose
+/// host and path are shown) only whole.
+fn scrub(mut report: Report, secrets: &[String], urls: &[String]) -> Report {
+    let pieces: std::collections::HashSet<&[u8]> = secrets
+        .iter()
+        .flat_map(|s| s.as_bytes().windows(SECRET_PIECE))
+        .collect();
     let clean = |s: &mut String| {
-        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        for secret in urls.iter().chain(secrets).filter(|s| s.len() >= 8) {
             if s.contains(secret.as_str()) {
                 *s = s.replace(secret.as_str(), "<redacted>");
             }
+        }
+        if let Some(c) = redact_pieces(s, &pieces) {
+            *s = c;
         }
     };
     for step in &mut report.steps {
@@ -170,6 +184,41 @@ fn scrub(mut report: Report, secrets: &[String]) -> Report {
         }
     }
     report
+}
+
+/// `s` with every run of characters covered by a piece of a secret replaced by `<redacted>`;
+/// `None` when no piece is in it.
+fn redact_pieces(s: &str, pieces: &std::collections::HashSet<&[u8]>) -> Option<String> {
+    let b = s.as_bytes();
+    if b.len() < SECRET_PIECE || pieces.is_empty() {
+        return None;
+    }
+    let mut covered = vec![false; b.len()];
+    let mut any = false;
+    for (i, w) in b.windows(SECRET_PIECE).enumerate() {
+        if pieces.contains(w) {
+            covered[i..i + SECRET_PIECE].fill(true);
+            any = true;
+        }
+    }
+    if !any {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut redacting = false;
+    for (i, c) in s.char_indices() {
+        // A piece may begin or end inside a character: the whole character goes.
+        if covered[i..i + c.len_utf8()].contains(&true) {
+            if !redacting {
+                out.push_str("<redacted>");
+            }
+            redacting = true;
+        } else {
+            redacting = false;
+            out.push(c);
+        }
+    }
+    Some(out)
 }
 
 /// The registry a host belongs to in the config: its host or one of its aliases.
@@ -188,7 +237,10 @@ struct Reached {
 
 struct Doctor {
     report: Report,
+    /// Every secret handled: tokens, passwords, file credentials.
     secrets: Vec<String>,
+    /// Presigned URLs: redacted whole only (their host is shown).
+    urls: Vec<String>,
     deadline: Instant,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -690,9 +742,9 @@ impl Doctor {
                     return;
                 };
                 // The presigned URL is a bearer credential: it is never shown.
-                self.secrets.push(location.to_string());
+                self.urls.push(location.to_string());
                 if let Some((_, q)) = location.split_once('?') {
-                    self.secrets.push(q.to_string());
+                    self.urls.push(q.to_string());
                 }
                 let Some((authority, path)) = probe::split_https(location) else {
                     self.report.fail("layer", "the registry redirected the layer to a non-https location", "the registry or a proxy rewrote the redirect: check what answers for this host");
@@ -1166,8 +1218,41 @@ mod tests {
             "the server said s3cr3t-token-value back",
             "use s3cr3t-token-value",
         );
-        let r = scrub(r, &["s3cr3t-token-value".into()]);
+        let r = scrub(r, &["s3cr3t-token-value".into()], &[]);
         assert!(!r.text().contains("s3cr3t"), "{}", r.text());
+    }
+
+    #[test]
+    fn a_secret_cut_or_split_is_scrubbed_piece_by_piece() {
+        let token = "QVdTOmZha2Vwdy0xLTAxMjM0NTY3ODlhYmNkZWY=";
+        let mut r = Report::new("x");
+        // Cut short (by a server, or by quote's limit), and split in two fields.
+        r.fail("manifest", format!("said: {}…", &token[..30]), "retry");
+        r.ok(
+            "manifest",
+            format!("{} ({} bytes)", &token[..20], &token[20..]),
+        );
+        r.ok(
+            "layer",
+            "sha256:1111: served by the registry itself (HTTP 206)",
+        );
+        let r = scrub(r, &[token.to_string()], &[]);
+        let t = r.text();
+        assert!(
+            !t.contains(&token[..16]) && !t.contains(&token[20..36]),
+            "{t}"
+        );
+        assert!(t.contains("said: <redacted>…"), "{t}");
+        assert!(t.contains("<redacted> (<redacted> bytes)"), "{t}");
+        assert!(
+            t.contains("served by the registry itself"),
+            "the rest is kept: {t}"
+        );
+        // A piece that ends inside a multi-byte character takes the character with it.
+        let mut r = Report::new("x");
+        r.ok("token", format!("é{}é", &token[..16]));
+        let r = scrub(r, &[format!("{}\u{e9}", &token[..16])], &[]);
+        assert_eq!(r.steps[0].detail, "é<redacted>");
     }
 
     #[test]
