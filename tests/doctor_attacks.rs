@@ -563,6 +563,66 @@ fn a_token_split_across_headers_is_not_shown() {
     }
 }
 
+/// A hostile layer storage (where the registry's 307 points) that echoes the presigned URL's
+/// session token and signature, each alone, in its S3 error: only the whole URL and the whole
+/// query string were secrets, so these bearer parts were printed.
+#[test]
+fn presigned_url_parts_echoed_by_the_storage_are_not_shown() {
+    let w = World::new();
+    let pki = pki(&w);
+    let storage = Registry::start(&pki, |req| {
+        let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let value = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let body = format!(
+            "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>token {} signature {}</Message></Error>",
+            value("X-Amz-Security-Token"),
+            value("X-Amz-Signature")
+        );
+        answer(403, &[("Content-Type", "application/xml")], body.as_bytes())
+    });
+    let location = format!(
+        "https://{}/prod-bucket/layer?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Security-Token=IQoJb3JpZ2luX2VjEJr%2Fsessiontokensecret1234&X-Amz-Signature=5f3e9c0d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d",
+        storage.host()
+    );
+    let loc = location.clone();
+    let reg = Registry::start(&pki, move |req| {
+        if req.path.contains("/blobs/") {
+            answer(307, &[("Location", &loc)], b"")
+        } else {
+            good(req)
+        }
+    });
+    config(&w, &reg.host(), "");
+    let (text, json) = both(&w, &pki, &format!("{}/app:v1", reg.host()), &[]);
+    assert!(text.contains("refused the layer: AccessDenied"), "{text}");
+    let storage_reqs = storage.requests();
+    assert!(!storage_reqs.is_empty(), "the storage was asked:\n{text}");
+    assert!(
+        storage_reqs
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
+        "the layer storage is never sent the registry's credential: {storage_reqs:?}"
+    );
+    for out in [&text, &json] {
+        assert_no_piece(
+            out,
+            "IQoJb3JpZ2luX2VjEJr%2Fsessiontokensecret1234",
+            "the session token",
+        );
+        assert_no_piece(
+            out,
+            "5f3e9c0d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d",
+            "the signature",
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Terminal injection and forged lines
 // ---------------------------------------------------------------------------------------------

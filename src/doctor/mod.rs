@@ -221,6 +221,45 @@ fn redact_pieces(s: &str, pieces: &std::collections::HashSet<&[u8]>) -> Option<S
     Some(out)
 }
 
+/// The values of a URL's query (each also percent-decoded): a presigned URL's signature and
+/// session token are bearer secrets a storage could echo one by one.
+fn query_values(query: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for kv in query.split('&') {
+        let v = kv.split_once('=').map_or(kv, |(_, v)| v);
+        let decoded = percent_decoded(v);
+        if decoded != v {
+            out.push(decoded);
+        }
+        out.push(v.to_string());
+    }
+    out
+}
+
+/// `%XX` escapes (and `+`) decoded; invalid escapes and UTF-8 left as they are.
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| v.to_string())
+}
+
 /// The registry a host belongs to in the config: its host or one of its aliases.
 fn configured<'a>(settings: &'a Settings, host: &str) -> Option<&'a RegistrySettings> {
     settings
@@ -237,7 +276,7 @@ struct Reached {
 
 struct Doctor {
     report: Report,
-    /// Every secret handled: tokens, passwords, file credentials.
+    /// Every secret handled: tokens, passwords, file credentials, presigned query values.
     secrets: Vec<String>,
     /// Presigned URLs: redacted whole only (their host is shown).
     urls: Vec<String>,
@@ -745,6 +784,7 @@ impl Doctor {
                 self.urls.push(location.to_string());
                 if let Some((_, q)) = location.split_once('?') {
                     self.urls.push(q.to_string());
+                    self.secrets.extend(query_values(q));
                 }
                 let Some((authority, path)) = probe::split_https(location) else {
                     self.report.fail("layer", "the registry redirected the layer to a non-https location", "the registry or a proxy rewrote the redirect: check what answers for this host");
@@ -1253,6 +1293,38 @@ mod tests {
         r.ok("token", format!("é{}é", &token[..16]));
         let r = scrub(r, &[format!("{}\u{e9}", &token[..16])], &[]);
         assert_eq!(r.steps[0].detail, "é<redacted>");
+    }
+
+    #[test]
+    fn presigned_query_values_are_secrets_urls_only_whole() {
+        assert_eq!(
+            query_values("X-Amz-Security-Token=IQo%2Fab%2Bc&X-Amz-Signature=f00d&flag"),
+            ["IQo/ab+c", "IQo%2Fab%2Bc", "f00d", "flag"]
+        );
+        assert_eq!(percent_decoded("a%2"), "a%2");
+        assert_eq!(percent_decoded("%zz+%41"), "%zz A");
+        assert_eq!(percent_decoded("%ff"), "%ff", "not UTF-8: left as it is");
+        let url =
+            "https://bucket.s3.us-east-1.amazonaws.com/key?X-Amz-Signature=0123456789abcdef0123";
+        let mut r = Report::new("x");
+        r.ok(
+            "layer",
+            "HTTP 307 to bucket.s3.us-east-1.amazonaws.com (the layer storage)",
+        );
+        r.fail("storage", format!("echo {url}"), "retry");
+        let r = scrub(
+            r,
+            &query_values("X-Amz-Signature=0123456789abcdef0123"),
+            &[url.to_string()],
+        );
+        assert!(
+            r.steps[0]
+                .detail
+                .contains("bucket.s3.us-east-1.amazonaws.com"),
+            "{:?}",
+            r.steps
+        );
+        assert_eq!(r.steps[1].detail, "echo <redacted>");
     }
 
     #[test]
