@@ -627,6 +627,55 @@ fn presigned_url_parts_echoed_by_the_storage_are_not_shown() {
 // Terminal injection and forged lines
 // ---------------------------------------------------------------------------------------------
 
+/// Characters that act on a terminal or split a log line, which JSON writers leave raw.
+const ACTS: [char; 5] = ['\u{202e}', '\u{2066}', '\u{2028}', '\u{2029}', '\u{200f}'];
+
+/// A local user names a credential helper full of bidi controls and line separators in the auth
+/// file root asks about, and a registry says the same in its error: `--json` printed them raw
+/// (serde_json escapes only C0 controls), so the terminal reorders or splits the report.
+#[test]
+fn the_json_report_has_no_bidi_controls_or_line_separators() {
+    require_root!();
+    let w = World::new();
+    let pki = pki(&w);
+    let evil: String = format!("desk{}top{}", ACTS.iter().collect::<String>(), "\u{85}");
+    let said = evil.clone();
+    let reg = Registry::start(&pki, move |req| {
+        if req.path.contains("/manifests/") {
+            json_error(403, "DENIED", &format!("no {said} way"))
+        } else {
+            good(req)
+        }
+    });
+    let home = user_home(&w, USER);
+    let file = home.join(".docker/config.json");
+    user_file(
+        &file,
+        USER,
+        &serde_json::json!({"credHelpers": {reg.host(): evil}}).to_string(),
+    );
+    config(
+        &w,
+        &reg.host(),
+        &format!("[[target]]\npath = \"{}\"\n", file.display()),
+    );
+    let (text, json) = both(&w, &pki, &format!("{}/app:v1", reg.host()), &[]);
+    assert!(text.contains("docker-credential-desk"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert!(v["steps"].as_array().is_some(), "{json}");
+    for out in [&text, &json] {
+        for c in ACTS.iter().chain(['\u{85}', '\u{1b}'].iter()) {
+            assert!(
+                !out.contains(*c),
+                "U+{:04X} reaches the terminal raw:\n{}",
+                *c as u32,
+                out.escape_debug()
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Where credentials go
 // ---------------------------------------------------------------------------------------------

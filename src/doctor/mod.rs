@@ -109,8 +109,10 @@ pub async fn doctor(cli: &Cli, o: Options<'_>) -> u8 {
     let urls = std::mem::take(&mut d.urls);
     let report = scrub(d.report, &secrets, &urls);
     if o.json {
+        // serde_json leaves C1, bidi controls and line separators raw: they would act on the
+        // terminal (as `status --json` knows).
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => println!("{}", crate::escape::json(&s)),
             Err(e) => eprintln!("ecr-refresherd doctor: {e}"),
         }
     } else {
