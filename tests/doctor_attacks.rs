@@ -676,6 +676,37 @@ fn the_json_report_has_no_bidi_controls_or_line_separators() {
     }
 }
 
+/// STS's error message carries a line feed and a fake report line: the text report printed it
+/// unquoted, and its line-by-line escaping kept the line feed, so the forged line stood in the
+/// report as a step of its own. (The same went for the ARN STS names and the errors of
+/// ListImages and DescribeRepositories; the fake cannot put a message in those.)
+#[test]
+fn an_aws_error_message_cannot_forge_a_report_line() {
+    let w = World::new();
+    let pki = pki(&w);
+    let forged = "manifest  ok       FORGED: the pull of everything would work";
+    w.fake.set_fault(
+        Service::Sts,
+        Fault::ErrorMessage(format!("denied\n{forged}")),
+    );
+    let reg = Registry::start(&pki, good);
+    config(&w, &reg.host(), "");
+    let (out, _) = doctor(&w, &pki, &[&format!("{}/app:v1", reg.host())]);
+    let text = stdout(&out);
+    assert!(text.contains("STS GetCallerIdentity failed"), "{text}");
+    for line in text.lines() {
+        assert!(
+            !line.starts_with("manifest  ok       FORGED"),
+            "a forged line stands in the report:\n{text}"
+        );
+    }
+    let identity: Vec<&str> = text.lines().filter(|l| l.contains("FORGED")).collect();
+    assert!(
+        identity.len() == 1 && identity[0].starts_with("identity  warning"),
+        "the message is shown inside the identity step's line:\n{text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Where credentials go
 // ---------------------------------------------------------------------------------------------

@@ -116,7 +116,8 @@ pub async fn doctor(cli: &Cli, o: Options<'_>) -> u8 {
             Err(e) => eprintln!("ecr-refresherd doctor: {e}"),
         }
     } else {
-        print!("{}", crate::escape::shown_lines(&report.text()));
+        // Each field escaped on its own line: a line feed in a server's text is shown, never kept.
+        print!("{}", report.text());
     }
     if report.ok { exit::OK } else { exit::FAILED }
 }
