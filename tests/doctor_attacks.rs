@@ -936,6 +936,89 @@ fn a_slow_silent_or_endless_registry_cannot_hold_doctor() {
     }
 }
 
+/// Runs `c`, returning its output and its peak resident memory in KiB (wait4's rusage).
+fn measured(w: &World, mut c: Command) -> (Output, i64) {
+    use std::process::Stdio;
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let a = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let e = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by the kernel; the pid is our child's.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4");
+    let out = Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(status),
+        stdout: a.join().unwrap(),
+        stderr: e.join().unwrap(),
+    };
+    (w.capture(out), ru.ru_maxrss)
+}
+
+/// A manifest of 4 MiB (distribution's limit, which `doctor` keeps) made of the smallest JSON
+/// values: parsed whole into a `serde_json::Value`, it cost root's process some 240 MiB (on a
+/// t4g.nano, half its memory) where a small manifest costs a few.
+#[test]
+fn a_giant_manifest_costs_little_memory() {
+    let w = World::new();
+    let pki = pki(&w);
+    let mut body = format!("{{\"schemaVersion\":2,\"layers\":[{{\"digest\":\"{LAYER}\"}}],\"x\":[");
+    while body.len() < 4 * 1024 * 1024 - 16 {
+        body.push_str("0,");
+    }
+    body.push_str("0]}");
+    let giant = Arc::new(body.into_bytes());
+    let peak = |body: Arc<Vec<u8>>| {
+        let reg = Registry::start(&pki, move |req| {
+            if req.path.contains("/manifests/") {
+                answer(
+                    200,
+                    &[(
+                        "Content-Type",
+                        "application/vnd.docker.distribution.manifest.v2+json",
+                    )],
+                    &body,
+                )
+            } else {
+                good(req)
+            }
+        });
+        config(&w, &reg.host(), "");
+        let mut c = w.cmd();
+        c.env("SSL_CERT_FILE", &pki.ca)
+            .arg("--config")
+            .arg(w.path("config.toml"))
+            .arg("doctor")
+            .arg(format!("{}/app:v1", reg.host()));
+        let (out, kib) = measured(&w, c);
+        let text = stdout(&out);
+        assert!(
+            text.contains("manifest  ok") && text.contains("layer     ok"),
+            "{text}"
+        );
+        kib / 1024
+    };
+    let small = peak(Arc::new(manifest()));
+    let big = peak(giant);
+    eprintln!("peak: {small} MiB with a small manifest, {big} MiB with a 4 MiB one");
+    assert!(
+        big < small + 32,
+        "doctor peaked at {big} MiB on a 4 MiB manifest, {small} MiB on a small one"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A user's files (`--user`)
 // ---------------------------------------------------------------------------------------------

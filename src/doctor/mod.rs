@@ -7,14 +7,13 @@
 
 pub(crate) mod consumers;
 pub(crate) mod explain;
+pub(crate) mod manifest;
 pub(crate) mod probe;
 pub(crate) mod reference;
 pub(crate) mod report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-use serde_json::Value;
 
 use crate::cli::Cli;
 use crate::config::{RegistrySettings, Settings};
@@ -653,16 +652,12 @@ impl Doctor {
             self.report.skip("layer", "no manifest");
             return;
         }
-        let mut manifest: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        // Only the fields needed, not a `Value` of the whole body (up to 4 MiB of anything).
+        let mut manifest = manifest::parse(&answer.body, this_arch());
         let media = answer
             .content_type
             .clone()
-            .or_else(|| {
-                manifest
-                    .get("mediaType")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+            .or_else(|| manifest.media_type.take())
             .unwrap_or_else(|| "no media type".into());
         let mut note = format!(
             "{} ({}{})",
@@ -688,7 +683,7 @@ impl Doctor {
                 .await
             {
                 Ok(a) if a.status == 200 => {
-                    manifest = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+                    manifest = manifest::parse(&a.body, this_arch());
                     note += &format!("; this platform's manifest {child}");
                 }
                 Ok(a) => {
@@ -1114,41 +1109,23 @@ fn close(names: &[String], want: &str) -> Vec<String> {
         .collect()
 }
 
-/// For an image index, the digest of this machine's platform's manifest (else the first).
-fn pick_platform(m: &Value) -> Option<String> {
-    let list = m.get("manifests")?.as_array()?;
-    let arch = match std::env::consts::ARCH {
+/// This machine's architecture as image platforms name it.
+fn this_arch() -> &'static str {
+    match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
-    let matches = |e: &&Value| {
-        let p = e.get("platform");
-        p.and_then(|p| p.get("os")).and_then(Value::as_str) == Some("linux")
-            && p.and_then(|p| p.get("architecture"))
-                .and_then(Value::as_str)
-                == Some(arch)
-    };
-    let e = list.iter().find(matches).or_else(|| list.first())?;
-    let d = e.get("digest")?.as_str()?;
-    valid_digest(d).then(|| d.to_string())
+    }
+}
+
+/// For an image index, the digest of this machine's platform's manifest (else the first).
+fn pick_platform(m: &manifest::Manifest) -> Option<String> {
+    m.platform.clone().filter(|d| valid_digest(d))
 }
 
 /// The first layer's digest (schema 2 / OCI `layers`, schema 1 `fsLayers`).
-fn first_layer(m: &Value) -> Option<String> {
-    let d = m
-        .get("layers")
-        .and_then(Value::as_array)
-        .and_then(|l| l.first())
-        .and_then(|l| l.get("digest"))
-        .or_else(|| {
-            m.get("fsLayers")
-                .and_then(Value::as_array)
-                .and_then(|l| l.first())
-                .and_then(|l| l.get("blobSum"))
-        })?
-        .as_str()?;
-    valid_digest(d).then(|| d.to_string())
+fn first_layer(m: &manifest::Manifest) -> Option<String> {
+    m.first_layer.clone().filter(|d| valid_digest(d))
 }
 
 /// A digest safe to put in a path (it comes from the registry).
@@ -1198,43 +1175,50 @@ mod tests {
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
+    fn parsed(v: serde_json::Value) -> manifest::Manifest {
+        manifest::parse(v.to_string().as_bytes(), this_arch())
+    }
+
     #[test]
     fn an_index_picks_this_platform() {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            o => o,
-        };
+        let arch = this_arch();
         let m = serde_json::json!({"manifests": [
             {"digest": D1, "platform": {"os": "linux", "architecture": "s390x"}},
             {"digest": D2, "platform": {"os": "linux", "architecture": arch}},
         ]});
-        assert_eq!(pick_platform(&m).as_deref(), Some(D2));
+        assert_eq!(pick_platform(&parsed(m)).as_deref(), Some(D2));
         let other = serde_json::json!({"manifests": [{"digest": D1, "platform": {"os": "windows", "architecture": "amd64"}}]});
-        assert_eq!(pick_platform(&other).as_deref(), Some(D1), "else the first");
+        assert_eq!(
+            pick_platform(&parsed(other)).as_deref(),
+            Some(D1),
+            "else the first"
+        );
         let bad = serde_json::json!({"manifests": [{"digest": "sha256:../../x"}]});
         assert_eq!(
-            pick_platform(&bad),
+            pick_platform(&parsed(bad)),
             None,
             "a digest from the registry goes in a path: checked"
         );
-        assert_eq!(pick_platform(&serde_json::json!({"layers": []})), None);
+        assert_eq!(
+            pick_platform(&parsed(serde_json::json!({"layers": []}))),
+            None
+        );
     }
 
     #[test]
     fn first_layers_of_each_schema() {
+        let layer = |v| first_layer(&parsed(v));
         assert_eq!(
-            first_layer(&serde_json::json!({"layers": [{"digest": D1}, {"digest": D2}]}))
-                .as_deref(),
+            layer(serde_json::json!({"layers": [{"digest": D1}, {"digest": D2}]})).as_deref(),
             Some(D1)
         );
         assert_eq!(
-            first_layer(&serde_json::json!({"fsLayers": [{"blobSum": D2}]})).as_deref(),
+            layer(serde_json::json!({"fsLayers": [{"blobSum": D2}]})).as_deref(),
             Some(D2)
         );
-        assert_eq!(first_layer(&serde_json::json!({"layers": []})), None);
+        assert_eq!(layer(serde_json::json!({"layers": []})), None);
         assert_eq!(
-            first_layer(&serde_json::json!({"layers": [{"digest": "sha256:/etc"}]})),
+            layer(serde_json::json!({"layers": [{"digest": "sha256:/etc"}]})),
             None
         );
     }
