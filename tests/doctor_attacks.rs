@@ -937,6 +937,8 @@ fn a_slow_silent_or_endless_registry_cannot_hold_doctor() {
 }
 
 /// Runs `c`, returning its output and its peak resident memory in KiB (wait4's rusage).
+// The child is reaped by wait4 (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
 fn measured(w: &World, mut c: Command) -> (Output, i64) {
     use std::process::Stdio;
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -954,9 +956,10 @@ fn measured(w: &World, mut c: Command) -> (Output, i64) {
         b
     });
     let mut status = 0;
-    // SAFETY: rusage is plain data, filled by the kernel; the pid is our child's.
+    // SAFETY: rusage is plain data (all zeros is a valid value).
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = child.id() as libc::pid_t;
+    // SAFETY: valid pointers to our locals; the pid is our own child's, not yet reaped.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid, "wait4");
     let out = Output {
