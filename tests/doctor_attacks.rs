@@ -1369,3 +1369,55 @@ print("planted", flush=True)
         "another user's credential was sent:\n{text}"
     );
 }
+
+/// A user's auth file of 4 MiB (the most `doctor` reads) made of the smallest JSON values, with
+/// their entry for the registry at the end: parsed whole into a `serde_json::Value` for
+/// `doctor --user`, it cost root's process some 240 MiB per file.
+#[test]
+fn a_users_huge_auth_file_costs_little_memory() {
+    require_root!();
+    let w = World::new();
+    chmod(w.dir.path(), 0o755);
+    let pki = pki(&w);
+    let reg = Registry::start(&pki, good);
+    let alias = reg.host();
+    let home = user_home(&w, USER);
+    let pw = passwd(&w, USER, &home);
+    config(&w, &alias, "");
+    let entry = serde_json::json!({alias.clone(): {"auth": b64(USERS_OWN)}}).to_string();
+    let peak = |padding: usize| {
+        let mut body = String::from("{\"x\":[");
+        while body.len() < padding {
+            body.push_str("0,");
+        }
+        body.push_str(&format!("0],\"auths\":{entry}}}"));
+        user_file(&home.join(".docker/config.json"), USER, &body);
+        let mut c = Command::new("/usr/bin/unshare");
+        c.env_clear();
+        for (k, v) in w.fake.env() {
+            if k != "AWS_REGION" {
+                c.env(k, v);
+            }
+        }
+        c.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SSL_CERT_FILE", &pki.ca)
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/passwd && exec \"$@\"")
+            .arg(&pw)
+            .arg(BIN)
+            .arg("--config")
+            .arg(w.path("config.toml"))
+            .args(["doctor", "--user", VICTIM, &format!("{alias}/app:v1")]);
+        let (out, kib) = measured(&w, c);
+        let text = stdout(&out);
+        assert!(text.contains("the registry accepts its entry"), "{text}");
+        kib / 1024
+    };
+    let small = peak(0);
+    let big = peak(4 * 1024 * 1024 - 200);
+    eprintln!("peak: {small} MiB with a small file, {big} MiB with a 4 MiB one");
+    assert!(
+        big < small + 32,
+        "doctor --user peaked at {big} MiB on a 4 MiB auth file, {small} MiB on a small one"
+    );
+}

@@ -1,14 +1,14 @@
 //! The few fields of a manifest `doctor` reads, taken while parsing, so a registry's 4 MiB answer costs no more than itself.
 //!
-//! A `serde_json::Value` of 4 MiB of `0,0,0,...` is two million values and hundreds of MiB;
-//! here every value but the media type, the first layer and the index's entries is skipped
-//! (`IgnoredAny`), and of the index only the first entry and this platform's are kept. A field
-//! of an unexpected type is taken as missing, as the lookups in a `Value` did.
+//! Every value but the media type, the first layer and the index's entries is skipped (see
+//! [`super::json`]), and of the index only the first entry and this platform's are kept.
 
 use std::fmt;
 
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::json::{Fields, KeyOf, Str, drain_map, drain_seq, otherwise_none};
 
 /// What `doctor` needs of a manifest or an index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,127 +29,6 @@ pub fn parse(body: &[u8], arch: &str) -> Manifest {
         Ok(m) if de.end().is_ok() => m,
         _ => Manifest::default(),
     }
-}
-
-/// Drains what a visitor does not want (`IgnoredAny` for each element or entry).
-fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-/// Implements every `visit_*` of a visitor whose value is an `Option` as "not what we want":
-/// `None`, after draining a sequence or a map (numbers come as a map with
-/// `arbitrary_precision`).
-macro_rules! otherwise_none {
-    () => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    };
-}
-
-/// Which of `names` a key is, without keeping the key.
-struct KeyOf(&'static [&'static str]);
-
-impl<'de> DeserializeSeed<'de> for KeyOf {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyOf {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|n| *n == v))
-    }
-}
-
-/// A string, or `None` for any other value.
-struct Str;
-
-impl<'de> DeserializeSeed<'de> for Str {
-    type Value = Option<String>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Str {
-    type Value = Option<String>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Option<String>, E> {
-        Ok(Some(v.to_string()))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<String>, A::Error> {
-        drain_seq(seq).map(|()| None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<String>, A::Error> {
-        drain_map(map).map(|()| None)
-    }
-    otherwise_none!();
-}
-
-/// The string fields `names` of an object (`None` each when missing or not a string), or
-/// `None` for any other value.
-struct Fields(&'static [&'static str]);
-
-impl<'de> DeserializeSeed<'de> for Fields {
-    type Value = Option<Vec<Option<String>>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Fields {
-    type Value = Option<Vec<Option<String>>>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = vec![None; self.0.len()];
-        while let Some(key) = map.next_key_seed(KeyOf(self.0))? {
-            match key {
-                Some(i) => found[i] = map.next_value_seed(Str)?,
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Some(found))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        drain_seq(seq).map(|()| None)
-    }
-    otherwise_none!();
 }
 
 /// `[ {field: "..."}, ... ]`: the first element's `field`; the rest skipped.

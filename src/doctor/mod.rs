@@ -7,6 +7,7 @@
 
 pub(crate) mod consumers;
 pub(crate) mod explain;
+pub(crate) mod json;
 pub(crate) mod manifest;
 pub(crate) mod probe;
 pub(crate) mod reference;
@@ -953,7 +954,7 @@ impl Doctor {
         let mut podman_done = false;
         for file in files.iter().take(MAX_FILES) {
             let label = format!("{} ({}): {}", file.reader, file.user, file.path.display());
-            let map = match consumers::read(file) {
+            let map = match consumers::read(file, &r.host) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     if !for_user {
