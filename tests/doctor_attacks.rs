@@ -926,6 +926,7 @@ fn a_slow_silent_or_endless_registry_cannot_hold_doctor() {
         }
         config(&w, &reg.host(), &targets);
         let (out, took) = doctor(&w, &pki, &[&format!("{}/app:v1", reg.host())]);
+        eprintln!("{}: {took:?}", reg.host());
         assert!(
             took < BOUND,
             "doctor took {took:?} against {}:\n{}",
