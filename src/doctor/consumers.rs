@@ -1,12 +1,17 @@
 //! Which credential docker and podman would use for a host, file by file: ours, a stale one, or a helper that hides it.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::Deserializer;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use super::json::{KeyOf, Str, drain_map, drain_seq, otherwise_none};
 
 use crate::config::Settings;
 use crate::safe_fs::{self, OwnerPolicy};
-use crate::targets::authfile::{self, Format, OUR_HELPER};
+use crate::targets::authfile::{Format, FormatError, OUR_HELPER};
 use crate::targets::diagnose::managed_hosts;
 use crate::targets::files::owner_policy;
 
@@ -149,15 +154,301 @@ pub fn user_files(name: &str, uid: u32, home: &Path, run_dir: &Path) -> Vec<File
         .collect()
 }
 
-/// Reads one file through `safe_fs` (no link followed into another user's file); `None` when
-/// it does not exist.
-pub fn read(file: &File) -> Result<Option<Map<String, Value>>, String> {
+/// Reads one file through `safe_fs` (no link followed into another user's file) and keeps
+/// what it says for `host` (see [`parse_for`]); `None` when it does not exist.
+pub fn read(file: &File, host: &str) -> Result<Option<Map<String, Value>>, String> {
     match safe_fs::read(&file.path, file.policy.clone()) {
         Ok(None) => Ok(None),
-        Ok(Some(bytes)) => authfile::parse(&bytes)
+        Ok(Some(bytes)) => parse_for(&bytes, host, Format::of_path(&file.path))
             .map(Some)
             .map_err(|e| format!("docker and podman cannot read it: {e}")),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The parts of an auth file [`what_is_used`] looks at for `host`, read while parsing: a file
+/// is up to 4 MiB of the user's, and a `serde_json::Value` of it could take 240 MiB of root's.
+/// Kept: `credsStore`; of `credHelpers` the first key naming `host`; of `auths` the entry keyed
+/// `host` and the first other key naming it (its `auth`, `username` and `password`). A key
+/// given twice counts with its last value; two `auths` (or `credHelpers`) objects are merged,
+/// as docker does.
+pub fn parse_for(
+    bytes: &[u8],
+    host: &str,
+    format: Format,
+) -> Result<Map<String, Value>, FormatError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| FormatError::NotUtf8(e.valid_up_to()))?;
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    let syntax = |e: serde_json::Error| {
+        let full = e.to_string();
+        FormatError::Syntax {
+            line: e.line(),
+            column: e.column(),
+            message: full
+                .rfind(" at line ")
+                .map_or(full.clone(), |i| full[..i].to_string()),
+        }
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let found = de
+        .deserialize_any(AuthFile { host, format })
+        .map_err(syntax)?;
+    de.end().map_err(syntax)?;
+    let found = found.ok_or(FormatError::NotObject)?;
+    if found.auths_not_object {
+        return Err(FormatError::AuthsNotObject);
+    }
+    let mut map = Map::new();
+    if let Some((key, helper)) = found.helper {
+        let mut helpers = Map::new();
+        helpers.insert(key, helper);
+        map.insert("credHelpers".into(), Value::Object(helpers));
+    }
+    if let Some(store) = found.store {
+        map.insert("credsStore".into(), Value::String(store));
+    }
+    let mut auths = Map::new();
+    if let Some((key, entry)) = found.other {
+        auths.insert(key, entry);
+    }
+    if let Some(entry) = found.exact {
+        auths.insert(host.to_string(), entry);
+    }
+    if !auths.is_empty() {
+        map.insert("auths".into(), Value::Object(auths));
+    }
+    Ok(map)
+}
+
+/// The one key of the map serde_json (`arbitrary_precision`) hands a number over as
+/// (`serde_json::number::TOKEN`, private): such a "map" is a number, not an object.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// What [`AuthFile`] kept.
+#[derive(Default)]
+struct Found {
+    helper: Option<(String, Value)>,
+    store: Option<String>,
+    exact: Option<Value>,
+    other: Option<(String, Value)>,
+    auths_not_object: bool,
+}
+
+impl Found {
+    /// `key` names the host: the exact key's entry, or the first other key's (its last value).
+    fn entry(&mut self, host: &str, key: String, value: Value) {
+        if key == host {
+            self.exact = Some(value);
+        } else {
+            match &mut self.other {
+                None => self.other = Some((key, value)),
+                Some((k, v)) if *k == key => *v = value,
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn helper(&mut self, key: String, value: Value) {
+        match &mut self.helper {
+            None => self.helper = Some((key, value)),
+            Some((k, v)) if *k == key => *v = value,
+            Some(_) => {}
+        }
+    }
+}
+
+/// The top-level object (`None` for any other value).
+struct AuthFile<'a> {
+    host: &'a str,
+    format: Format,
+}
+
+impl<'de> Visitor<'de> for AuthFile<'_> {
+    type Value = Option<Found>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an auth file")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Found>, A::Error> {
+        let mut found = Found::default();
+        let keys = &["auths", "credHelpers", "credsStore", NUMBER_TOKEN];
+        while let Some(key) = map.next_key_seed(KeyOf(keys))? {
+            match key {
+                Some(0) => {
+                    let ok = map.next_value_seed(Keyed {
+                        what: What::Auths,
+                        host: self.host,
+                        format: self.format,
+                        found: &mut found,
+                    })?;
+                    found.auths_not_object |= !ok;
+                }
+                Some(1) => {
+                    map.next_value_seed(Keyed {
+                        what: What::Helpers,
+                        host: self.host,
+                        format: self.format,
+                        found: &mut found,
+                    })?;
+                }
+                Some(2) => found.store = map.next_value_seed(Str)?,
+                Some(_) => {
+                    map.next_value::<IgnoredAny>()?;
+                    return drain_map(map).map(|()| None);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(found))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<Found>, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Option<Found>, A::Error> {
+        drain_seq(seq).map(|()| None)
+    }
+    otherwise_none!();
+}
+
+#[derive(Clone, Copy)]
+enum What {
+    Auths,
+    Helpers,
+}
+
+/// `auths` or `credHelpers`: keeps the keys naming the host into `found`; `true` when the
+/// value is an object or `null` (anything else makes docker refuse an `auths`).
+struct Keyed<'a, 'f> {
+    what: What,
+    host: &'a str,
+    format: Format,
+    found: &'f mut Found,
+}
+
+impl<'de> DeserializeSeed<'de> for Keyed<'_, '_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Keyed<'_, '_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == NUMBER_TOKEN {
+                map.next_value::<IgnoredAny>()?;
+                return drain_map(map).map(|()| false);
+            }
+            if !self.format.names_host(&key, self.host) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match self.what {
+                What::Auths => {
+                    let value = map.next_value_seed(EntryOf)?;
+                    self.found.entry(self.host, key, value);
+                }
+                What::Helpers => {
+                    let helper = map.next_value_seed(Str)?;
+                    self.found
+                        .helper(key, helper.map_or(Value::Null, Value::String));
+                }
+            }
+        }
+        Ok(true)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_none<E>(self) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+        drain_seq(seq).map(|()| false)
+    }
+}
+
+/// An `auths` entry: an object of its string `auth`, `username` and `password`, or `null`
+/// for anything else (it then gives no credential).
+struct EntryOf;
+
+impl<'de> DeserializeSeed<'de> for EntryOf {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntryOf {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an auths entry")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        const FIELDS: &[&str] = &["auth", "username", "password"];
+        let mut entry = Map::new();
+        while let Some(key) = map.next_key_seed(KeyOf(FIELDS))? {
+            match key {
+                Some(i) => match map.next_value_seed(Str)? {
+                    Some(v) => {
+                        entry.insert(FIELDS[i].to_string(), Value::String(v));
+                    }
+                    None => {
+                        entry.remove(FIELDS[i]);
+                    }
+                },
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(entry))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Value, A::Error> {
+        drain_seq(seq).map(|()| Value::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 }
 
@@ -165,10 +456,115 @@ pub fn read(file: &File) -> Result<Option<Map<String, Value>>, String> {
 mod tests {
     use super::*;
 
+    use crate::targets::authfile;
+
     const H: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
     fn map(json: &str) -> Map<String, Value> {
         authfile::parse(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn what_is_kept_for_the_host_is_what_the_whole_file_says() {
+        let docs = [
+            format!(
+                r#"{{"auths":{{"{H}":{{"auth":"QVdTOnA="}}}},"credsStore":"desktop","credHelpers":{{"{H}":"ecr-login"}}}}"#
+            ),
+            format!(r#"{{"auths":{{"{H}":{{"auth":"QVdTOnA="}}}},"credsStore":"desktop"}}"#),
+            format!(
+                r#"{{"auths":{{"https://{H}/v1/":{{"auth":"QVdTOnE="}},"{H}":{{"auth":"QVdTOnI="}}}}}}"#
+            ),
+            format!(
+                r#"{{"auths":{{"{H}/v1/":{{"auth":"QVdTOnE="}},"https://{H}":{{"auth":"QVdTOnM="}},"http://{H}":{{"auth":"QVdTOnQ="}}}}}}"#
+            ),
+            format!(r#"{{"auths":{{"{H}":{{"username":"AWS","password":"p","auth":""}}}}}}"#),
+            format!(r#"{{"auths":{{"{H}":{{"auth":5,"username":"u","password":"p"}}}}}}"#),
+            format!(r#"{{"auths":{{"{H}":"not an object"}},"credHelpers":{{"https://{H}":7}}}}"#),
+            r#"{"credHelpers":[],"credsStore":{"a":1},"auths":null}"#.to_string(),
+            format!(
+                r#"{{"auths":{{"ghcr.io":{{"auth":"eDp5"}}}},"x":[1,{{"{H}":2}}],"credsStore":""}}"#
+            ),
+            "{}".to_string(),
+            " \n".to_string(),
+        ];
+        for doc in &docs {
+            for f in [Format::Docker, Format::Podman] {
+                let whole = if doc.trim().is_empty() {
+                    Map::new()
+                } else {
+                    map(doc)
+                };
+                let kept = parse_for(doc.as_bytes(), H, f).unwrap();
+                assert_eq!(
+                    what_is_used(&kept, H, f),
+                    what_is_used(&whole, H, f),
+                    "{doc} ({f:?}): kept {kept:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_twice_counts_with_its_last_value_and_two_auths_merge() {
+        let doc = format!(
+            r#"{{"auths":{{"https://{H}":{{"auth":"QVdTOmE="}},"https://{H}":{{"auth":"QVdTOmI="}}}},"auths":{{"{H}":{{"auth":"QVdTOmM="}}}},"credsStore":"x","credsStore":"y"}}"#
+        );
+        let kept = parse_for(doc.as_bytes(), H, Format::Docker).unwrap();
+        assert_eq!(kept["credsStore"], "y");
+        assert_eq!(kept["auths"][H]["auth"], "QVdTOmM=");
+        assert_eq!(kept["auths"][format!("https://{H}")]["auth"], "QVdTOmI=");
+    }
+
+    #[test]
+    fn files_docker_refuses_are_refused_with_why() {
+        let err = |doc: &[u8]| parse_for(doc, H, Format::Docker).unwrap_err().to_string();
+        assert_eq!(err(b"{\"a\":\xff}"), "not UTF-8 (invalid byte at offset 5)");
+        assert_eq!(
+            err(b"{\n  \"auths\": {,}}"),
+            "not valid JSON at line 2 column 13: key must be a string"
+        );
+        assert!(err(b"{} x").starts_with("not valid JSON at line 1 column 4"));
+        for top in [&b"5"[..], b"[]", b"\"s\"", b"null", b"true", b"-1.5e3"] {
+            assert_eq!(err(top), "the top level is not a JSON object", "{top:?}");
+        }
+        for auths in ["5", "\"x\"", "[]", "true", "1e999"] {
+            let doc = format!(r#"{{"auths":{auths}}}"#);
+            assert_eq!(
+                err(doc.as_bytes()),
+                "\"auths\" is not a JSON object",
+                "{doc}"
+            );
+        }
+        assert!(parse_for(br#"{"auths":null}"#, H, Format::Docker).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_where_nothing_is_kept_is_skipped_without_recursion() {
+        // A million levels (2 MB): skipped values are not recursed into (serde_json's
+        // IgnoredAny walks them in a loop), so no stack is at risk.
+        let n = 1_000_000;
+        let deep = format!(
+            "{{\"x\":{}{},\"credsStore\":\"d\"}}",
+            "[".repeat(n),
+            "]".repeat(n)
+        );
+        let kept = parse_for(deep.as_bytes(), H, Format::Docker).unwrap();
+        assert_eq!(kept["credsStore"], "d");
+        // An entry that is a deep list is no entry (no credential), skipped the same way.
+        let deep = format!(
+            "{{\"auths\":{{\"{H}\":{}{}}}}}",
+            "[".repeat(n),
+            "]".repeat(n)
+        );
+        let kept = parse_for(deep.as_bytes(), H, Format::Docker).unwrap();
+        assert_eq!(kept["auths"][H], Value::Null);
+        assert_eq!(
+            what_is_used(&kept, H, Format::Docker),
+            Use::Entry {
+                key: H.into(),
+                auth: String::new()
+            }
+        );
     }
 
     #[test]

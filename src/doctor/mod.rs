@@ -7,14 +7,14 @@
 
 pub(crate) mod consumers;
 pub(crate) mod explain;
+pub(crate) mod json;
+pub(crate) mod manifest;
 pub(crate) mod probe;
 pub(crate) mod reference;
 pub(crate) mod report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-use serde_json::Value;
 
 use crate::cli::Cli;
 use crate::config::{RegistrySettings, Settings};
@@ -43,6 +43,9 @@ const MAX_MANIFEST: usize = 4 * 1024 * 1024;
 const MAX_SMALL: usize = 64 * 1024;
 /// Files checked live against the registry at most.
 const MAX_FILES: usize = 16;
+/// No piece of a secret this long is shown: a secret a server cut short or split (between two
+/// headers, say), or that [`explain::quote`] cut, is redacted piece by piece, not only whole.
+const SECRET_PIECE: usize = 16;
 
 /// docker's `Accept` for a pull: both manifest formats and both list formats.
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -91,6 +94,7 @@ pub async fn doctor(cli: &Cli, o: Options<'_>) -> u8 {
     let mut d = Doctor {
         report: Report::new(&r.to_string()),
         secrets: Vec::new(),
+        urls: Vec::new(),
         deadline: Instant::now() + TOTAL,
         tls: match tls_config() {
             Ok(t) => t,
@@ -102,14 +106,18 @@ pub async fn doctor(cli: &Cli, o: Options<'_>) -> u8 {
     };
     d.run(&settings, &r, user.as_ref(), &cli.run_dir).await;
     let secrets = std::mem::take(&mut d.secrets);
-    let report = scrub(d.report, &secrets);
+    let urls = std::mem::take(&mut d.urls);
+    let report = scrub(d.report, &secrets, &urls);
     if o.json {
+        // serde_json leaves C1, bidi controls and line separators raw: they would act on the
+        // terminal (as `status --json` knows).
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => println!("{}", crate::escape::json(&s)),
             Err(e) => eprintln!("ecr-refresherd doctor: {e}"),
         }
     } else {
-        print!("{}", crate::escape::shown_lines(&report.text()));
+        // Each field escaped on its own line: a line feed in a server's text is shown, never kept.
+        print!("{}", report.text());
     }
     if report.ok { exit::OK } else { exit::FAILED }
 }
@@ -154,13 +162,22 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Every secret handled is replaced before anything is shown (a server could echo one back).
-fn scrub(mut report: Report, secrets: &[String]) -> Report {
+/// Every secret handled is replaced before anything is shown (a server could echo one back):
+/// each whole, and any piece of [`SECRET_PIECE`] bytes of one; `urls` (presigned URLs, whose
+/// host and path are shown) only whole.
+fn scrub(mut report: Report, secrets: &[String], urls: &[String]) -> Report {
+    let pieces: std::collections::HashSet<&[u8]> = secrets
+        .iter()
+        .flat_map(|s| s.as_bytes().windows(SECRET_PIECE))
+        .collect();
     let clean = |s: &mut String| {
-        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        for secret in urls.iter().chain(secrets).filter(|s| s.len() >= 8) {
             if s.contains(secret.as_str()) {
                 *s = s.replace(secret.as_str(), "<redacted>");
             }
+        }
+        if let Some(c) = redact_pieces(s, &pieces) {
+            *s = c;
         }
     };
     for step in &mut report.steps {
@@ -170,6 +187,80 @@ fn scrub(mut report: Report, secrets: &[String]) -> Report {
         }
     }
     report
+}
+
+/// `s` with every run of characters covered by a piece of a secret replaced by `<redacted>`;
+/// `None` when no piece is in it.
+fn redact_pieces(s: &str, pieces: &std::collections::HashSet<&[u8]>) -> Option<String> {
+    let b = s.as_bytes();
+    if b.len() < SECRET_PIECE || pieces.is_empty() {
+        return None;
+    }
+    let mut covered = vec![false; b.len()];
+    let mut any = false;
+    for (i, w) in b.windows(SECRET_PIECE).enumerate() {
+        if pieces.contains(w) {
+            covered[i..i + SECRET_PIECE].fill(true);
+            any = true;
+        }
+    }
+    if !any {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut redacting = false;
+    for (i, c) in s.char_indices() {
+        // A piece may begin or end inside a character: the whole character goes.
+        if covered[i..i + c.len_utf8()].contains(&true) {
+            if !redacting {
+                out.push_str("<redacted>");
+            }
+            redacting = true;
+        } else {
+            redacting = false;
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// The values of a URL's query (each also percent-decoded): a presigned URL's signature and
+/// session token are bearer secrets a storage could echo one by one.
+fn query_values(query: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for kv in query.split('&') {
+        let v = kv.split_once('=').map_or(kv, |(_, v)| v);
+        let decoded = percent_decoded(v);
+        if decoded != v {
+            out.push(decoded);
+        }
+        out.push(v.to_string());
+    }
+    out
+}
+
+/// `%XX` escapes (and `+`) decoded; invalid escapes and UTF-8 left as they are.
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| v.to_string())
 }
 
 /// The registry a host belongs to in the config: its host or one of its aliases.
@@ -188,7 +279,10 @@ struct Reached {
 
 struct Doctor {
     report: Report,
+    /// Every secret handled: tokens, passwords, file credentials, presigned query values.
     secrets: Vec<String>,
+    /// Presigned URLs: redacted whole only (their host is shown).
+    urls: Vec<String>,
     deadline: Instant,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -559,16 +653,12 @@ impl Doctor {
             self.report.skip("layer", "no manifest");
             return;
         }
-        let mut manifest: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        // Only the fields needed, not a `Value` of the whole body (up to 4 MiB of anything).
+        let mut manifest = manifest::parse(&answer.body, this_arch());
         let media = answer
             .content_type
             .clone()
-            .or_else(|| {
-                manifest
-                    .get("mediaType")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+            .or_else(|| manifest.media_type.take())
             .unwrap_or_else(|| "no media type".into());
         let mut note = format!(
             "{} ({}{})",
@@ -594,7 +684,7 @@ impl Doctor {
                 .await
             {
                 Ok(a) if a.status == 200 => {
-                    manifest = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+                    manifest = manifest::parse(&a.body, this_arch());
                     note += &format!("; this platform's manifest {child}");
                 }
                 Ok(a) => {
@@ -690,9 +780,10 @@ impl Doctor {
                     return;
                 };
                 // The presigned URL is a bearer credential: it is never shown.
-                self.secrets.push(location.to_string());
+                self.urls.push(location.to_string());
                 if let Some((_, q)) = location.split_once('?') {
-                    self.secrets.push(q.to_string());
+                    self.urls.push(q.to_string());
+                    self.secrets.extend(query_values(q));
                 }
                 let Some((authority, path)) = probe::split_https(location) else {
                     self.report.fail("layer", "the registry redirected the layer to a non-https location", "the registry or a proxy rewrote the redirect: check what answers for this host");
@@ -863,7 +954,7 @@ impl Doctor {
         let mut podman_done = false;
         for file in files.iter().take(MAX_FILES) {
             let label = format!("{} ({}): {}", file.reader, file.user, file.path.display());
-            let map = match consumers::read(file) {
+            let map = match consumers::read(file, &r.host) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     if !for_user {
@@ -1019,41 +1110,23 @@ fn close(names: &[String], want: &str) -> Vec<String> {
         .collect()
 }
 
-/// For an image index, the digest of this machine's platform's manifest (else the first).
-fn pick_platform(m: &Value) -> Option<String> {
-    let list = m.get("manifests")?.as_array()?;
-    let arch = match std::env::consts::ARCH {
+/// This machine's architecture as image platforms name it.
+fn this_arch() -> &'static str {
+    match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
-    let matches = |e: &&Value| {
-        let p = e.get("platform");
-        p.and_then(|p| p.get("os")).and_then(Value::as_str) == Some("linux")
-            && p.and_then(|p| p.get("architecture"))
-                .and_then(Value::as_str)
-                == Some(arch)
-    };
-    let e = list.iter().find(matches).or_else(|| list.first())?;
-    let d = e.get("digest")?.as_str()?;
-    valid_digest(d).then(|| d.to_string())
+    }
+}
+
+/// For an image index, the digest of this machine's platform's manifest (else the first).
+fn pick_platform(m: &manifest::Manifest) -> Option<String> {
+    m.platform.clone().filter(|d| valid_digest(d))
 }
 
 /// The first layer's digest (schema 2 / OCI `layers`, schema 1 `fsLayers`).
-fn first_layer(m: &Value) -> Option<String> {
-    let d = m
-        .get("layers")
-        .and_then(Value::as_array)
-        .and_then(|l| l.first())
-        .and_then(|l| l.get("digest"))
-        .or_else(|| {
-            m.get("fsLayers")
-                .and_then(Value::as_array)
-                .and_then(|l| l.first())
-                .and_then(|l| l.get("blobSum"))
-        })?
-        .as_str()?;
-    valid_digest(d).then(|| d.to_string())
+fn first_layer(m: &manifest::Manifest) -> Option<String> {
+    m.first_layer.clone().filter(|d| valid_digest(d))
 }
 
 /// A digest safe to put in a path (it comes from the registry).
@@ -1103,43 +1176,50 @@ mod tests {
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
+    fn parsed(v: serde_json::Value) -> manifest::Manifest {
+        manifest::parse(v.to_string().as_bytes(), this_arch())
+    }
+
     #[test]
     fn an_index_picks_this_platform() {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            o => o,
-        };
+        let arch = this_arch();
         let m = serde_json::json!({"manifests": [
             {"digest": D1, "platform": {"os": "linux", "architecture": "s390x"}},
             {"digest": D2, "platform": {"os": "linux", "architecture": arch}},
         ]});
-        assert_eq!(pick_platform(&m).as_deref(), Some(D2));
+        assert_eq!(pick_platform(&parsed(m)).as_deref(), Some(D2));
         let other = serde_json::json!({"manifests": [{"digest": D1, "platform": {"os": "windows", "architecture": "amd64"}}]});
-        assert_eq!(pick_platform(&other).as_deref(), Some(D1), "else the first");
+        assert_eq!(
+            pick_platform(&parsed(other)).as_deref(),
+            Some(D1),
+            "else the first"
+        );
         let bad = serde_json::json!({"manifests": [{"digest": "sha256:../../x"}]});
         assert_eq!(
-            pick_platform(&bad),
+            pick_platform(&parsed(bad)),
             None,
             "a digest from the registry goes in a path: checked"
         );
-        assert_eq!(pick_platform(&serde_json::json!({"layers": []})), None);
+        assert_eq!(
+            pick_platform(&parsed(serde_json::json!({"layers": []}))),
+            None
+        );
     }
 
     #[test]
     fn first_layers_of_each_schema() {
+        let layer = |v| first_layer(&parsed(v));
         assert_eq!(
-            first_layer(&serde_json::json!({"layers": [{"digest": D1}, {"digest": D2}]}))
-                .as_deref(),
+            layer(serde_json::json!({"layers": [{"digest": D1}, {"digest": D2}]})).as_deref(),
             Some(D1)
         );
         assert_eq!(
-            first_layer(&serde_json::json!({"fsLayers": [{"blobSum": D2}]})).as_deref(),
+            layer(serde_json::json!({"fsLayers": [{"blobSum": D2}]})).as_deref(),
             Some(D2)
         );
-        assert_eq!(first_layer(&serde_json::json!({"layers": []})), None);
+        assert_eq!(layer(serde_json::json!({"layers": []})), None);
         assert_eq!(
-            first_layer(&serde_json::json!({"layers": [{"digest": "sha256:/etc"}]})),
+            layer(serde_json::json!({"layers": [{"digest": "sha256:/etc"}]})),
             None
         );
     }
@@ -1166,8 +1246,73 @@ mod tests {
             "the server said s3cr3t-token-value back",
             "use s3cr3t-token-value",
         );
-        let r = scrub(r, &["s3cr3t-token-value".into()]);
+        let r = scrub(r, &["s3cr3t-token-value".into()], &[]);
         assert!(!r.text().contains("s3cr3t"), "{}", r.text());
+    }
+
+    #[test]
+    fn a_secret_cut_or_split_is_scrubbed_piece_by_piece() {
+        let token = "QVdTOmZha2Vwdy0xLTAxMjM0NTY3ODlhYmNkZWY=";
+        let mut r = Report::new("x");
+        // Cut short (by a server, or by quote's limit), and split in two fields.
+        r.fail("manifest", format!("said: {}…", &token[..30]), "retry");
+        r.ok(
+            "manifest",
+            format!("{} ({} bytes)", &token[..20], &token[20..]),
+        );
+        r.ok(
+            "layer",
+            "sha256:1111: served by the registry itself (HTTP 206)",
+        );
+        let r = scrub(r, &[token.to_string()], &[]);
+        let t = r.text();
+        assert!(
+            !t.contains(&token[..16]) && !t.contains(&token[20..36]),
+            "{t}"
+        );
+        assert!(t.contains("said: <redacted>…"), "{t}");
+        assert!(t.contains("<redacted> (<redacted> bytes)"), "{t}");
+        assert!(
+            t.contains("served by the registry itself"),
+            "the rest is kept: {t}"
+        );
+        // A piece that ends inside a multi-byte character takes the character with it.
+        let mut r = Report::new("x");
+        r.ok("token", format!("é{}é", &token[..16]));
+        let r = scrub(r, &[format!("{}\u{e9}", &token[..16])], &[]);
+        assert_eq!(r.steps[0].detail, "é<redacted>");
+    }
+
+    #[test]
+    fn presigned_query_values_are_secrets_urls_only_whole() {
+        assert_eq!(
+            query_values("X-Amz-Security-Token=IQo%2Fab%2Bc&X-Amz-Signature=f00d&flag"),
+            ["IQo/ab+c", "IQo%2Fab%2Bc", "f00d", "flag"]
+        );
+        assert_eq!(percent_decoded("a%2"), "a%2");
+        assert_eq!(percent_decoded("%zz+%41"), "%zz A");
+        assert_eq!(percent_decoded("%ff"), "%ff", "not UTF-8: left as it is");
+        let url =
+            "https://bucket.s3.us-east-1.amazonaws.com/key?X-Amz-Signature=0123456789abcdef0123";
+        let mut r = Report::new("x");
+        r.ok(
+            "layer",
+            "HTTP 307 to bucket.s3.us-east-1.amazonaws.com (the layer storage)",
+        );
+        r.fail("storage", format!("echo {url}"), "retry");
+        let r = scrub(
+            r,
+            &query_values("X-Amz-Signature=0123456789abcdef0123"),
+            &[url.to_string()],
+        );
+        assert!(
+            r.steps[0]
+                .detail
+                .contains("bucket.s3.us-east-1.amazonaws.com"),
+            "{:?}",
+            r.steps
+        );
+        assert_eq!(r.steps[1].detail, "echo <redacted>");
     }
 
     #[test]

@@ -82,8 +82,10 @@ impl Report {
     }
 
     /// One line per step (`STEP  ok|warning|FAILED|skipped  detail`), a `fix:` line under each
-    /// failure or warning that has one, and the verdict.
+    /// failure or warning that has one, and the verdict; every field escaped for a terminal on
+    /// its own ([`crate::escape::shown`]), so no text in a step can start a line of its own.
     pub fn text(&self) -> String {
+        use crate::escape::shown;
         let width = self.steps.iter().map(|s| s.step.len()).max().unwrap_or(0);
         let mut out = String::new();
         for s in &self.steps {
@@ -93,14 +95,15 @@ impl Report {
                 Outcome::Failed => "FAILED",
                 Outcome::Skipped => "skipped",
             };
-            out += &format!("{:width$}  {word:7}  {}\n", s.step, s.detail);
+            out += &format!("{:width$}  {word:7}  {}\n", s.step, shown(&s.detail));
             if let Some(f) = &s.fix {
-                out += &format!("{:width$}  {:7}  fix: {f}\n", "", "");
+                out += &format!("{:width$}  {:7}  fix: {}\n", "", "", shown(f));
             }
         }
+        let image = shown(&self.image);
         match self.failed_step {
-            None => out += &format!("the pull of {} would work\n", self.image),
-            Some(step) => out += &format!("the pull of {} fails at step {step}\n", self.image),
+            None => out += &format!("the pull of {image} would work\n"),
+            Some(step) => out += &format!("the pull of {image} fails at step {step}\n"),
         }
         out
     }
@@ -131,6 +134,23 @@ mod tests {
         assert_eq!(j["failed_step"], "manifest");
         assert_eq!(j["steps"][2]["outcome"], "failed");
         assert_eq!(j["steps"][0].get("fix"), None);
+    }
+
+    #[test]
+    fn no_text_in_a_step_starts_a_line_or_acts_on_the_terminal() {
+        let mut r = Report::new("x");
+        r.warn(
+            "identity",
+            "failed: denied\nmanifest  ok       FORGED\r\u{1b}[2K\u{202e}",
+            Some("a\nb".into()),
+        );
+        let t = r.text();
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(
+            t.contains("failed: denied\\nmanifest  ok       FORGED\\r\\x1b[2K\\u{202e}"),
+            "{t}"
+        );
+        assert!(t.contains("fix: a\\nb"), "{t}");
     }
 
     #[test]
