@@ -3,8 +3,9 @@
 # description, into docs/BENCHMARKS.md (between its bench markers). Installs the peer tools it
 # compares against: awscli (PyPI, in target/bench-venv), skopeo, docker-registry, GNU time, Amazon's
 # docker-credential-ecr-login and socat (Debian).
-# Usage: bench/run.sh [--quick] [--only helper]
-#   --quick: 10 s idle windows instead of 240 s (and 60 s at scale); --only helper: the credential helper comparison
+# Usage: bench/run.sh [--quick] [--only helper|idle]
+#   --quick: 10 s idle windows instead of 240 s (and 60 s at scale); --only helper: the credential helper comparison;
+#   --only idle: the idle and at-scale rows (memory, idle CPU from a cgroup of the daemon's own)
 #   alone, printed (docs untouched).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -848,8 +848,12 @@ fn main() {
     };
 
     // `--only helper`: the helper comparison alone, printed, docs/ untouched.
-    let only_helper = arg("--only").as_deref() == Some("helper");
-    if !only_helper {
+    // `--only helper` / `--only idle` (idle and at-scale rows): printed, docs/ untouched.
+    let only = arg("--only");
+    let all = only.is_none();
+    let want = |k: &str| all || only.as_deref() == Some(k);
+    let only_helper = !all;
+    if all {
         for (regs, targets, goal) in [(1, 1, Some(Duration::from_millis(25))), (50, 20, None)] {
             match cold_start(&b, regs, targets, 30) {
                 Ok(mut v) => {
@@ -867,6 +871,8 @@ fn main() {
                 Err(e) => notes.push(e),
             }
         }
+    }
+    if want("idle") {
         match idle(&b, idle_secs) {
             Ok(i) => {
                 row(
@@ -900,6 +906,8 @@ fn main() {
             }
             Err(e) => notes.push(e),
         }
+    }
+    if all {
         match heal(&b, 100) {
             Ok((mut v, extra)) => {
                 let (med, p99) = (percentile(&mut v, 0.5), percentile(&mut v, 0.99));
@@ -927,6 +935,8 @@ fn main() {
             ),
             Err(e) => notes.push(e),
         }
+    }
+    if want("idle") {
         match big(&b, big_secs) {
             Ok(mut g) => {
                 row(
@@ -955,6 +965,8 @@ fn main() {
             }
             Err(e) => notes.push(e),
         }
+    }
+    if all {
         match storm(&b, 300) {
             Ok(s) => row(
                 &format!(
@@ -999,66 +1011,68 @@ fn main() {
             None => notes.push("peer comparison skipped: no --aws PATH given".into()),
         }
     }
-    match helper::compare(&b.bin, b.dir.path(), helper_runs) {
-        Ok(mut h) if !h.ours.is_empty() && !h.cached.is_empty() && !h.uncached.is_empty() => {
-            let (med, p99) = (percentile(&mut h.ours, 0.5), percentile(&mut h.ours, 0.99));
-            let (cmed, cp99) = (
-                percentile(&mut h.cached, 0.5),
-                percentile(&mut h.cached, 0.99),
-            );
-            let (umed, up99) = (
-                percentile(&mut h.uncached, 0.5),
-                percentile(&mut h.uncached, 0.99),
-            );
-            let speed = umed.as_secs_f64() / med.as_secs_f64().max(1e-9);
-            let floor = percentile(&mut h.floor, 0.5);
-            row(
-                &format!(
-                    "credential helper `get` from the daemon's memory ({} runs)",
-                    h.ours.len()
-                ),
-                "median ≤ 2 ms, ≥ 20x faster than ecr-login uncached",
-                format!(
-                    "median {}, p99 {}, {} API calls: {speed:.0}x faster than uncached, {:.1}x than cached (spawning /bin/true: {})",
-                    ms2(med),
-                    ms2(p99),
-                    h.ours_calls,
-                    cmed.as_secs_f64() / med.as_secs_f64().max(1e-9),
-                    ms2(floor)
-                ),
-                Some(med <= Duration::from_millis(2) && speed >= 20.0 && h.ours_calls == 0),
-            );
-            row(
-                &format!(
-                    "`docker-credential-ecr-login get` 0.6.0, cached ({} runs)",
-                    h.cached.len()
-                ),
-                "-",
-                format!(
-                    "median {}, p99 {}, {} API calls",
-                    ms2(cmed),
-                    ms2(cp99),
-                    h.cached_calls
-                ),
-                None,
-            );
-            row(
-                &format!(
-                    "`docker-credential-ecr-login get` 0.6.0, uncached ({} runs, loopback TLS)",
-                    h.uncached.len()
-                ),
-                "-",
-                format!(
-                    "median {}, p99 {}, {} API calls",
-                    ms2(umed),
-                    ms2(up99),
-                    h.uncached_calls
-                ),
-                None,
-            );
+    if want("helper") {
+        match helper::compare(&b.bin, b.dir.path(), helper_runs) {
+            Ok(mut h) if !h.ours.is_empty() && !h.cached.is_empty() && !h.uncached.is_empty() => {
+                let (med, p99) = (percentile(&mut h.ours, 0.5), percentile(&mut h.ours, 0.99));
+                let (cmed, cp99) = (
+                    percentile(&mut h.cached, 0.5),
+                    percentile(&mut h.cached, 0.99),
+                );
+                let (umed, up99) = (
+                    percentile(&mut h.uncached, 0.5),
+                    percentile(&mut h.uncached, 0.99),
+                );
+                let speed = umed.as_secs_f64() / med.as_secs_f64().max(1e-9);
+                let floor = percentile(&mut h.floor, 0.5);
+                row(
+                    &format!(
+                        "credential helper `get` from the daemon's memory ({} runs)",
+                        h.ours.len()
+                    ),
+                    "median ≤ 2 ms, ≥ 20x faster than ecr-login uncached",
+                    format!(
+                        "median {}, p99 {}, {} API calls: {speed:.0}x faster than uncached, {:.1}x than cached (spawning /bin/true: {})",
+                        ms2(med),
+                        ms2(p99),
+                        h.ours_calls,
+                        cmed.as_secs_f64() / med.as_secs_f64().max(1e-9),
+                        ms2(floor)
+                    ),
+                    Some(med <= Duration::from_millis(2) && speed >= 20.0 && h.ours_calls == 0),
+                );
+                row(
+                    &format!(
+                        "`docker-credential-ecr-login get` 0.6.0, cached ({} runs)",
+                        h.cached.len()
+                    ),
+                    "-",
+                    format!(
+                        "median {}, p99 {}, {} API calls",
+                        ms2(cmed),
+                        ms2(cp99),
+                        h.cached_calls
+                    ),
+                    None,
+                );
+                row(
+                    &format!(
+                        "`docker-credential-ecr-login get` 0.6.0, uncached ({} runs, loopback TLS)",
+                        h.uncached.len()
+                    ),
+                    "-",
+                    format!(
+                        "median {}, p99 {}, {} API calls",
+                        ms2(umed),
+                        ms2(up99),
+                        h.uncached_calls
+                    ),
+                    None,
+                );
+            }
+            Ok(_) => notes.push("helper comparison: no runs".into()),
+            Err(e) => notes.push(format!("helper comparison: {e}")),
         }
-        Ok(_) => notes.push("helper comparison: no runs".into()),
-        Err(e) => notes.push(format!("helper comparison: {e}")),
     }
     let size = std::fs::metadata(&b.bin).map_or(0, |m| m.len());
     row(
