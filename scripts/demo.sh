@@ -233,10 +233,11 @@ echo "\$ ecr-refresherd status --json | head -n 24"
 json=$(erd status --json)
 head -n 24 <<<"$json"
 
-say "tokens rotate before they expire (here after about half of their 20 s)"
+say "tokens rotate before they expire: on demand, and on the daemon's own at about half their 20 s"
+show refresh "$private"
 before=$(expiry_of "$private")
 before_auth=$(auth_of "$docker_file" "$private")
-echo "$private: token expires $before; waiting for the daemon's own refresh"
+echo "waiting for the daemon's own refresh of $private (token expires $before)"
 rotated() {
     after=$(expiry_of "$private")
     [ -n "$after" ] && [ "$after" != "$before" ]
@@ -246,8 +247,6 @@ echo "rotated: token expires $before -> $after"
 new_token() { [ "$(auth_of "$docker_file" "$private")" != "$before_auth" ]; }
 until_ok 10 new_token || die "$docker_file still holds the old token"
 echo "and $docker_file holds the new token: $(entry "$docker_file" "$private")"
-echo "or on demand:"
-show refresh "$private"
 
 say "stop the daemon cleanly (SIGTERM, as systemctl stop does)"
 echo "\$ kill -TERM $daemon_pid"
