@@ -648,3 +648,37 @@ fn reload_finds_a_custom_socket_in_a_broken_config_and_reports_the_error() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     drop(d);
 }
+
+/// The socket answers from the first instant with what the daemon knows: every registry pending
+/// or refreshing (exit 2), never an empty status that reads as all well (exit 0). The window was a
+/// few milliseconds at each start: 20 starts, each polled as fast as the client runs.
+#[test]
+fn status_during_the_first_round_is_pending_not_empty() {
+    let w = World::new();
+    w.fake
+        .set_latency(fake_aws::Service::Ecr, Duration::from_secs(2));
+    w.one_target_config(&[H1], "");
+    for round in 0..20 {
+        let mut d = w.spawn_daemon(&[]);
+        let end = Instant::now() + Duration::from_secs(20);
+        let out = loop {
+            let out = w.client(&["status", "--json"]);
+            if code(&out) != 3 {
+                break out;
+            }
+            assert!(Instant::now() < end, "the daemon never answered");
+        };
+        let st: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert!(
+            st["pid"].as_u64().is_some_and(|p| p > 0) && st["registries"][0]["host"] == H1,
+            "start {round}: an empty status: {st}"
+        );
+        let state = st["registries"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(state == "pending" || state == "refreshing", "{st}");
+        assert_eq!(code(&out), 2, "no valid token yet: {st}");
+        d.stop();
+    }
+}

@@ -711,7 +711,18 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
             None
         }
     };
-    let (status_tx, status_rx) = snapshot::channel(Status::default());
+    // The socket answers from the first instant: with what the daemon knows (every registry
+    // pending), never an empty status that `status` would read as all well.
+    let core = Core::new(Arc::clone(&settings), state, now);
+    let (registries, targets) = core.snapshot(now);
+    let (status_tx, status_rx) = snapshot::channel(Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        started_at: Some(now),
+        registries,
+        targets,
+        ..Status::default()
+    });
     let (requests_tx, requests_rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = snapshot::channel(false);
     let (credentials_tx, credentials_rx) = snapshot::channel(Arc::new(Credentials::new()));
@@ -753,7 +764,6 @@ pub async fn run(cli: &Cli, start_timeout: Duration) -> u8 {
         "ecr-refresherd {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let core = Core::new(Arc::clone(&settings), state, now);
     let daemon = Loop::new(
         core,
         config,
