@@ -367,6 +367,58 @@ fn output_text(o: &std::process::Output) -> String {
 // ---------------------------------------------------------------------------------------------
 // Registry A's credential for an image on B.
 
+/// A version conflict is read again and retried; if the service's image moved meanwhile (to a
+/// registry not managed, or to another managed one), the credential read for the old image must
+/// not go with the new spec: the swarm would send registry A's password to B on every pull.
+#[test]
+fn a_service_whose_image_moves_during_a_conflict_never_gets_the_old_registrys_credential() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let mut s1 = Svc::new("s1", 10, "app", &format!("{H1}/team/app:v1"));
+    s1.moves_to = Some("evil.example/team/app:v1".into());
+    let mut s2 = Svc::new("s2", 20, "api", &format!("{H1}/team/api:v1"));
+    s2.moves_to = Some(format!("{H3}/team/api:v1"));
+    let mut s3 = Svc::new("s3", 30, "web", &format!("{ALIAS}/team/web:v1"));
+    s3.moves_to = Some("docker.io/library/nginx:1".into());
+    let services = Arc::new(Mutex::new(vec![s1, s2, s3]));
+    let engine = Engine::start(&sock, swarm(Arc::clone(&services)));
+    let target = config(&w, &sock, "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    // s2, now on H3, gets H3's credential (from the next round on).
+    assert!(
+        wait_for(LONG, || engine
+            .updates()
+            .iter()
+            .any(|u| u.service_id() == "s2"
+                && u.auth_json().is_some_and(|a| a["serveraddress"] == H3))),
+        "s2 never got H3's credential: {:?}\n{}",
+        engine.updates().iter().map(|u| &u.path).collect::<Vec<_>>(),
+        d.log_text()
+    );
+    assert!(wait_for(LONG, || has_entries(&target, &[H1, H3])));
+    assert_each_credential_matches_its_image(&engine, &target);
+    // s1 and s3 are on registries not managed now: nothing more was sent to them.
+    for id in ["s1", "s3"] {
+        assert_eq!(
+            engine
+                .updates()
+                .iter()
+                .filter(|u| u.service_id() == id)
+                .count(),
+            1,
+            "{id}: updated again after its image left the managed registries"
+        );
+    }
+    assert!(wait_for(LONG, || w.status_json().is_some_and(|s| {
+        let names: Vec<&str> = s["swarm"]["services"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["name"].as_str()).collect())
+            .unwrap_or_default();
+        names == ["api"]
+    })));
+}
+
 /// Image references spelled oddly: only those docker would pull from a managed registry get a
 /// credential, always that registry's, with `serveraddress` its host; versions near u64::MAX go
 /// back exactly; a service whose update always conflicts, or whose image flips between two

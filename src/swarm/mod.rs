@@ -24,6 +24,8 @@ use engine::{Engine, EngineError, Role, Service};
 
 /// Attempts of one service's update when its version keeps moving.
 const CONFLICT_ATTEMPTS: u32 = 3;
+/// The user name of an ECR credential.
+const USERNAME: &str = "AWS";
 
 /// The swarm task, when `[swarm]` is enabled; restarted when its settings change.
 pub struct Swarm {
@@ -105,6 +107,18 @@ struct Kept {
     /// The credential (its `auth`) last stored in the service.
     sent: Option<String>,
     status: SwarmServiceStatus,
+}
+
+/// How one service's update ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Updated {
+    /// The swarm stored the credential.
+    Done,
+    /// Removed meanwhile: nothing to keep fresh.
+    Gone,
+    /// Its image moved to another registry meanwhile: nothing was sent with the new spec; the
+    /// next round sends that registry's credential, if it is one of ours.
+    Moved,
 }
 
 async fn run(
@@ -224,7 +238,7 @@ async fn round(
             continue;
         }
         match update(&engine, s, &host, &password).await {
-            Ok(()) => {
+            Ok(Updated::Done) => {
                 k.sent = Some(auth);
                 k.status.credential_expires_at = Some(token.expires_at);
                 k.status.updates += 1;
@@ -232,6 +246,8 @@ async fn round(
                 k.status.last_error = None;
                 tracing::info!(service = %k.status.name, registry = %host, "swarm service given the new token");
             }
+            Ok(Updated::Gone) => {}
+            Ok(Updated::Moved) => ok = false, // read again soon, with backoff
             Err(e) => {
                 ok = false;
                 let text = e.to_string();
@@ -247,24 +263,30 @@ async fn round(
     ok
 }
 
-/// One service's update, read again and retried when its version moved meanwhile.
+/// One service's update, read again and retried when its version moved meanwhile. Only while
+/// it is the same service with its image on the same registry: the credential read for `host`
+/// never goes with a spec whose image is elsewhere (the swarm would send it there on each pull).
 async fn update(
     engine: &Engine,
     mut s: Service,
     host: &str,
     password: &str,
-) -> Result<(), EngineError> {
+) -> Result<Updated, EngineError> {
     let mut attempt = 1;
     loop {
-        match engine.update(&s, host, "AWS", password).await {
+        match engine.update(&s, host, USERNAME, password).await {
+            Ok(()) => return Ok(Updated::Done),
             Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
                 attempt += 1;
-                match engine.service(&s.id).await? {
-                    Some(fresh) => s = fresh,
-                    None => return Ok(()), // removed meanwhile: nothing to keep fresh
+                let Some(fresh) = engine.service(&s.id).await? else {
+                    return Ok(Updated::Gone);
+                };
+                if fresh.id != s.id || image_host(&fresh.image).as_deref() != Some(host) {
+                    return Ok(Updated::Moved);
                 }
+                s = fresh;
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
