@@ -364,6 +364,29 @@ fn output_text(o: &std::process::Output) -> String {
     format!("{}{}", stdout(o), stderr(o))
 }
 
+/// Every piece of `secret` `n` characters long.
+fn pieces(secret: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() <= n {
+        return vec![secret.to_string()];
+    }
+    chars.windows(n).map(|w| w.iter().collect()).collect()
+}
+
+/// Panics with where it is if a piece of at least `n` characters of any secret is in `text`.
+fn assert_no_piece(what: &str, text: &str, secrets: &[String], n: usize) {
+    let all: Vec<String> = secrets.iter().flat_map(|s| pieces(s, n)).collect();
+    let finder = aho_corasick::AhoCorasick::new(&all).expect("patterns");
+    if let Some(m) = finder.find(text) {
+        let from = text.floor_char_boundary(m.start().saturating_sub(120));
+        let to = text.floor_char_boundary((m.end() + 40).min(text.len()));
+        panic!(
+            "{what}: {n} characters of a secret are shown: ...{}...",
+            &text[from..to]
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registry A's credential for an image on B.
 
@@ -554,6 +577,106 @@ fn odd_references_versions_and_flips_get_only_their_own_registrys_credential() {
     assert!(
         flips <= lists,
         "{flips} updates of a flipping service in {lists} rounds"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers echoing the credential.
+
+/// The Engine echoes what it was sent (the decoded `X-Registry-Auth`, the header itself, a
+/// password cut short, a password in a later listing's error): none of it, not even 12
+/// characters of it, reaches `status`, `status --json`, `metrics` or the log.
+#[test]
+fn a_credential_echoed_by_the_engine_is_never_shown_even_in_part() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let services = Arc::new(Mutex::new(vec![Svc::new(
+        "s1",
+        10,
+        "app",
+        &format!("{H1}/team/app:v1"),
+    )]));
+    let base = swarm(Arc::clone(&services));
+    let posts = Arc::new(AtomicUsize::new(0));
+    let lists = Arc::new(AtomicUsize::new(0));
+    let last: Arc<Mutex<(String, String)>> = Arc::default();
+    let (p, l, last2) = (Arc::clone(&posts), Arc::clone(&lists), Arc::clone(&last));
+    let engine = Engine::start(&sock, move |req| {
+        if req.is_update() {
+            let n = p.fetch_add(1, Ordering::SeqCst);
+            let header = req.auth.clone().unwrap_or_default();
+            let decoded = req.auth_json().unwrap_or_default();
+            let pw = decoded["password"].as_str().unwrap_or_default().to_string();
+            *last2.lock().unwrap_or_else(|e| e.into_inner()) = (pw.clone(), header.clone());
+            return match n % 4 {
+                0 => Reply::Json(
+                    500,
+                    json!({"message": format!("invalid X-Registry-Auth header: {decoded}")})
+                        .to_string(),
+                ),
+                1 => Reply::Text(
+                    502,
+                    format!(
+                        "bad gateway: {header} {}",
+                        pw.chars().skip(3).take(20).collect::<String>()
+                    ),
+                ),
+                2 => Reply::Json(
+                    500,
+                    json!({"message": format!("{}{pw}", "x".repeat(4090))}).to_string(),
+                ),
+                _ => Reply::Json(
+                    500,
+                    json!({"message": format!("registry said: {}", "y".repeat(250) + &pw)})
+                        .to_string(),
+                ),
+            };
+        }
+        if req.method == "GET" && req.route() == "/v1.41/services" {
+            let n = l.fetch_add(1, Ordering::SeqCst);
+            let (pw, header) = last2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if n % 2 == 1 && !pw.is_empty() {
+                return Reply::Json(
+                    500,
+                    json!({"message": format!("replayed: {header} {pw}")}).to_string(),
+                );
+            }
+        }
+        base(req)
+    });
+    config(&w, &sock, "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    let mut texts = Vec::new();
+    let end = Instant::now() + LONG;
+    while (posts.load(Ordering::SeqCst) < 6 || lists.load(Ordering::SeqCst) < 8)
+        && Instant::now() < end
+    {
+        for args in [&["status"][..], &["status", "--json"], &["metrics"]] {
+            let out = w.client(args);
+            texts.push((args.join(" "), output_text(&out)));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        posts.load(Ordering::SeqCst) >= 6,
+        "too few updates: {}",
+        d.log_text()
+    );
+    let mut secrets = w.fake.issued_passwords();
+    for u in engine.updates() {
+        secrets.extend(u.auth.clone());
+    }
+    texts.push(("the log".into(), d.log_text()));
+    for (what, text) in &texts {
+        assert_no_piece(what, text, &secrets, 12);
+    }
+    // The errors still say what happened.
+    let st = w.status_json().expect("status");
+    let all = st.to_string();
+    assert!(
+        all.contains("HTTP 50") || all.contains("<redacted>"),
+        "the errors are gone: {st}"
     );
 }
 

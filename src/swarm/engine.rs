@@ -1,6 +1,8 @@
 //! The Docker Engine API over its Unix socket: the version, `/info`, the services, and a service update with credentials.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,6 +20,13 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 const MAX_API: (u32, u32) = (1, 43);
 /// The oldest the calls here exist in (swarm services with `X-Registry-Auth`).
 const MIN_API: (u32, u32) = (1, 25);
+/// The most of an error text looked at (before the credentials are taken out and it is cut).
+const MAX_RAW_MESSAGE: usize = 4096;
+/// The longest error message kept, shown escaped.
+const MAX_MESSAGE: usize = 200;
+/// Runs of this many characters of a credential are taken out of an error: an echo the Engine
+/// cut short gives nothing away either.
+const SECRET_RUN: usize = 12;
 
 /// Why an Engine call failed. Never holds a credential.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,6 +51,7 @@ impl EngineError {
 pub struct Engine {
     socket: PathBuf,
     version: String,
+    redactor: Arc<Redactor>,
 }
 
 /// A swarm service as listed: its id, version, name, image and the spec to send back unchanged.
@@ -67,10 +77,13 @@ pub enum Role {
 
 impl Engine {
     /// Connects once to agree on the API version (`/_ping`'s `API-Version`, capped at ours).
-    pub async fn connect(socket: &Path) -> Result<Engine, EngineError> {
+    /// `secrets` (passwords, `X-Registry-Auth` values) are taken out of every error the Engine
+    /// answers: it may echo what it was sent, now or later.
+    pub async fn connect(socket: &Path, secrets: Vec<String>) -> Result<Engine, EngineError> {
         let mut e = Engine {
             socket: socket.to_path_buf(),
             version: String::new(),
+            redactor: Arc::new(Redactor::new(secrets)),
         };
         let (_, headers) = e.call("GET", "/_ping", None, None).await?;
         let theirs = headers
@@ -136,13 +149,7 @@ impl Engine {
         username: &str,
         password: &str,
     ) -> Result<(), EngineError> {
-        let auth = serde_json::json!({
-            "username": username,
-            "password": password,
-            "serveraddress": server,
-        });
-        // The Engine decodes it with Go's base64.URLEncoding (padded), as the docker CLI encodes it.
-        let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+        let header = registry_auth(server, username, password);
         let body = serde_json::to_vec(&s.spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let path = format!(
             "/services/{}/update?version={}",
@@ -231,15 +238,23 @@ impl Engine {
                 .to_bytes();
             driver.abort();
             if !(200..300).contains(&status) {
-                // The Engine's errors are `{"message": "..."}`; its messages hold no credential.
-                let message = serde_json::from_slice::<Value>(&bytes)
+                // The Engine's errors are `{"message": "..."}`. One may echo what it was sent
+                // (a proxy, a broken Engine): the credentials are taken out before anything
+                // is cut or shown.
+                let raw = serde_json::from_slice::<Value>(&bytes)
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
-                return Err(EngineError::Status {
-                    status,
-                    message: crate::escape::shown(&message).into_owned(),
-                });
+                    .unwrap_or_else(|| {
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(4 * MAX_RAW_MESSAGE)])
+                            .into_owned()
+                    });
+                let text = self.redactor.apply(cut(&raw, MAX_RAW_MESSAGE));
+                let shown = crate::escape::shown(&text);
+                let message = match shown.char_indices().nth(MAX_MESSAGE) {
+                    Some((i, _)) => format!("{}...", &shown[..i]),
+                    None => shown.into_owned(),
+                };
+                return Err(EngineError::Status { status, message });
             }
             Ok((bytes, headers))
         };
@@ -251,6 +266,17 @@ impl Engine {
             ))),
         }
     }
+}
+
+/// `X-Registry-Auth` for `username` and `password` at `server`: the JSON auth config in Go's
+/// base64.URLEncoding (padded), as the docker CLI encodes it and the Engine decodes it. A secret.
+pub fn registry_auth(server: &str, username: &str, password: &str) -> String {
+    let auth = serde_json::json!({
+        "username": username,
+        "password": password,
+        "serveraddress": server,
+    });
+    base64::engine::general_purpose::URL_SAFE.encode(auth.to_string())
 }
 
 /// A service from the Engine's JSON; `None` when it lacks an id, a version or a spec.
@@ -266,6 +292,71 @@ fn service(v: &Value) -> Option<Service> {
             .to_string(),
         spec,
     })
+}
+
+/// At most `max` characters of `s`.
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Takes credentials out of an Engine's error text: each whole, and any run of [`SECRET_RUN`]
+/// or more characters of one (an echo cut short). Every window of every secret goes into one
+/// set once per round, so each error costs a lookup per character.
+#[derive(Default)]
+struct Redactor {
+    whole: Vec<String>,
+    runs: HashSet<Vec<char>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} secrets)", self.whole.len())
+    }
+}
+
+impl Redactor {
+    fn new(secrets: Vec<String>) -> Redactor {
+        let whole: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        let mut runs = HashSet::new();
+        for s in &whole {
+            let c: Vec<char> = s.chars().collect();
+            for w in c.windows(SECRET_RUN) {
+                runs.insert(w.to_vec());
+            }
+        }
+        Redactor { whole, runs }
+    }
+
+    fn apply(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for s in &self.whole {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+        let chars: Vec<char> = text.chars().collect();
+        let mut hidden = vec![false; chars.len()];
+        for (i, w) in chars.windows(SECRET_RUN).enumerate() {
+            if self.runs.contains(w) {
+                hidden[i..i + SECRET_RUN].iter_mut().for_each(|h| *h = true);
+            }
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut in_run = false;
+        for (c, h) in chars.iter().zip(&hidden) {
+            if *h {
+                if !in_run {
+                    out.push_str("<redacted>");
+                }
+                in_run = true;
+            } else {
+                out.push(*c);
+                in_run = false;
+            }
+        }
+        out
+    }
 }
 
 /// `1.41` -> (1, 41).
@@ -299,6 +390,18 @@ mod tests {
             "the spec is kept whole, to be sent back unchanged"
         );
         assert!(service(&serde_json::json!({"ID": "x"})).is_none());
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_errors_whole_and_in_part() {
+        let pw = "fakepw-1-0123456789abcdef0123";
+        let header = registry_auth("h.example", "AWS", pw);
+        let r = Redactor::new(vec![pw.to_string(), header.clone(), String::new()]);
+        assert_eq!(r.apply(&format!("bad: {pw}!")), "bad: <redacted>!");
+        assert_eq!(r.apply(&format!("a {header} b")), "a <redacted> b");
+        // Cut short by the Engine: 12 characters of it are enough to go.
+        assert_eq!(r.apply(&format!("x{}y", &pw[3..15])), "x<redacted>y");
+        assert_eq!(r.apply("nothing here"), "nothing here");
     }
 
     #[test]

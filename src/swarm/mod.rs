@@ -104,9 +104,19 @@ impl Swarm {
 /// What the task remembers of one service between rounds.
 #[derive(Debug, Default)]
 struct Kept {
-    /// The credential (its `auth`) last stored in the service.
-    sent: Option<String>,
+    /// The credential last stored in the service.
+    sent: Option<Arc<Sent>>,
     status: SwarmServiceStatus,
+}
+
+/// A credential as sent, shared by the services of one registry that got it in one round.
+#[derive(Debug)]
+struct Sent {
+    /// The token's `auth`, to tell when a new one came.
+    auth: String,
+    /// The password and the `X-Registry-Auth` it went in: the Engine may echo them later.
+    password: String,
+    header: String,
 }
 
 /// How one service's update ended.
@@ -187,7 +197,7 @@ async fn round(
     kept: &mut BTreeMap<String, Kept>,
     st: &mut SwarmStatus,
 ) -> bool {
-    let engine = match Engine::connect(&settings.socket).await {
+    let engine = match Engine::connect(&settings.socket, secrets(creds, kept)).await {
         Ok(e) => e,
         Err(e) => {
             return fail(st, "unreachable", &e);
@@ -219,6 +229,7 @@ async fn round(
     st.last_check = Some(SystemTime::now());
     let mut ok = true;
     let mut seen = BTreeSet::new();
+    let mut sent: BTreeMap<String, Arc<Sent>> = BTreeMap::new();
     for s in services {
         let Some(host) = image_host(&s.image).filter(|h| hosts.contains(h)) else {
             continue;
@@ -234,12 +245,19 @@ async fn round(
         let (Some(password), auth) = (token.password(), token.auth().to_string()) else {
             continue;
         };
-        if k.sent.as_deref() == Some(auth.as_str()) {
+        if k.sent.as_ref().is_some_and(|s| s.auth == auth) {
             continue;
         }
         match update(&engine, s, &host, &password).await {
             Ok(Updated::Done) => {
-                k.sent = Some(auth);
+                let shared = sent.entry(host.clone()).or_insert_with(|| {
+                    Arc::new(Sent {
+                        header: engine::registry_auth(&host, USERNAME, &password),
+                        auth,
+                        password,
+                    })
+                });
+                k.sent = Some(Arc::clone(shared));
                 k.status.credential_expires_at = Some(token.expires_at);
                 k.status.updates += 1;
                 k.status.last_update = Some(SystemTime::now());
@@ -261,6 +279,26 @@ async fn round(
     kept.retain(|id, _| seen.contains(id));
     st.services = kept.values().map(|k| k.status.clone()).collect();
     ok
+}
+
+/// Every credential the Engine could echo: each current password, and each one last sent to a
+/// service, with the `X-Registry-Auth` it goes in.
+fn secrets(creds: &Credentials, kept: &BTreeMap<String, Kept>) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for (host, token) in creds {
+        if let Some(pw) = token.password() {
+            out.insert(engine::registry_auth(host, USERNAME, &pw));
+            out.insert(pw);
+        }
+    }
+    let mut headers = BTreeSet::new();
+    for s in kept.values().filter_map(|k| k.sent.as_ref()) {
+        if headers.insert(s.header.as_str()) {
+            out.insert(s.password.clone());
+            out.insert(s.header.clone());
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// One service's update, read again and retried when its version moved meanwhile. Only while
