@@ -356,6 +356,16 @@ fn assert_each_credential_matches_its_image(engine: &Engine, target: &Path) {
     }
 }
 
+/// The daemon's peak resident memory, kB.
+fn peak_rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -682,6 +692,64 @@ fn a_credential_echoed_by_the_engine_is_never_shown_even_in_part() {
 
 // ---------------------------------------------------------------------------------------------
 // Dense, huge, endless and silent answers; many services.
+
+/// 30 MB answers of tiny values (a list of 15 million zeros; one matching service whose spec
+/// holds them): under the 32 MiB bound, yet decoded as a tree they would take gigabytes. The
+/// daemon's peak memory stays bounded.
+#[test]
+fn dense_answers_do_not_blow_the_daemons_memory() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let zeros = {
+        let mut s = "0,".repeat(15 * 1024 * 1024);
+        s.pop();
+        s
+    };
+    let dense_list = format!("[{zeros}]");
+    let dense_spec = format!(
+        "[{{\"ID\":\"s1\",\"Version\":{{\"Index\":1}},\"Spec\":{{\"Name\":\"app\",\"TaskTemplate\":{{\"ContainerSpec\":{{\"Image\":\"{H1}/team/app:v1\"}}}},\"Junk\":[{zeros}]}}}}]"
+    );
+    assert!(dense_spec.len() < 32 * 1024 * 1024);
+    let lists = Arc::new(AtomicUsize::new(0));
+    let l = Arc::clone(&lists);
+    let _engine = Engine::start(&sock, move |req| {
+        if let Some(r) = manager(req) {
+            return r;
+        }
+        match req.route() {
+            "/v1.41/services" => {
+                let n = l.fetch_add(1, Ordering::SeqCst);
+                Reply::Json(
+                    200,
+                    if n.is_multiple_of(2) {
+                        dense_list.clone()
+                    } else {
+                        dense_spec.clone()
+                    },
+                )
+            }
+            _ => Reply::Json(200, json!({"Warnings": []}).to_string()),
+        }
+    });
+    config(&w, &sock, "");
+    let mut d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    // Two of each decoded (the fifth listing asked for).
+    assert!(
+        wait_for(Duration::from_secs(120), || lists.load(Ordering::SeqCst)
+            >= 5),
+        "{}",
+        d.log_text()
+    );
+    let peak = peak_rss_kb(d.pid());
+    eprintln!("peak RSS {peak} kB");
+    assert!(
+        peak < 250_000,
+        "the daemon's peak RSS reached {peak} kB on 30 MB answers"
+    );
+    assert!(w.status_json().is_some(), "status does not answer");
+    d.stop();
+}
 
 /// A listing that never ends and updates that are never answered: each request ends at its
 /// bound, no connection is left open, `status` and the file target are served meanwhile, and the

@@ -20,6 +20,10 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 const MAX_API: (u32, u32) = (1, 43);
 /// The oldest the calls here exist in (swarm services with `X-Registry-Auth`).
 const MIN_API: (u32, u32) = (1, 25);
+/// The most JSON values one answer may hold. Decoded, a value takes ~100 bytes, so 32 MiB of
+/// `0,0,0,...` would take gigabytes; a swarm's list of thousands of services (a few hundred
+/// values each, with their previous spec) fits.
+const MAX_VALUES: usize = 1_000_000;
 /// The most of an error text looked at (before the credentials are taken out and it is cut).
 const MAX_RAW_MESSAGE: usize = 4096;
 /// The longest error message kept, shown escaped.
@@ -171,10 +175,7 @@ impl Engine {
         let (bytes, _) = self
             .call(method, &format!("{}{path}", self.version), body, auth)
             .await?;
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| EngineError::Invalid(e.to_string()))
+        decode(&bytes)
     }
 
     async fn call(
@@ -241,7 +242,7 @@ impl Engine {
                 // The Engine's errors are `{"message": "..."}`. One may echo what it was sent
                 // (a proxy, a broken Engine): the credentials are taken out before anything
                 // is cut or shown.
-                let raw = serde_json::from_slice::<Value>(&bytes)
+                let raw = decode(&bytes)
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_string))
                     .unwrap_or_else(|| {
@@ -277,6 +278,45 @@ pub fn registry_auth(server: &str, username: &str, password: &str) -> String {
         "serveraddress": server,
     });
     base64::engine::general_purpose::URL_SAFE.encode(auth.to_string())
+}
+
+/// An answer decoded; refused unread when it holds more than [`MAX_VALUES`] values. A decode
+/// error says where, never what.
+fn decode(bytes: &[u8]) -> Result<Value, EngineError> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    let n = values(bytes);
+    if n > MAX_VALUES {
+        return Err(EngineError::Invalid(format!(
+            "the answer holds about {n} values, more than the {MAX_VALUES} read"
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| EngineError::Invalid(e.to_string()))
+}
+
+/// About how many values JSON text holds (containers and separators outside strings), counted
+/// without decoding it.
+fn values(json: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
 }
 
 /// A service from the Engine's JSON; `None` when it lacks an id, a version or a spec.
@@ -390,6 +430,17 @@ mod tests {
             "the spec is kept whole, to be sent back unchanged"
         );
         assert!(service(&serde_json::json!({"ID": "x"})).is_none());
+    }
+
+    #[test]
+    fn dense_answers_are_refused_unread() {
+        assert_eq!(values(br#"{"a": [1, 2, {"b": "x,y[{"}], "c\",": 3}"#), 7);
+        let mut dense = b"[".to_vec();
+        dense.extend(b"0,".repeat(MAX_VALUES));
+        dense.extend(b"0]");
+        assert!(matches!(decode(&dense), Err(EngineError::Invalid(m)) if m.contains("values")));
+        assert_eq!(decode(b"").unwrap(), Value::Null);
+        assert_eq!(decode(b"[1,2]").unwrap(), serde_json::json!([1, 2]));
     }
 
     #[test]
