@@ -869,9 +869,11 @@ while True:
     config(&w, &dir.join("docker.sock"), "");
     let d = w.spawn_daemon(&[]);
     d.wait_ready();
-    let end = Instant::now() + Duration::from_secs(20);
+    // Until the race has reached both sides many times: 20 connections to the user's listener,
+    // 3 updates through to root's Engine (each needs 4 connections in a row to root's).
+    let end = Instant::now() + Duration::from_secs(180);
     let (mut conns, mut bytes) = (0, 0);
-    while Instant::now() < end {
+    while Instant::now() < end && (conns < 20 || engine.updates().len() < 3) {
         if let Some(line) = py.try_line(Duration::from_millis(200))
             && let Some(n) = line.strip_prefix("CONN ")
         {
@@ -885,12 +887,12 @@ while True:
         "{conns} connections reached the user's listener, {updates} updates reached root's Engine"
     );
     assert!(
-        conns >= 5,
-        "the race never reached the user's listener ({conns})"
+        conns >= 20,
+        "the race reached the user's listener {conns} times"
     );
     assert_eq!(bytes, 0, "the user's listener read {bytes} bytes");
     assert!(
-        updates >= 2,
+        updates >= 3,
         "root's Engine got {updates} updates through the race"
     );
 }
