@@ -751,6 +751,106 @@ fn dense_answers_do_not_blow_the_daemons_memory() {
     d.stop();
 }
 
+/// 20,000 services on a managed registry, with 1000-character names and 4 KB error messages
+/// (a 30 MB listing): `status --json` and `metrics` stay small enough to read (the clients read
+/// 64 MiB at most), memory stays bounded, and the daemon says what it left out.
+#[test]
+fn thousands_of_services_with_long_names_keep_status_and_metrics_small() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let name = format!("n{}", "a".repeat(999));
+    let list: Vec<Value> = (0..20_000)
+        .map(|i| {
+            service(
+                &format!("s{i}"),
+                1,
+                &spec(&name, &format!("{H1}/team/app:v1")),
+            )
+        })
+        .collect();
+    let list = Value::Array(list).to_string();
+    assert!(list.len() < 32 * 1024 * 1024, "{}", list.len());
+    let boom = json!({"message": format!("boom {}", "z".repeat(4096))}).to_string();
+    let (posts, lists) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (p, l) = (Arc::clone(&posts), Arc::clone(&lists));
+    let _engine = Engine::start(&sock, move |req| {
+        if let Some(r) = manager(req) {
+            return r;
+        }
+        match req.route() {
+            "/v1.41/services" => {
+                l.fetch_add(1, Ordering::SeqCst);
+                Reply::Json(200, list.clone())
+            }
+            _ => {
+                p.fetch_add(1, Ordering::SeqCst);
+                Reply::Json(500, boom.clone())
+            }
+        }
+    });
+    config(&w, &sock, "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    // A round with a token has updated services; it is over when the next listing is asked for.
+    assert!(
+        wait_for(Duration::from_secs(300), || posts.load(Ordering::SeqCst)
+            > 0),
+        "{}",
+        d.log_text()
+    );
+    let then = lists.load(Ordering::SeqCst);
+    assert!(
+        wait_for(Duration::from_secs(300), || lists.load(Ordering::SeqCst)
+            > then),
+        "{}",
+        d.log_text()
+    );
+    let json = w.client(&["status", "--json"]);
+    let table = w.client(&["status"]);
+    let metrics = w.client(&["metrics"]);
+    let rss = peak_rss_kb(d.pid());
+    eprintln!(
+        "status --json {} bytes, status {} bytes, metrics {} bytes, peak RSS {rss} kB",
+        json.stdout.len(),
+        table.stdout.len(),
+        metrics.stdout.len()
+    );
+    let st: Value = serde_json::from_slice(&json.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", stderr(&json)));
+    assert!(
+        json.stdout.len() < 4 * 1024 * 1024,
+        "status --json is {} bytes",
+        json.stdout.len()
+    );
+    assert!(
+        table.stdout.len() < 4 * 1024 * 1024,
+        "status is {} bytes",
+        table.stdout.len()
+    );
+    assert_eq!(code(&metrics), 0, "metrics: {}", stderr(&metrics));
+    assert!(
+        metrics.stdout.len() < 8 * 1024 * 1024,
+        "metrics is {} bytes",
+        metrics.stdout.len()
+    );
+    assert!(rss < 250_000, "the daemon's peak RSS reached {rss} kB");
+    let services = st["swarm"]["services"].as_array().expect("services");
+    assert!(
+        services.iter().all(|s| s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 500: boom") && e.len() < 400)),
+        "{}",
+        services[0]
+    );
+    assert!(
+        st["swarm"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("20000")),
+        "the status does not say services were left out: {}",
+        st["swarm"]["last_error"]
+    );
+}
+
 /// A listing that never ends and updates that are never answered: each request ends at its
 /// bound, no connection is left open, `status` and the file target are served meanwhile, and the
 /// daemon stops at once.

@@ -24,6 +24,10 @@ const MIN_API: (u32, u32) = (1, 25);
 /// `0,0,0,...` would take gigabytes; a swarm's list of thousands of services (a few hundred
 /// values each, with their previous spec) fits.
 const MAX_VALUES: usize = 1_000_000;
+/// The longest service id accepted (swarm's are 25 characters).
+const MAX_ID: usize = 64;
+/// The longest service name swarm accepts (a DNS label).
+const MAX_NAME: usize = 63;
 /// The most of an error text looked at (before the credentials are taken out and it is cut).
 const MAX_RAW_MESSAGE: usize = 4096;
 /// The longest error message kept, shown escaped.
@@ -59,6 +63,8 @@ pub struct Engine {
 }
 
 /// A swarm service as listed: its id, version, name, image and the spec to send back unchanged.
+/// The id is 1 to 64 ASCII letters and digits; the name is swarm's (a DNS label), or the id when
+/// the Engine gave another.
 #[derive(Debug, Clone)]
 pub struct Service {
     pub id: String,
@@ -123,13 +129,12 @@ impl Engine {
         })
     }
 
-    /// Every service.
+    /// Every service (those without a usable id, version or spec left out).
     pub async fn services(&self) -> Result<Vec<Service>, EngineError> {
-        let v = self.json("GET", "/services", None, None).await?;
-        let list = v
-            .as_array()
-            .ok_or_else(|| EngineError::Invalid("/services is not a list".into()))?;
-        Ok(list.iter().filter_map(service).collect())
+        match self.json("GET", "/services", None, None).await? {
+            Value::Array(list) => Ok(list.into_iter().filter_map(service).collect()),
+            _ => Err(EngineError::Invalid("/services is not a list".into())),
+        }
     }
 
     /// One service, read again (after a version conflict).
@@ -138,7 +143,7 @@ impl Engine {
             .json("GET", &format!("/services/{}", escape_id(id)), None, None)
             .await
         {
-            Ok(v) => Ok(service(&v)),
+            Ok(v) => Ok(service(v)),
             Err(EngineError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -319,19 +324,47 @@ fn values(json: &[u8]) -> usize {
     n
 }
 
-/// A service from the Engine's JSON; `None` when it lacks an id, a version or a spec.
-fn service(v: &Value) -> Option<Service> {
-    let spec = v.get("Spec")?.clone();
+/// A service from the Engine's JSON; `None` when it lacks a usable id, a version or a spec.
+fn service(mut v: Value) -> Option<Service> {
+    let id = v.get("ID")?.as_str()?.to_string();
+    // Swarm's ids are letters and digits; another would address something else once escaped.
+    if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let version = v.get("Version")?.get("Index")?.as_u64()?;
+    let spec = v.get_mut("Spec")?.take();
+    let name = spec["Name"]
+        .as_str()
+        .filter(|n| valid_name(n))
+        .unwrap_or(&id)
+        .to_string();
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     Some(Service {
-        id: v.get("ID")?.as_str()?.to_string(),
-        version: v.get("Version")?.get("Index")?.as_u64()?,
-        name: spec["Name"].as_str().unwrap_or_default().to_string(),
-        image: spec["TaskTemplate"]["ContainerSpec"]["Image"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        id,
+        version,
+        name,
+        image,
         spec,
     })
+}
+
+/// Whether swarm would accept `n` as a service name (swarmkit's controlapi `validateAnnotations`:
+/// `^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$`, at most 63 characters).
+fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => {
+            b.len() <= MAX_NAME
+                && f.is_ascii_alphanumeric()
+                && l.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        }
+        _ => false,
+    }
 }
 
 /// At most `max` characters of `s`.
@@ -420,7 +453,7 @@ mod tests {
             "ID": "abc123", "Version": {"Index": 17},
             "Spec": {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "h/app:v1@sha256:00"}}, "Mode": {"Replicated": {"Replicas": 2}}}
         });
-        let s = service(&v).unwrap();
+        let s = service(v.clone()).unwrap();
         assert_eq!(
             (s.id.as_str(), s.version, s.name.as_str(), s.image.as_str()),
             ("abc123", 17, "web", "h/app:v1@sha256:00")
@@ -429,7 +462,33 @@ mod tests {
             s.spec, v["Spec"],
             "the spec is kept whole, to be sent back unchanged"
         );
-        assert!(service(&serde_json::json!({"ID": "x"})).is_none());
+        assert!(service(serde_json::json!({"ID": "x"})).is_none());
+    }
+
+    #[test]
+    fn odd_ids_are_refused_and_odd_names_replaced_by_the_id() {
+        let with = |id: &str, name: &str| {
+            service(serde_json::json!({"ID": id, "Version": {"Index": 1}, "Spec": {"Name": name}}))
+        };
+        for id in ["", "ab-c", "ab/../c", "a b", &"a".repeat(65), "é"] {
+            assert!(with(id, "web").is_none(), "{id:?}");
+        }
+        assert_eq!(with(&"a".repeat(64), "web").unwrap().name, "web");
+        for name in ["web", "web-1", "a__b", "W3b", &"n".repeat(63)] {
+            assert_eq!(with("abc", name).unwrap().name, name);
+        }
+        for name in [
+            "",
+            "-web",
+            "web-",
+            "we b",
+            "web\u{1b}[2J",
+            "a.b",
+            &"n".repeat(64),
+            "wéb",
+        ] {
+            assert_eq!(with("abc", name).unwrap().name, "abc", "{name:?}");
+        }
     }
 
     #[test]

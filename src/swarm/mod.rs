@@ -24,6 +24,8 @@ use engine::{Engine, EngineError, Role, Service};
 
 /// Attempts of one service's update when its version keeps moving.
 const CONFLICT_ATTEMPTS: u32 = 3;
+/// The most services kept fresh (the first by id); the status says how many more there are.
+const MAX_SERVICES: usize = 5000;
 /// The user name of an ECR credential.
 const USERNAME: &str = "AWS";
 
@@ -225,15 +227,34 @@ async fn round(
         Ok(s) => s,
         Err(e) => return fail(st, "manager", &e),
     };
-    st.last_error = None;
+    let previous_error = st.last_error.take();
     st.last_check = Some(SystemTime::now());
+    // The services on a managed registry, by id, so that the same ones are kept when there are
+    // more than MAX_SERVICES (each is a status row, metric series and request per token).
+    let mut matching: Vec<(Service, String)> = services
+        .into_iter()
+        .filter_map(|s| {
+            let host = image_host(&s.image).filter(|h| hosts.contains(h))?;
+            Some((s, host))
+        })
+        .collect();
+    matching.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    let total = matching.len();
+    if total > MAX_SERVICES {
+        matching.truncate(MAX_SERVICES);
+        let text = format!(
+            "{total} services are on managed registries, more than the {MAX_SERVICES} kept fresh: {} are left out",
+            total - MAX_SERVICES
+        );
+        if previous_error.as_deref() != Some(text.as_str()) {
+            tracing::warn!(error = %text, "swarm: too many services");
+        }
+        st.last_error = Some(text);
+    }
     let mut ok = true;
     let mut seen = BTreeSet::new();
     let mut sent: BTreeMap<String, Arc<Sent>> = BTreeMap::new();
-    for s in services {
-        let Some(host) = image_host(&s.image).filter(|h| hosts.contains(h)) else {
-            continue;
-        };
+    for (s, host) in matching {
         seen.insert(s.id.clone());
         let k = kept.entry(s.id.clone()).or_default();
         k.status.id = s.id.clone();
