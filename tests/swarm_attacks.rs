@@ -853,6 +853,62 @@ fn thousands_of_services_with_long_names_keep_status_and_metrics_small() {
     );
 }
 
+/// 200 services whose updates fail, each time with another message (half of them succeed the
+/// first time): the log gets a line or two per round, not one per service.
+#[test]
+fn failing_updates_of_many_services_do_not_flood_the_log() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let list: Vec<Value> = (0..200)
+        .map(|i| {
+            service(
+                &format!("s{i}"),
+                1,
+                &spec(&format!("svc{i}"), &format!("{H1}/team/app:v1")),
+            )
+        })
+        .collect();
+    let list = Value::Array(list).to_string();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&posts);
+    let _engine = Engine::start(&sock, move |req| {
+        if let Some(r) = manager(req) {
+            return r;
+        }
+        if req.route() == "/v1.41/services" {
+            return Reply::Json(200, list.clone());
+        }
+        let n = p.fetch_add(1, Ordering::SeqCst);
+        let i: usize = req
+            .service_id()
+            .trim_start_matches('s')
+            .parse()
+            .unwrap_or(0);
+        if i.is_multiple_of(2) {
+            Reply::Json(200, json!({"Warnings": []}).to_string())
+        } else {
+            Reply::Json(500, json!({"message": format!("boom #{n}")}).to_string())
+        }
+    });
+    config(&w, &sock, "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    // The first round and three more of the failing half.
+    assert!(
+        wait_for(LONG, || posts.load(Ordering::SeqCst) >= 200 + 3 * 100),
+        "{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    let lines = log.lines().filter(|l| l.contains("swarm")).count();
+    assert!(
+        lines <= 12,
+        "{lines} log lines about swarm services after {} updates ({} bytes of log)",
+        posts.load(Ordering::SeqCst),
+        log.len()
+    );
+}
+
 /// A listing that never ends and updates that are never answered: each request ends at its
 /// bound, no connection is left open, `status` and the file target are served meanwhile, and the
 /// daemon stops at once.

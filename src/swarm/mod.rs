@@ -26,6 +26,8 @@ use engine::{Engine, EngineError, Role, Service};
 const CONFLICT_ATTEMPTS: u32 = 3;
 /// The most services kept fresh (the first by id); the status says how many more there are.
 const MAX_SERVICES: usize = 5000;
+/// The most services named in one log line.
+const NAMED: usize = 10;
 /// The user name of an ECR credential.
 const USERNAME: &str = "AWS";
 
@@ -253,6 +255,7 @@ async fn round(
     }
     let mut ok = true;
     let mut seen = BTreeSet::new();
+    let (mut updated, mut failed) = (Vec::new(), Vec::new());
     let mut sent: BTreeMap<String, Arc<Sent>> = BTreeMap::new();
     for (s, host) in matching {
         seen.insert(s.id.clone());
@@ -283,7 +286,7 @@ async fn round(
                 k.status.updates += 1;
                 k.status.last_update = Some(SystemTime::now());
                 k.status.last_error = None;
-                tracing::info!(service = %k.status.name, registry = %host, "swarm service given the new token");
+                updated.push(k.status.name.clone());
             }
             Ok(Updated::Gone) => {}
             Ok(Updated::Moved) => ok = false, // read again soon, with backoff
@@ -291,15 +294,36 @@ async fn round(
                 ok = false;
                 let text = e.to_string();
                 if k.status.last_error.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(service = %k.status.name, registry = %host, error = %text, "swarm service update failed");
+                    failed.push(format!("{}: {text}", k.status.name));
                 }
                 k.status.last_error = Some(text);
             }
         }
     }
+    // One line per round for each kind of event, whatever the number of services.
+    if !updated.is_empty() {
+        tracing::info!(count = updated.len(), services = %named(&updated), "swarm services given the new token");
+    }
+    if !failed.is_empty() {
+        tracing::warn!(count = failed.len(), failures = %named(&failed), "swarm service updates failed");
+    }
     kept.retain(|id, _| seen.contains(id));
     st.services = kept.values().map(|k| k.status.clone()).collect();
     ok
+}
+
+/// The first few of `items`, then how many more.
+fn named(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > NAMED {
+        s += &format!("; and {} more", items.len() - NAMED);
+    }
+    s
 }
 
 /// Every credential the Engine could echo: each current password, and each one last sent to a
