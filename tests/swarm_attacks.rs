@@ -963,6 +963,68 @@ fn endless_and_silent_answers_leave_nothing_behind() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
+/// An Engine that answers each update after 4 s, just under the request bound, for 20
+/// services: a round would take 80 s with the status saying nothing meanwhile. A round's updates
+/// end after a minute (`check_every` here is 1 s); the status says what was left, and the next
+/// round goes on where it stopped.
+#[test]
+fn a_slow_engine_does_not_stall_the_rounds() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let list: Vec<Value> = (0..20)
+        .map(|i| {
+            service(
+                &format!("s{i:02}"),
+                1,
+                &spec(&format!("svc{i:02}"), &format!("{H1}/team/app:v1")),
+            )
+        })
+        .collect();
+    let list = Value::Array(list).to_string();
+    let _engine = Engine::start(&sock, move |req| {
+        if let Some(r) = manager(req) {
+            return r;
+        }
+        if req.route() == "/v1.41/services" {
+            return Reply::Json(200, list.clone());
+        }
+        std::thread::sleep(Duration::from_secs(4));
+        Reply::Json(200, json!({"Warnings": []}).to_string())
+    });
+    config(&w, &sock, "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    let updated = |s: &Value| {
+        s["swarm"]["services"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["updates"] == 1).count())
+    };
+    let t = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(75), || w.status_json().is_some_and(
+            |s| {
+                updated(&s) > 0
+                    && s["swarm"]["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("left for the next round"))
+            }
+        )),
+        "after {:?} the status shows {} services updated and no round cut: {}",
+        t.elapsed(),
+        w.status_json().map_or(0, |s| updated(&s)),
+        w.status_json()
+            .map_or(Value::Null, |s| s["swarm"]["last_error"].clone())
+    );
+    assert!(
+        wait_for(Duration::from_secs(120), || w.status_json().is_some_and(
+            |s| updated(&s) == 20 && s["swarm"]["last_error"].is_null()
+        )),
+        "the next rounds did not go on: {:?}\n{}",
+        w.status_json().map(|s| s["swarm"].clone()),
+        d.log_text()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A local user on the socket path.
 

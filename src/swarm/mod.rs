@@ -26,6 +26,10 @@ use engine::{Engine, EngineError, Role, Service};
 const CONFLICT_ATTEMPTS: u32 = 3;
 /// The most services kept fresh (the first by id); the status says how many more there are.
 const MAX_SERVICES: usize = 5000;
+/// A round's updates end by then, or by `check_every` when that is longer: the status is
+/// published, and the next round goes on where this one stopped (those given the token are
+/// skipped), whatever pace the Engine answers at.
+const MIN_ROUND: Duration = Duration::from_secs(60);
 /// The most services named in one log line.
 const NAMED: usize = 10;
 /// The user name of an ECR credential.
@@ -242,17 +246,22 @@ async fn round(
         .collect();
     matching.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     let total = matching.len();
+    let mut notes = Vec::new();
     if total > MAX_SERVICES {
         matching.truncate(MAX_SERVICES);
-        let text = format!(
+        notes.push(format!(
             "{total} services are on managed registries, more than the {MAX_SERVICES} kept fresh: {} are left out",
             total - MAX_SERVICES
-        );
-        if previous_error.as_deref() != Some(text.as_str()) {
-            tracing::warn!(error = %text, "swarm: too many services");
-        }
-        st.last_error = Some(text);
+        ));
     }
+    // Those whose last update failed go last: slow failures do not hold the others back.
+    matching.sort_by_key(|(s, _)| {
+        kept.get(&s.id)
+            .is_some_and(|k| k.status.last_error.is_some())
+    });
+    let limit = settings.check_every.max(MIN_ROUND);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut left = 0usize;
     let mut ok = true;
     let mut seen = BTreeSet::new();
     let (mut updated, mut failed) = (Vec::new(), Vec::new());
@@ -272,7 +281,18 @@ async fn round(
         if k.sent.as_ref().is_some_and(|s| s.auth == auth) {
             continue;
         }
-        match update(&engine, s, &host, &password).await {
+        if tokio::time::Instant::now() >= deadline {
+            left += 1;
+            continue;
+        }
+        // An update cut here may have landed or not: it is sent again next round.
+        let Ok(outcome) =
+            tokio::time::timeout_at(deadline, update(&engine, s, &host, &password)).await
+        else {
+            left += 1;
+            continue;
+        };
+        match outcome {
             Ok(Updated::Done) => {
                 let shared = sent.entry(host.clone()).or_insert_with(|| {
                     Arc::new(Sent {
@@ -299,6 +319,20 @@ async fn round(
                 k.status.last_error = Some(text);
             }
         }
+    }
+    if left > 0 {
+        ok = false;
+        notes.push(format!(
+            "the Engine is slow: a round's updates end after {}; {left} services are left for the next round",
+            humantime::format_duration(limit)
+        ));
+    }
+    if !notes.is_empty() {
+        let text = notes.join("; ");
+        if previous_error.as_deref() != Some(text.as_str()) {
+            tracing::warn!(error = %text, "swarm: not every service was updated this round");
+        }
+        st.last_error = Some(text);
     }
     // One line per round for each kind of event, whatever the number of services.
     if !updated.is_empty() {
