@@ -690,6 +690,81 @@ fn a_credential_echoed_by_the_engine_is_never_shown_even_in_part() {
     );
 }
 
+/// What would act on a terminal or split a log line if printed raw.
+fn raw_control(text: &str) -> Option<(usize, char)> {
+    text.char_indices().find(|(_, c)| {
+        (c.is_control() && *c != '\n')
+            || matches!(*c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+fn assert_inert(what: &str, text: &str) {
+    if let Some((i, c)) = raw_control(text) {
+        let from = text.floor_char_boundary(i.saturating_sub(80));
+        panic!(
+            "{what}: a raw {c:?} at byte {i}: {:?}",
+            &text[from..text.floor_char_boundary((i + 40).min(text.len()))]
+        );
+    }
+}
+
+const EVIL: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}gnp.exe\u{2028}\u{85}end";
+
+/// Service names and error messages holding terminal escapes, carriage returns, C1 and bidi
+/// controls: nothing reaches `status`, `status --json`, `metrics` (a Prometheus label escapes
+/// only `\`, `"` and line feeds) or the log raw.
+#[test]
+fn terminal_escapes_from_the_engine_are_never_shown_raw() {
+    let w = World::new();
+    let sock = w.path("engine.sock");
+    let list = json!([
+        service(
+            "s1",
+            1,
+            &spec(&format!("web{EVIL}"), &format!("{H1}/team/app:v1"))
+        ),
+        service(
+            "s2",
+            1,
+            &spec(&format!("api{EVIL}"), &format!("{H1}/team/api:v1"))
+        ),
+    ])
+    .to_string();
+    let engine = Engine::start(&sock, move |req| {
+        if let Some(r) = manager(req) {
+            return r;
+        }
+        match (req.method.as_str(), req.route()) {
+            ("GET", "/v1.41/services") => Reply::Json(200, list.clone()),
+            ("POST", "/v1.41/services/s1/update") => {
+                Reply::Json(200, json!({"Warnings": []}).to_string())
+            }
+            _ => Reply::Json(500, json!({"message": format!("boom{EVIL}")}).to_string()),
+        }
+    });
+    config(&w, &sock, "");
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    assert!(
+        wait_for(LONG, || w.status_json().is_some_and(|s| {
+            s["swarm"]["services"].as_array().is_some_and(|a| {
+                a.len() == 2
+                    && a.iter().any(|x| x["updates"] == 1)
+                    && a.iter().any(|x| x["last_error"].is_string())
+            })
+        })),
+        "{:?}\n{}",
+        w.status_json(),
+        d.log_text()
+    );
+    assert!(engine.updates().len() >= 2);
+    for args in [&["status"][..], &["status", "--json"], &["metrics"]] {
+        let out = w.client(args);
+        assert_inert(&args.join(" "), &output_text(&out));
+    }
+    assert_inert("the log", &d.log_text());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dense, huge, endless and silent answers; many services.
 
