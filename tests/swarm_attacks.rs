@@ -1,9 +1,10 @@
 //! Attacks on `[swarm]`, against the built binary: a hostile or broken Docker Engine on the socket
 //! (a service whose image moves to another registry while it is updated, answers echoing the
-//! credential, dense or huge answers, thousands of services with long names, endless, silent and
-//! failing answers, odd image references and version numbers), and a hostile local user (a real
-//! non-root uid racing its own listener and root's Engine on the configured socket path). The
-//! hostile Engine is in this file: HTTP/1.1 by hand on a Unix socket, so it can answer anything.
+//! credential, dense or huge answers, thousands of services with long names, terminal escapes,
+//! endless, silent, slow and failing answers, odd image references and version numbers), and a
+//! hostile local user (a real non-root uid racing its own listener and root's Engine on the
+//! configured socket path). The hostile Engine is in this file: HTTP/1.1 by hand on a Unix
+//! socket, so it can answer anything.
 
 mod common;
 

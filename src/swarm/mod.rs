@@ -6,7 +6,12 @@
 //! sends each service whose image is on a managed registry (or alias) its current spec, unchanged,
 //! with the new credential in `X-Registry-Auth`: the swarm stores it for the tasks it starts from
 //! then on, and running tasks are left alone. Once per token per service; a version conflict
-//! (someone else updated it meanwhile) is read again and retried.
+//! (someone else updated it meanwhile) is read again and retried while the image stays on the
+//! same registry, so one registry's credential never goes with another's image.
+//!
+//! Whatever the Engine answers, the cost stays bounded: at most [`MAX_SERVICES`] services, names
+//! as swarm allows them, a round's updates within `check_every` or [`MIN_ROUND`], one log line
+//! per round for each kind of event, and no credential in any error it echoes.
 
 pub(crate) mod engine;
 
