@@ -1,6 +1,8 @@
 //! The Docker Engine API over its Unix socket: the version, `/info`, the services, and a service update with credentials.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,6 +20,21 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 const MAX_API: (u32, u32) = (1, 43);
 /// The oldest the calls here exist in (swarm services with `X-Registry-Auth`).
 const MIN_API: (u32, u32) = (1, 25);
+/// The most JSON values one answer may hold. Decoded, a value takes ~100 bytes, so 32 MiB of
+/// `0,0,0,...` would take gigabytes; a swarm's list of thousands of services (a few hundred
+/// values each, with their previous spec) fits.
+const MAX_VALUES: usize = 1_000_000;
+/// The longest service id accepted (swarm's are 25 characters).
+const MAX_ID: usize = 64;
+/// The longest service name swarm accepts (a DNS label).
+const MAX_NAME: usize = 63;
+/// The most of an error text looked at (before the credentials are taken out and it is cut).
+const MAX_RAW_MESSAGE: usize = 4096;
+/// The longest error message kept, shown escaped.
+const MAX_MESSAGE: usize = 200;
+/// Runs of this many characters of a credential are taken out of an error: an echo the Engine
+/// cut short gives nothing away either.
+const SECRET_RUN: usize = 12;
 
 /// Why an Engine call failed. Never holds a credential.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,9 +59,12 @@ impl EngineError {
 pub struct Engine {
     socket: PathBuf,
     version: String,
+    redactor: Arc<Redactor>,
 }
 
 /// A swarm service as listed: its id, version, name, image and the spec to send back unchanged.
+/// The id is 1 to 64 ASCII letters and digits; the name is swarm's (a DNS label), or the id when
+/// the Engine gave another.
 #[derive(Debug, Clone)]
 pub struct Service {
     pub id: String,
@@ -67,10 +87,13 @@ pub enum Role {
 
 impl Engine {
     /// Connects once to agree on the API version (`/_ping`'s `API-Version`, capped at ours).
-    pub async fn connect(socket: &Path) -> Result<Engine, EngineError> {
+    /// `secrets` (passwords, `X-Registry-Auth` values) are taken out of every error the Engine
+    /// answers: it may echo what it was sent, now or later.
+    pub async fn connect(socket: &Path, secrets: Vec<String>) -> Result<Engine, EngineError> {
         let mut e = Engine {
             socket: socket.to_path_buf(),
             version: String::new(),
+            redactor: Arc::new(Redactor::new(secrets)),
         };
         let (_, headers) = e.call("GET", "/_ping", None, None).await?;
         let theirs = headers
@@ -106,13 +129,12 @@ impl Engine {
         })
     }
 
-    /// Every service.
+    /// Every service (those without a usable id, version or spec left out).
     pub async fn services(&self) -> Result<Vec<Service>, EngineError> {
-        let v = self.json("GET", "/services", None, None).await?;
-        let list = v
-            .as_array()
-            .ok_or_else(|| EngineError::Invalid("/services is not a list".into()))?;
-        Ok(list.iter().filter_map(service).collect())
+        match self.json("GET", "/services", None, None).await? {
+            Value::Array(list) => Ok(list.into_iter().filter_map(service).collect()),
+            _ => Err(EngineError::Invalid("/services is not a list".into())),
+        }
     }
 
     /// One service, read again (after a version conflict).
@@ -121,7 +143,7 @@ impl Engine {
             .json("GET", &format!("/services/{}", escape_id(id)), None, None)
             .await
         {
-            Ok(v) => Ok(service(&v)),
+            Ok(v) => Ok(service(v)),
             Err(EngineError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -136,13 +158,7 @@ impl Engine {
         username: &str,
         password: &str,
     ) -> Result<(), EngineError> {
-        let auth = serde_json::json!({
-            "username": username,
-            "password": password,
-            "serveraddress": server,
-        });
-        // The Engine decodes it with Go's base64.URLEncoding (padded), as the docker CLI encodes it.
-        let header = base64::engine::general_purpose::URL_SAFE.encode(auth.to_string());
+        let header = registry_auth(server, username, password);
         let body = serde_json::to_vec(&s.spec).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let path = format!(
             "/services/{}/update?version={}",
@@ -164,10 +180,7 @@ impl Engine {
         let (bytes, _) = self
             .call(method, &format!("{}{path}", self.version), body, auth)
             .await?;
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| EngineError::Invalid(e.to_string()))
+        decode(&bytes)
     }
 
     async fn call(
@@ -231,15 +244,23 @@ impl Engine {
                 .to_bytes();
             driver.abort();
             if !(200..300).contains(&status) {
-                // The Engine's errors are `{"message": "..."}`; its messages hold no credential.
-                let message = serde_json::from_slice::<Value>(&bytes)
+                // The Engine's errors are `{"message": "..."}`. One may echo what it was sent
+                // (a proxy, a broken Engine): the credentials are taken out before anything
+                // is cut or shown.
+                let raw = decode(&bytes)
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
-                return Err(EngineError::Status {
-                    status,
-                    message: crate::escape::shown(&message).into_owned(),
-                });
+                    .unwrap_or_else(|| {
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(4 * MAX_RAW_MESSAGE)])
+                            .into_owned()
+                    });
+                let text = self.redactor.apply(cut(&raw, MAX_RAW_MESSAGE));
+                let shown = crate::escape::shown(&text);
+                let message = match shown.char_indices().nth(MAX_MESSAGE) {
+                    Some((i, _)) => format!("{}...", &shown[..i]),
+                    None => shown.into_owned(),
+                };
+                return Err(EngineError::Status { status, message });
             }
             Ok((bytes, headers))
         };
@@ -253,19 +274,162 @@ impl Engine {
     }
 }
 
-/// A service from the Engine's JSON; `None` when it lacks an id, a version or a spec.
-fn service(v: &Value) -> Option<Service> {
-    let spec = v.get("Spec")?.clone();
+/// `X-Registry-Auth` for `username` and `password` at `server`: the JSON auth config in Go's
+/// base64.URLEncoding (padded), as the docker CLI encodes it and the Engine decodes it. A secret.
+pub fn registry_auth(server: &str, username: &str, password: &str) -> String {
+    let auth = serde_json::json!({
+        "username": username,
+        "password": password,
+        "serveraddress": server,
+    });
+    base64::engine::general_purpose::URL_SAFE.encode(auth.to_string())
+}
+
+/// An answer decoded; refused unread when it holds more than [`MAX_VALUES`] values. A decode
+/// error says where, never what.
+fn decode(bytes: &[u8]) -> Result<Value, EngineError> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    let n = values(bytes);
+    if n > MAX_VALUES {
+        return Err(EngineError::Invalid(format!(
+            "the answer holds about {n} values, more than the {MAX_VALUES} read"
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| EngineError::Invalid(e.to_string()))
+}
+
+/// About how many values JSON text holds (containers and separators outside strings), counted
+/// without decoding it.
+fn values(json: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
+/// A service from the Engine's JSON; `None` when it lacks a usable id, a version or a spec.
+fn service(mut v: Value) -> Option<Service> {
+    let id = v.get("ID")?.as_str()?.to_string();
+    // Swarm's ids are letters and digits; another would address something else once escaped.
+    if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let version = v.get("Version")?.get("Index")?.as_u64()?;
+    let spec = v.get_mut("Spec")?.take();
+    let name = spec["Name"]
+        .as_str()
+        .filter(|n| valid_name(n))
+        .unwrap_or(&id)
+        .to_string();
+    let image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     Some(Service {
-        id: v.get("ID")?.as_str()?.to_string(),
-        version: v.get("Version")?.get("Index")?.as_u64()?,
-        name: spec["Name"].as_str().unwrap_or_default().to_string(),
-        image: spec["TaskTemplate"]["ContainerSpec"]["Image"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        id,
+        version,
+        name,
+        image,
         spec,
     })
+}
+
+/// Whether swarm would accept `n` as a service name (swarmkit's controlapi `validateAnnotations`:
+/// `^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$`, at most 63 characters).
+fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => {
+            b.len() <= MAX_NAME
+                && f.is_ascii_alphanumeric()
+                && l.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+        }
+        _ => false,
+    }
+}
+
+/// At most `max` characters of `s`.
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Takes credentials out of an Engine's error text: each whole, and any run of [`SECRET_RUN`]
+/// or more characters of one (an echo cut short). Every window of every secret goes into one
+/// set once per round, so each error costs a lookup per character.
+#[derive(Default)]
+struct Redactor {
+    whole: Vec<String>,
+    runs: HashSet<Vec<char>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} secrets)", self.whole.len())
+    }
+}
+
+impl Redactor {
+    fn new(secrets: Vec<String>) -> Redactor {
+        let whole: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        let mut runs = HashSet::new();
+        for s in &whole {
+            let c: Vec<char> = s.chars().collect();
+            for w in c.windows(SECRET_RUN) {
+                runs.insert(w.to_vec());
+            }
+        }
+        Redactor { whole, runs }
+    }
+
+    fn apply(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for s in &self.whole {
+            text = text.replace(s.as_str(), "<redacted>");
+        }
+        let chars: Vec<char> = text.chars().collect();
+        let mut hidden = vec![false; chars.len()];
+        for (i, w) in chars.windows(SECRET_RUN).enumerate() {
+            if self.runs.contains(w) {
+                hidden[i..i + SECRET_RUN].iter_mut().for_each(|h| *h = true);
+            }
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut in_run = false;
+        for (c, h) in chars.iter().zip(&hidden) {
+            if *h {
+                if !in_run {
+                    out.push_str("<redacted>");
+                }
+                in_run = true;
+            } else {
+                out.push(*c);
+                in_run = false;
+            }
+        }
+        out
+    }
 }
 
 /// `1.41` -> (1, 41).
@@ -289,7 +453,7 @@ mod tests {
             "ID": "abc123", "Version": {"Index": 17},
             "Spec": {"Name": "web", "TaskTemplate": {"ContainerSpec": {"Image": "h/app:v1@sha256:00"}}, "Mode": {"Replicated": {"Replicas": 2}}}
         });
-        let s = service(&v).unwrap();
+        let s = service(v.clone()).unwrap();
         assert_eq!(
             (s.id.as_str(), s.version, s.name.as_str(), s.image.as_str()),
             ("abc123", 17, "web", "h/app:v1@sha256:00")
@@ -298,7 +462,56 @@ mod tests {
             s.spec, v["Spec"],
             "the spec is kept whole, to be sent back unchanged"
         );
-        assert!(service(&serde_json::json!({"ID": "x"})).is_none());
+        assert!(service(serde_json::json!({"ID": "x"})).is_none());
+    }
+
+    #[test]
+    fn odd_ids_are_refused_and_odd_names_replaced_by_the_id() {
+        let with = |id: &str, name: &str| {
+            service(serde_json::json!({"ID": id, "Version": {"Index": 1}, "Spec": {"Name": name}}))
+        };
+        for id in ["", "ab-c", "ab/../c", "a b", &"a".repeat(65), "é"] {
+            assert!(with(id, "web").is_none(), "{id:?}");
+        }
+        assert_eq!(with(&"a".repeat(64), "web").unwrap().name, "web");
+        for name in ["web", "web-1", "a__b", "W3b", &"n".repeat(63)] {
+            assert_eq!(with("abc", name).unwrap().name, name);
+        }
+        for name in [
+            "",
+            "-web",
+            "web-",
+            "we b",
+            "web\u{1b}[2J",
+            "a.b",
+            &"n".repeat(64),
+            "wéb",
+        ] {
+            assert_eq!(with("abc", name).unwrap().name, "abc", "{name:?}");
+        }
+    }
+
+    #[test]
+    fn dense_answers_are_refused_unread() {
+        assert_eq!(values(br#"{"a": [1, 2, {"b": "x,y[{"}], "c\",": 3}"#), 7);
+        let mut dense = b"[".to_vec();
+        dense.extend(b"0,".repeat(MAX_VALUES));
+        dense.extend(b"0]");
+        assert!(matches!(decode(&dense), Err(EngineError::Invalid(m)) if m.contains("values")));
+        assert_eq!(decode(b"").unwrap(), Value::Null);
+        assert_eq!(decode(b"[1,2]").unwrap(), serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_errors_whole_and_in_part() {
+        let pw = "fakepw-1-0123456789abcdef0123";
+        let header = registry_auth("h.example", "AWS", pw);
+        let r = Redactor::new(vec![pw.to_string(), header.clone(), String::new()]);
+        assert_eq!(r.apply(&format!("bad: {pw}!")), "bad: <redacted>!");
+        assert_eq!(r.apply(&format!("a {header} b")), "a <redacted> b");
+        // Cut short by the Engine: 12 characters of it are enough to go.
+        assert_eq!(r.apply(&format!("x{}y", &pw[3..15])), "x<redacted>y");
+        assert_eq!(r.apply("nothing here"), "nothing here");
     }
 
     #[test]

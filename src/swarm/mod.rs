@@ -6,7 +6,12 @@
 //! sends each service whose image is on a managed registry (or alias) its current spec, unchanged,
 //! with the new credential in `X-Registry-Auth`: the swarm stores it for the tasks it starts from
 //! then on, and running tasks are left alone. Once per token per service; a version conflict
-//! (someone else updated it meanwhile) is read again and retried.
+//! (someone else updated it meanwhile) is read again and retried while the image stays on the
+//! same registry, so one registry's credential never goes with another's image.
+//!
+//! Whatever the Engine answers, the cost stays bounded: at most [`MAX_SERVICES`] services, names
+//! as swarm allows them, a round's updates within `check_every` or [`MIN_ROUND`], one log line
+//! per round for each kind of event, and no credential in any error it echoes.
 
 pub(crate) mod engine;
 
@@ -24,6 +29,16 @@ use engine::{Engine, EngineError, Role, Service};
 
 /// Attempts of one service's update when its version keeps moving.
 const CONFLICT_ATTEMPTS: u32 = 3;
+/// The most services kept fresh (the first by id); the status says how many more there are.
+const MAX_SERVICES: usize = 5000;
+/// A round's updates end by then, or by `check_every` when that is longer: the status is
+/// published, and the next round goes on where this one stopped (those given the token are
+/// skipped), whatever pace the Engine answers at.
+const MIN_ROUND: Duration = Duration::from_secs(60);
+/// The most services named in one log line.
+const NAMED: usize = 10;
+/// The user name of an ECR credential.
+const USERNAME: &str = "AWS";
 
 /// The swarm task, when `[swarm]` is enabled; restarted when its settings change.
 pub struct Swarm {
@@ -102,9 +117,31 @@ impl Swarm {
 /// What the task remembers of one service between rounds.
 #[derive(Debug, Default)]
 struct Kept {
-    /// The credential (its `auth`) last stored in the service.
-    sent: Option<String>,
+    /// The credential last stored in the service.
+    sent: Option<Arc<Sent>>,
     status: SwarmServiceStatus,
+}
+
+/// A credential as sent, shared by the services of one registry that got it in one round.
+#[derive(Debug)]
+struct Sent {
+    /// The token's `auth`, to tell when a new one came.
+    auth: String,
+    /// The password and the `X-Registry-Auth` it went in: the Engine may echo them later.
+    password: String,
+    header: String,
+}
+
+/// How one service's update ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Updated {
+    /// The swarm stored the credential.
+    Done,
+    /// Removed meanwhile: nothing to keep fresh.
+    Gone,
+    /// Its image moved to another registry meanwhile: nothing was sent with the new spec; the
+    /// next round sends that registry's credential, if it is one of ours.
+    Moved,
 }
 
 async fn run(
@@ -173,7 +210,7 @@ async fn round(
     kept: &mut BTreeMap<String, Kept>,
     st: &mut SwarmStatus,
 ) -> bool {
-    let engine = match Engine::connect(&settings.socket).await {
+    let engine = match Engine::connect(&settings.socket, secrets(creds, kept)).await {
         Ok(e) => e,
         Err(e) => {
             return fail(st, "unreachable", &e);
@@ -201,14 +238,40 @@ async fn round(
         Ok(s) => s,
         Err(e) => return fail(st, "manager", &e),
     };
-    st.last_error = None;
+    let previous_error = st.last_error.take();
     st.last_check = Some(SystemTime::now());
+    // The services on a managed registry, by id, so that the same ones are kept when there are
+    // more than MAX_SERVICES (each is a status row, metric series and request per token).
+    let mut matching: Vec<(Service, String)> = services
+        .into_iter()
+        .filter_map(|s| {
+            let host = image_host(&s.image).filter(|h| hosts.contains(h))?;
+            Some((s, host))
+        })
+        .collect();
+    matching.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    let total = matching.len();
+    let mut notes = Vec::new();
+    if total > MAX_SERVICES {
+        matching.truncate(MAX_SERVICES);
+        notes.push(format!(
+            "{total} services are on managed registries, more than the {MAX_SERVICES} kept fresh: {} are left out",
+            total - MAX_SERVICES
+        ));
+    }
+    // Those whose last update failed go last: slow failures do not hold the others back.
+    matching.sort_by_key(|(s, _)| {
+        kept.get(&s.id)
+            .is_some_and(|k| k.status.last_error.is_some())
+    });
+    let limit = settings.check_every.max(MIN_ROUND);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut left = 0usize;
     let mut ok = true;
     let mut seen = BTreeSet::new();
-    for s in services {
-        let Some(host) = image_host(&s.image).filter(|h| hosts.contains(h)) else {
-            continue;
-        };
+    let (mut updated, mut failed) = (Vec::new(), Vec::new());
+    let mut sent: BTreeMap<String, Arc<Sent>> = BTreeMap::new();
+    for (s, host) in matching {
         seen.insert(s.id.clone());
         let k = kept.entry(s.id.clone()).or_default();
         k.status.id = s.id.clone();
@@ -220,51 +283,132 @@ async fn round(
         let (Some(password), auth) = (token.password(), token.auth().to_string()) else {
             continue;
         };
-        if k.sent.as_deref() == Some(auth.as_str()) {
+        if k.sent.as_ref().is_some_and(|s| s.auth == auth) {
             continue;
         }
-        match update(&engine, s, &host, &password).await {
-            Ok(()) => {
-                k.sent = Some(auth);
+        if tokio::time::Instant::now() >= deadline {
+            left += 1;
+            continue;
+        }
+        // An update cut here may have landed or not: it is sent again next round.
+        let Ok(outcome) =
+            tokio::time::timeout_at(deadline, update(&engine, s, &host, &password)).await
+        else {
+            left += 1;
+            continue;
+        };
+        match outcome {
+            Ok(Updated::Done) => {
+                let shared = sent.entry(host.clone()).or_insert_with(|| {
+                    Arc::new(Sent {
+                        header: engine::registry_auth(&host, USERNAME, &password),
+                        auth,
+                        password,
+                    })
+                });
+                k.sent = Some(Arc::clone(shared));
                 k.status.credential_expires_at = Some(token.expires_at);
                 k.status.updates += 1;
                 k.status.last_update = Some(SystemTime::now());
                 k.status.last_error = None;
-                tracing::info!(service = %k.status.name, registry = %host, "swarm service given the new token");
+                updated.push(k.status.name.clone());
             }
+            Ok(Updated::Gone) => {}
+            Ok(Updated::Moved) => ok = false, // read again soon, with backoff
             Err(e) => {
                 ok = false;
                 let text = e.to_string();
                 if k.status.last_error.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(service = %k.status.name, registry = %host, error = %text, "swarm service update failed");
+                    failed.push(format!("{}: {text}", k.status.name));
                 }
                 k.status.last_error = Some(text);
             }
         }
+    }
+    if left > 0 {
+        ok = false;
+        notes.push(format!(
+            "the Engine is slow: a round's updates end after {}; {left} services are left for the next round",
+            humantime::format_duration(limit)
+        ));
+    }
+    if !notes.is_empty() {
+        let text = notes.join("; ");
+        if previous_error.as_deref() != Some(text.as_str()) {
+            tracing::warn!(error = %text, "swarm: not every service was updated this round");
+        }
+        st.last_error = Some(text);
+    }
+    // One line per round for each kind of event, whatever the number of services.
+    if !updated.is_empty() {
+        tracing::info!(count = updated.len(), services = %named(&updated), "swarm services given the new token");
+    }
+    if !failed.is_empty() {
+        tracing::warn!(count = failed.len(), failures = %named(&failed), "swarm service updates failed");
     }
     kept.retain(|id, _| seen.contains(id));
     st.services = kept.values().map(|k| k.status.clone()).collect();
     ok
 }
 
-/// One service's update, read again and retried when its version moved meanwhile.
+/// The first few of `items`, then how many more.
+fn named(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > NAMED {
+        s += &format!("; and {} more", items.len() - NAMED);
+    }
+    s
+}
+
+/// Every credential the Engine could echo: each current password, and each one last sent to a
+/// service, with the `X-Registry-Auth` it goes in.
+fn secrets(creds: &Credentials, kept: &BTreeMap<String, Kept>) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for (host, token) in creds {
+        if let Some(pw) = token.password() {
+            out.insert(engine::registry_auth(host, USERNAME, &pw));
+            out.insert(pw);
+        }
+    }
+    let mut headers = BTreeSet::new();
+    for s in kept.values().filter_map(|k| k.sent.as_ref()) {
+        if headers.insert(s.header.as_str()) {
+            out.insert(s.password.clone());
+            out.insert(s.header.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// One service's update, read again and retried when its version moved meanwhile. Only while
+/// it is the same service with its image on the same registry: the credential read for `host`
+/// never goes with a spec whose image is elsewhere (the swarm would send it there on each pull).
 async fn update(
     engine: &Engine,
     mut s: Service,
     host: &str,
     password: &str,
-) -> Result<(), EngineError> {
+) -> Result<Updated, EngineError> {
     let mut attempt = 1;
     loop {
-        match engine.update(&s, host, "AWS", password).await {
+        match engine.update(&s, host, USERNAME, password).await {
+            Ok(()) => return Ok(Updated::Done),
             Err(e) if e.is_conflict() && attempt < CONFLICT_ATTEMPTS => {
                 attempt += 1;
-                match engine.service(&s.id).await? {
-                    Some(fresh) => s = fresh,
-                    None => return Ok(()), // removed meanwhile: nothing to keep fresh
+                let Some(fresh) = engine.service(&s.id).await? else {
+                    return Ok(Updated::Gone);
+                };
+                if fresh.id != s.id || image_host(&fresh.image).as_deref() != Some(host) {
+                    return Ok(Updated::Moved);
                 }
+                s = fresh;
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
