@@ -38,8 +38,8 @@ stop() {
 }
 
 started=$SECONDS
-say "build (cargo build --workspace --bins)"
-cargo build --quiet --workspace --bins
+say "build the daemon and the fake ECR (cargo build -p ecr-refresherd -p fake-aws)"
+cargo build --quiet --locked -p ecr-refresherd -p fake-aws --bins
 bin=$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)
 echo "built in $((SECONDS - started)) s"
 
