@@ -59,6 +59,31 @@ impl<'a> Checker<'a> {
         self.warnings.push(d);
     }
 
+    /// [`Checker::duration`] that must also be at least `min` (how often something is polled).
+    pub(super) fn duration_at_least(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<String>>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let d = self.duration(key, v, default, max);
+        if d < min
+            && let Some(v) = v
+        {
+            self.error(
+                v.span(),
+                format!(
+                    "{key} must be at least {}, found {:?}",
+                    humantime::format_duration(min),
+                    v.get_ref()
+                ),
+            );
+        }
+        d
+    }
+
     /// A duration between zero (exclusive) and `max`: every time computation stays far from
     /// overflow, and no setting can make the daemon wait longer than makes sense.
     pub(super) fn duration(

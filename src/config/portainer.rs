@@ -61,24 +61,13 @@ pub(super) fn portainers(c: &mut Checker, raw: &[Spanned<RawPortainer>]) -> Vec<
             None => RecordSelection::Matching,
             Some(ids) => RecordSelection::Only(record_ids(c, ids)),
         };
-        let check_every = c.duration(
+        let check_every = c.duration_at_least(
             "check_every",
             &p.check_every,
             DEFAULT_CHECK_EVERY,
+            MIN_CHECK_EVERY,
             MAX_CHECK_EVERY,
         );
-        if check_every < MIN_CHECK_EVERY
-            && let Some(v) = &p.check_every
-        {
-            c.error(
-                v.span(),
-                format!(
-                    "check_every must be at least {}, found {:?}",
-                    humantime::format_duration(MIN_CHECK_EVERY),
-                    v.get_ref()
-                ),
-            );
-        }
         if let Some(url) = url {
             out.push(PortainerSettings {
                 url,

@@ -31,24 +31,13 @@ pub(super) fn swarm(c: &mut Checker, raw: Option<&RawSwarm>) -> Option<SwarmSett
         Some(v) => c.absolute_path("socket", v),
         None => PathBuf::from(DEFAULT_SOCKET),
     };
-    let check_every = c.duration(
+    let check_every = c.duration_at_least(
         "check_every",
         &raw.check_every,
         DEFAULT_CHECK_EVERY,
+        MIN_CHECK_EVERY,
         MAX_CHECK_EVERY,
     );
-    if check_every < MIN_CHECK_EVERY
-        && let Some(v) = &raw.check_every
-    {
-        c.error(
-            v.span(),
-            format!(
-                "check_every must be at least {}, found {:?}",
-                humantime::format_duration(MIN_CHECK_EVERY),
-                v.get_ref()
-            ),
-        );
-    }
     raw.enabled.unwrap_or(false).then_some(SwarmSettings {
         socket,
         check_every,
