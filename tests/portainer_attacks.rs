@@ -1479,6 +1479,17 @@ fn a_changed_certificate_is_refused_by_the_running_daemon() {
         let p = w.fake.issued_passwords();
         fp.record(a).is_some_and(|r| p.contains(&r.password))
     }));
+    // Both instances manage record `a`: wait until each has finished its first round (a PUT of
+    // the first token still under way at the rotation was verified against the old certificate).
+    assert!(
+        wait_for(LONG, || (0..2).all(|i| {
+            portainer_status(&w, i)["records"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["id"] == a && !r["last_update"].is_null()))
+        })),
+        "{}",
+        w.status_json().unwrap_or_default()
+    );
     fp.rotate_certificate();
     fp.reset_requests();
     // A new token after the rotation would be PUT if anything got through.
