@@ -21,6 +21,7 @@ pub(crate) mod escape;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod portainer;
+pub(crate) mod redact;
 pub(crate) mod safe_fs;
 pub(crate) mod startup;
 pub(crate) mod status;

@@ -166,62 +166,21 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
 /// each whole, and any piece of [`SECRET_PIECE`] bytes of one; `urls` (presigned URLs, whose
 /// host and path are shown) only whole.
 fn scrub(mut report: Report, secrets: &[String], urls: &[String]) -> Report {
-    let pieces: std::collections::HashSet<&[u8]> = secrets
-        .iter()
-        .flat_map(|s| s.as_bytes().windows(SECRET_PIECE))
-        .collect();
-    let clean = |s: &mut String| {
-        for secret in urls.iter().chain(secrets).filter(|s| s.len() >= 8) {
-            if s.contains(secret.as_str()) {
-                *s = s.replace(secret.as_str(), "<redacted>");
-            }
-        }
-        if let Some(c) = redact_pieces(s, &pieces) {
-            *s = c;
-        }
-    };
+    let mut r = crate::redact::Redactor::new(SECRET_PIECE);
+    // Shorter ones are words, not secrets: replacing them would garble the report.
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        r.add(s.as_str());
+    }
+    for u in urls.iter().filter(|s| s.len() >= 8) {
+        r.add_whole(u.as_str());
+    }
     for step in &mut report.steps {
-        clean(&mut step.detail);
+        step.detail = r.apply(&step.detail);
         if let Some(f) = &mut step.fix {
-            clean(f);
+            *f = r.apply(f);
         }
     }
     report
-}
-
-/// `s` with every run of characters covered by a piece of a secret replaced by `<redacted>`;
-/// `None` when no piece is in it.
-fn redact_pieces(s: &str, pieces: &std::collections::HashSet<&[u8]>) -> Option<String> {
-    let b = s.as_bytes();
-    if b.len() < SECRET_PIECE || pieces.is_empty() {
-        return None;
-    }
-    let mut covered = vec![false; b.len()];
-    let mut any = false;
-    for (i, w) in b.windows(SECRET_PIECE).enumerate() {
-        if pieces.contains(w) {
-            covered[i..i + SECRET_PIECE].fill(true);
-            any = true;
-        }
-    }
-    if !any {
-        return None;
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut redacting = false;
-    for (i, c) in s.char_indices() {
-        // A piece may begin or end inside a character: the whole character goes.
-        if covered[i..i + c.len_utf8()].contains(&true) {
-            if !redacting {
-                out.push_str("<redacted>");
-            }
-            redacting = true;
-        } else {
-            redacting = false;
-            out.push(c);
-        }
-    }
-    Some(out)
 }
 
 /// The values of a URL's query (each also percent-decoded): a presigned URL's signature and

@@ -343,42 +343,10 @@ fn cut(s: &str, max: usize) -> &str {
     }
 }
 
-/// Takes every secret out of `text`: whole, and any run of [`SECRET_RUN`] or more characters
-/// that is part of a secret (an echo cut short by the server). Linear: every window of a secret
-/// goes into one set, and each window of the text is looked up once.
+/// Takes every secret out of `text`: whole, and any run of [`SECRET_RUN`] or more bytes that is
+/// part of a secret (an echo cut short by the server).
 pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(s.as_str(), "<redacted>");
-    }
-    let mut windows = std::collections::HashSet::new();
-    for s in secrets {
-        let c: Vec<char> = s.chars().collect();
-        for w in c.windows(SECRET_RUN) {
-            windows.insert(w.to_vec());
-        }
-    }
-    let chars: Vec<char> = text.chars().collect();
-    let mut hidden = vec![false; chars.len()];
-    for (i, w) in chars.windows(SECRET_RUN).enumerate() {
-        if windows.contains(w) {
-            hidden[i..i + SECRET_RUN].iter_mut().for_each(|h| *h = true);
-        }
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut in_run = false;
-    for (c, h) in chars.iter().zip(&hidden) {
-        if *h {
-            if !in_run {
-                out.push_str("<redacted>");
-            }
-            in_run = true;
-        } else {
-            out.push(*c);
-            in_run = false;
-        }
-    }
-    out
+    crate::redact::Redactor::of(SECRET_RUN, secrets.iter().cloned()).apply(text)
 }
 
 /// A JSON array decoded up to [`MAX_LISTED`] items; a longer one is refused as it is read.

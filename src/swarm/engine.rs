@@ -1,6 +1,5 @@
 //! The Docker Engine API over its Unix socket: the version, `/info`, the services, and a service update with credentials.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::UnixStream;
+
+use crate::redact::Redactor;
 
 /// A request is answered by then, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -93,7 +94,7 @@ impl Engine {
         let mut e = Engine {
             socket: socket.to_path_buf(),
             version: String::new(),
-            redactor: Arc::new(Redactor::new(secrets)),
+            redactor: Arc::new(Redactor::of(SECRET_RUN, secrets)),
         };
         let (_, headers) = e.call("GET", "/_ping", None, None).await?;
         let theirs = headers
@@ -375,63 +376,6 @@ fn cut(s: &str, max: usize) -> &str {
     }
 }
 
-/// Takes credentials out of an Engine's error text: each whole, and any run of [`SECRET_RUN`]
-/// or more characters of one (an echo cut short). Every window of every secret goes into one
-/// set once per round, so each error costs a lookup per character.
-#[derive(Default)]
-struct Redactor {
-    whole: Vec<String>,
-    runs: HashSet<Vec<char>>,
-}
-
-impl std::fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} secrets)", self.whole.len())
-    }
-}
-
-impl Redactor {
-    fn new(secrets: Vec<String>) -> Redactor {
-        let whole: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        let mut runs = HashSet::new();
-        for s in &whole {
-            let c: Vec<char> = s.chars().collect();
-            for w in c.windows(SECRET_RUN) {
-                runs.insert(w.to_vec());
-            }
-        }
-        Redactor { whole, runs }
-    }
-
-    fn apply(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for s in &self.whole {
-            text = text.replace(s.as_str(), "<redacted>");
-        }
-        let chars: Vec<char> = text.chars().collect();
-        let mut hidden = vec![false; chars.len()];
-        for (i, w) in chars.windows(SECRET_RUN).enumerate() {
-            if self.runs.contains(w) {
-                hidden[i..i + SECRET_RUN].iter_mut().for_each(|h| *h = true);
-            }
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut in_run = false;
-        for (c, h) in chars.iter().zip(&hidden) {
-            if *h {
-                if !in_run {
-                    out.push_str("<redacted>");
-                }
-                in_run = true;
-            } else {
-                out.push(*c);
-                in_run = false;
-            }
-        }
-        out
-    }
-}
-
 /// `1.41` -> (1, 41).
 fn parse_version(s: &str) -> Option<(u32, u32)> {
     let (a, b) = s.split_once('.')?;
@@ -506,7 +450,7 @@ mod tests {
     fn credentials_are_taken_out_of_errors_whole_and_in_part() {
         let pw = "fakepw-1-0123456789abcdef0123";
         let header = registry_auth("h.example", "AWS", pw);
-        let r = Redactor::new(vec![pw.to_string(), header.clone(), String::new()]);
+        let r = Redactor::of(SECRET_RUN, [pw.to_string(), header.clone(), String::new()]);
         assert_eq!(r.apply(&format!("bad: {pw}!")), "bad: <redacted>!");
         assert_eq!(r.apply(&format!("a {header} b")), "a <redacted> b");
         // Cut short by the Engine: 12 characters of it are enough to go.
