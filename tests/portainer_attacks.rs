@@ -965,25 +965,6 @@ fn redirects_are_never_followed() {
 // ---------------------------------------------------------------------------------------------
 // Server-supplied text.
 
-/// What would act on a terminal or split a log line if printed raw.
-fn raw_control(text: &str) -> Option<(usize, char)> {
-    text.char_indices().find(|(_, c)| {
-        (c.is_control() && *c != '\n')
-            || matches!(*c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    })
-}
-
-fn assert_inert(what: &str, text: &str) {
-    if let Some((i, c)) = raw_control(text) {
-        let from = text.floor_char_boundary(i.saturating_sub(80));
-        panic!(
-            "{what}: a raw {:?} at byte {i}: {:?}",
-            c,
-            &text[from..text.floor_char_boundary((i + 40).min(text.len()))]
-        );
-    }
-}
-
 const EVIL: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}gnp.exe\u{2028}\u{85}\0end";
 
 /// Escapes in the version, record names and URLs, and error messages: nothing shown raw in
@@ -1485,7 +1466,10 @@ fn a_changed_certificate_is_refused_by_the_running_daemon() {
         wait_for(LONG, || (0..2).all(|i| {
             portainer_status(&w, i)["records"]
                 .as_array()
-                .is_some_and(|rs| rs.iter().any(|r| r["id"] == a && !r["last_update"].is_null()))
+                .is_some_and(|rs| {
+                    rs.iter()
+                        .any(|r| r["id"] == a && !r["last_update"].is_null())
+                })
         })),
         "{}",
         w.status_json().unwrap_or_default()

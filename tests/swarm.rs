@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,34 +52,15 @@ fn engine(sock: &std::path::Path, state: Arc<Mutex<State>>) {
                 let mut r = BufReader::new(conn.try_clone().expect("clone"));
                 let mut w = conn;
                 loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    let Some(HttpRequest {
+                        method,
+                        path,
+                        registry_auth: auth,
+                        body,
+                    }) = read_http_request(&mut r)
+                    else {
                         return;
-                    }
-                    let mut parts = line.split_whitespace();
-                    let method = parts.next().unwrap_or_default().to_string();
-                    let path = parts.next().unwrap_or_default().to_string();
-                    let (mut len, mut auth) = (0usize, None);
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        let (k, v) = h.split_once(':').unwrap_or((h, ""));
-                        match k.to_ascii_lowercase().as_str() {
-                            "content-length" => len = v.trim().parse().unwrap_or(0),
-                            "x-registry-auth" => auth = Some(v.trim().to_string()),
-                            _ => {}
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).is_err() {
-                        return;
-                    }
+                    };
                     let (status, answer) = respond(&state, &method, &path, auth, body);
                     let text = answer.to_string();
                     let _ = write!(

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,37 +110,12 @@ impl Engine {
 }
 
 fn read_request(r: &mut BufReader<UnixStream>) -> Option<Req> {
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let (mut len, mut auth) = (0usize, None);
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap_or((h, ""));
-        match k.to_ascii_lowercase().as_str() {
-            "content-length" => len = v.trim().parse().unwrap_or(0),
-            "x-registry-auth" => auth = Some(v.trim().to_string()),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
+    let h = read_http_request(r)?;
     Some(Req {
-        method,
-        path,
-        auth,
-        body,
+        method: h.method,
+        path: h.path,
+        auth: h.registry_auth,
+        body: h.body,
     })
 }
 
@@ -689,24 +664,6 @@ fn a_credential_echoed_by_the_engine_is_never_shown_even_in_part() {
         all.contains("HTTP 50") || all.contains("<redacted>"),
         "the errors are gone: {st}"
     );
-}
-
-/// What would act on a terminal or split a log line if printed raw.
-fn raw_control(text: &str) -> Option<(usize, char)> {
-    text.char_indices().find(|(_, c)| {
-        (c.is_control() && *c != '\n')
-            || matches!(*c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    })
-}
-
-fn assert_inert(what: &str, text: &str) {
-    if let Some((i, c)) = raw_control(text) {
-        let from = text.floor_char_boundary(i.saturating_sub(80));
-        panic!(
-            "{what}: a raw {c:?} at byte {i}: {:?}",
-            &text[from..text.floor_char_boundary((i + 40).min(text.len()))]
-        );
-    }
 }
 
 const EVIL: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}gnp.exe\u{2028}\u{85}end";

@@ -233,6 +233,73 @@ pub fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// Where `text` holds what would act on a terminal or split a log line if printed raw (a control
+/// other than a line feed, C1, bidi and line separators): its byte offset and the character.
+pub fn raw_control(text: &str) -> Option<(usize, char)> {
+    text.char_indices().find(|(_, c)| {
+        (c.is_control() && *c != '\n')
+            || matches!(*c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+/// Panics, showing where, if `text` (what `what` printed) holds anything [`raw_control`] finds.
+pub fn assert_inert(what: &str, text: &str) {
+    if let Some((i, c)) = raw_control(text) {
+        let from = text.floor_char_boundary(i.saturating_sub(80));
+        panic!(
+            "{what}: a raw {c:?} at byte {i}: {:?}",
+            &text[from..text.floor_char_boundary((i + 40).min(text.len()))]
+        );
+    }
+}
+
+/// One HTTP/1.1 request as a scripted server reads it (the Engine's API in the swarm tests).
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// The `X-Registry-Auth` header, if any.
+    pub registry_auth: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads the next request from `r`: its line, headers, and a `Content-Length` body; `None` at the
+/// end of the stream or when it breaks off.
+pub fn read_http_request(r: &mut impl std::io::BufRead) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let (mut len, mut registry_auth) = (0usize, None);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap_or((h, ""));
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => len = v.trim().parse().unwrap_or(0),
+            "x-registry-auth" => registry_auth = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(HttpRequest {
+        method,
+        path,
+        registry_auth,
+        body,
+    })
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_for(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + timeout;
