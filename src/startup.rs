@@ -50,6 +50,8 @@ pub struct Source {
     pub path: PathBuf,
     /// Named on the command line (then it must exist).
     pub explicit: bool,
+    /// Log the config's warnings as it is read (`check` prints them in its report instead).
+    pub log_warnings: bool,
 }
 
 impl Source {
@@ -60,11 +62,21 @@ impl Source {
             Some(p) => Source {
                 path: std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
                 explicit: true,
+                log_warnings: true,
             },
             None => Source {
                 path: PathBuf::from(config::DEFAULT_CONFIG),
                 explicit: false,
+                log_warnings: true,
             },
+        }
+    }
+
+    /// The same source, whose warnings are left to the caller to show.
+    pub fn quiet(self) -> Source {
+        Source {
+            log_warnings: false,
+            ..self
         }
     }
 
@@ -73,7 +85,9 @@ impl Source {
     pub fn read(&self) -> Result<Option<Settings>, ConfigError> {
         match config::load(&self.path, &SystemAccounts) {
             Ok(settings) => {
-                config::log_warnings(&settings);
+                if self.log_warnings {
+                    config::log_warnings(&settings);
+                }
                 Ok(Some(settings))
             }
             Err(ConfigError::Read { source, .. })

@@ -233,8 +233,10 @@ pub use crate::startup::exit::{
     CONFIG as EXIT_CRITICAL, FAILED as EXIT_WARNING, OK as EXIT_OK, UNKNOWN as EXIT_UNKNOWN,
 };
 
-/// 0: every registry holds an unexpired token and none is failing; 1: some refresh is failing but
-/// every token is still valid, or a Portainer instance or record is failing; 2: some registry has no valid token (expired, or not obtained yet).
+/// 0: every registry holds an unexpired token and nothing is failing; 1: every token is still
+/// valid but a refresh, an auth file's write, a Portainer instance or record, or the swarm is
+/// failing; 2: some registry has no valid token (expired, or not obtained yet). Warnings alone
+/// (what `check` exits 1 for) leave it at 0: they are shown, and stay until someone acts.
 pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
     let mut code = EXIT_OK;
     for r in &status.registries {
@@ -245,6 +247,9 @@ pub fn exit_code(status: &Status, now: SystemTime) -> u8 {
         if r.consecutive_failures > 0 || r.state == RegistryState::Failing {
             code = EXIT_WARNING;
         }
+    }
+    if status.targets.iter().any(|t| t.state == TargetState::Error) {
+        code = code.max(EXIT_WARNING);
     }
     let portainer_failing = status
         .portainer
@@ -648,6 +653,26 @@ mod tests {
             0
         );
         assert_eq!(exit_code(&with(down, vec![reg(None, 0, now)]), now), 2);
+        // An auth file that cannot be written is failing; one with warnings, or pending, is not.
+        let target = |state, warnings: Vec<String>| Status {
+            targets: vec![TargetStatus {
+                state,
+                warnings,
+                ..Default::default()
+            }],
+            ..st(vec![reg(Some(100), 0, now)])
+        };
+        assert_eq!(exit_code(&target(TargetState::Error, vec![]), now), 1);
+        assert_eq!(
+            exit_code(&target(TargetState::Ok, vec!["mode 0644".into()]), now),
+            0
+        );
+        assert_eq!(exit_code(&target(TargetState::Pending, vec![]), now), 0);
+        let expired_and_failing = Status {
+            registries: vec![reg(Some(-5), 0, now)],
+            ..target(TargetState::Error, vec![])
+        };
+        assert_eq!(exit_code(&expired_and_failing, now), 2);
     }
 
     #[test]

@@ -398,6 +398,14 @@ fn every_loopback_spelling_of_an_alias_is_warned_about_or_refused() {
             text.contains("loopback") && text.contains("any local user who listens there"),
             "{alias}: no warning (exit {code}):\n{text}"
         );
+        // In the report (stdout), and exit 1 as for any warning.
+        assert!(
+            text.lines().any(|l| l.starts_with("config ")
+                && l.contains(": warning: ")
+                && l.contains("loopback")),
+            "{alias}: the warning is not in the report:\n{text}"
+        );
+        assert_eq!(code, 1, "{alias}:\n{text}");
     }
     for alias in [
         "127.1:5000",

@@ -682,3 +682,38 @@ fn status_during_the_first_round_is_pending_not_empty() {
         d.stop();
     }
 }
+
+/// An auth file the daemon cannot write makes `status` exit 1 (its tokens are valid, a consumer's
+/// file is not), shown as `error`; once it can, 0 again.
+#[test]
+fn status_exits_1_while_an_auth_file_cannot_be_written() {
+    let w = World::new();
+    let target = w.one_target_config(&[H1], "");
+    // Its directory is a file: nothing can be written under it.
+    let dir = target.parent().unwrap().to_path_buf();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let d = w.spawn_daemon(&[]);
+    d.wait_ready();
+    let failing = wait_for(Duration::from_secs(30), || {
+        let out = w.client(&["status"]);
+        code(&out) == 1 && stdout(&out).contains("error")
+    });
+    let out = w.client(&["status"]);
+    assert!(
+        failing,
+        "status while the file cannot be written: exit {}\n{}\n{}",
+        code(&out),
+        stdout(&out),
+        d.log_text()
+    );
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            entry(&w, &target, H1).is_some() && code(&w.client(&["status"])) == 0
+        }),
+        "{}\n{}",
+        stdout(&w.client(&["status"])),
+        d.log_text()
+    );
+}

@@ -193,20 +193,39 @@ fn print_portainer(p: &PortainerStatus, updated: Option<usize>) -> (bool, bool) 
 /// only); no AWS call.
 pub async fn check(cli: &Cli) -> u8 {
     logging::init("warn", false);
-    let settings = match Source::of(cli.config.as_deref()).load().await {
+    let settings = match Source::of(cli.config.as_deref()).quiet().load().await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ecr-refresherd: {}", shown_lines(&e.to_string()));
             return exit::CONFIG;
         }
     };
+    // The config's own warnings (a loopback alias, a plain-http endpoint, ...) are in the report
+    // and make the exit code 1, as a target's do.
+    let mut code = exit::OK;
     match &settings.source {
-        Some(p) => println!(
-            "config {}: ok ({} registries, {} targets)",
-            escape::path(p),
-            settings.registries.len(),
-            settings.targets.len()
-        ),
+        Some(p) => {
+            let path = escape::path(p);
+            let verdict = match settings.warnings.len() {
+                0 => "ok".to_string(),
+                1 => "valid, 1 warning".to_string(),
+                n => format!("valid, {n} warnings"),
+            };
+            println!(
+                "config {path}: {verdict} ({} registries, {} targets)",
+                settings.registries.len(),
+                settings.targets.len()
+            );
+            for w in &settings.warnings {
+                println!(
+                    "config {path}:{}:{}: warning: {}",
+                    w.line,
+                    w.column,
+                    shown(&w.message)
+                );
+                code = exit::FAILED;
+            }
+        }
         None => println!(
             "config: none, using this instance's registry {}",
             shown(&settings.registries[0].host)
@@ -217,7 +236,6 @@ pub async fn check(cli: &Cli) -> u8 {
     let diagnoses = tokio::task::spawn_blocking(move || diagnose::diagnose(&s, &run_dir))
         .await
         .unwrap_or_default();
-    let mut code = exit::OK;
     for d in &diagnoses {
         let label = target_label(&d.name, &d.path);
         if d.errors.is_empty() && d.warnings.is_empty() {
