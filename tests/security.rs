@@ -372,11 +372,17 @@ fn a_config_anyone_but_root_can_change_is_refused() {
         &format!("host = \"{H1}\"\nendpoint_url = \"http://127.0.0.1:9\"\n"),
     );
     std::fs::write(&cfg, text).unwrap();
-    let (c, err) = check(&w);
-    assert_eq!(c, 0, "{err}");
+    let out = w.run(&["check"]);
+    let report = stdout(&out);
+    assert_eq!(
+        code(&out),
+        1,
+        "a warning is exit 1:\n{report}{}",
+        stderr(&out)
+    );
     assert!(
-        err.contains("WARN") && err.contains("plain http://"),
-        "{err}"
+        report.contains(": warning: ") && report.contains("plain http://"),
+        "{report}"
     );
 }
 
