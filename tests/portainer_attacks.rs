@@ -1485,7 +1485,10 @@ fn a_changed_certificate_is_refused_by_the_running_daemon() {
         wait_for(LONG, || (0..2).all(|i| {
             portainer_status(&w, i)["records"]
                 .as_array()
-                .is_some_and(|rs| rs.iter().any(|r| r["id"] == a && !r["last_update"].is_null()))
+                .is_some_and(|rs| {
+                    rs.iter()
+                        .any(|r| r["id"] == a && !r["last_update"].is_null())
+                })
         })),
         "{}",
         w.status_json().unwrap_or_default()

@@ -18,13 +18,16 @@ pub(crate) struct Account {
     pub home: PathBuf,
 }
 
+/// A proposed target: (name, path, user, why).
+pub(crate) type Proposed = (String, PathBuf, Option<String>, String);
+
 /// What `init` found, for the text.
 #[derive(Debug)]
 pub(crate) struct Found {
     /// The instance's registry host, or why there is none.
     pub registry: Result<String, String>,
-    /// (name, path, user, why) of each target, root's docker config first.
-    pub targets: Vec<(String, PathBuf, Option<String>, String)>,
+    /// Each target, root's docker config first.
+    pub targets: Vec<Proposed>,
     /// Auth files found but not proposed, each with why (the daemon would refuse it, ...).
     pub left_out: Vec<String>,
 }
@@ -63,10 +66,7 @@ pub(crate) fn accounts(passwd: &str) -> Vec<Account> {
 /// account's docker config and podman auth file that exist and that the daemon would write as
 /// that account; podman's `/run/containers/0` file for root when podman is installed. Returns
 /// them, and the files left out with why.
-pub(crate) fn targets(
-    root: &Path,
-    accounts: &[Account],
-) -> (Vec<(String, PathBuf, Option<String>, String)>, Vec<String>) {
+pub(crate) fn targets(root: &Path, accounts: &[Account]) -> (Vec<Proposed>, Vec<String>) {
     let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     let mut out = vec![(
         "root".to_string(),
@@ -149,11 +149,7 @@ pub(crate) fn targets(
 }
 
 /// `base`, or a variant no target has yet (an account named `podman` beside root's podman).
-fn unique_name(
-    out: &[(String, PathBuf, Option<String>, String)],
-    base: String,
-    uid: u32,
-) -> String {
+fn unique_name(out: &[Proposed], base: String, uid: u32) -> String {
     let taken = |n: &str| out.iter().any(|t| t.0 == n);
     if !taken(&base) {
         return base;
