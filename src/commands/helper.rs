@@ -65,7 +65,9 @@ fn client_error(e: control::ClientError) -> String {
             "not allowed to ask ecr-refresherd (permission denied on {}); the credential helper socket is helper_socket, beside the control socket",
             path.display()
         ),
-        e @ control::ClientError::Busy(_) => e.to_string(),
+        e @ (control::ClientError::Busy(_) | control::ClientError::NotDaemon { .. }) => {
+            e.to_string()
+        }
         control::ClientError::NoDaemon { path, .. } => format!(
             "ecr-refresherd is not running (nothing answers on {}); start it with: systemctl start ecr-refresherd",
             path.display()

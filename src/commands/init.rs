@@ -18,13 +18,18 @@ pub(crate) struct Account {
     pub home: PathBuf,
 }
 
+/// A proposed target: (name, path, user, why).
+pub(crate) type Proposed = (String, PathBuf, Option<String>, String);
+
 /// What `init` found, for the text.
 #[derive(Debug)]
 pub(crate) struct Found {
     /// The instance's registry host, or why there is none.
     pub registry: Result<String, String>,
-    /// (name, path, user, why) of each target, root's docker config first.
-    pub targets: Vec<(String, PathBuf, Option<String>, String)>,
+    /// Each target, root's docker config first.
+    pub targets: Vec<Proposed>,
+    /// Auth files found but not proposed, each with why (the daemon would refuse it, ...).
+    pub left_out: Vec<String>,
 }
 
 /// The registry host of an account in a region, in its partition's domain.
@@ -58,12 +63,10 @@ pub(crate) fn accounts(passwd: &str) -> Vec<Account> {
 }
 
 /// The targets for this host under `root` (`/` outside tests): root's docker config always; each
-/// account's docker config and podman auth file that exist; podman's `/run/containers/0` file for
-/// root when podman is installed.
-pub(crate) fn targets(
-    root: &Path,
-    accounts: &[Account],
-) -> Vec<(String, PathBuf, Option<String>, String)> {
+/// account's docker config and podman auth file that exist and that the daemon would write as
+/// that account; podman's `/run/containers/0` file for root when podman is installed. Returns
+/// them, and the files left out with why.
+pub(crate) fn targets(root: &Path, accounts: &[Account]) -> (Vec<Proposed>, Vec<String>) {
     let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     let mut out = vec![(
         "root".to_string(),
@@ -71,6 +74,7 @@ pub(crate) fn targets(
         None,
         "root's docker and docker compose (created if missing)".to_string(),
     )];
+    let mut left_out = Vec::new();
     let podman = ["/usr/bin/podman", "/usr/local/bin/podman"]
         .iter()
         .any(|p| under(Path::new(p)).exists());
@@ -93,18 +97,75 @@ pub(crate) fn targets(
         ] {
             let p = home.join(rel);
             // Only what exists: a file whose directories the user made (never created above a
-            // home by root). Symlinks are not followed to decide.
-            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
-                let name = if kind == "docker" {
-                    a.name.clone()
-                } else {
-                    format!("{}-podman", a.name)
-                };
-                out.push((name, p, Some(a.name.clone()), format!("{}'s {why}", a.name)));
+            // home by root).
+            if std::fs::symlink_metadata(&p).is_err() {
+                continue;
             }
+            // A home shared with another account (`operator`'s is /root): one target a path.
+            if let Some((other, ..)) = out.iter().find(|t| t.1 == p) {
+                left_out.push(format!(
+                    "{}: {}'s {why} is also the target {other:?} above (a shared home)",
+                    p.display(),
+                    a.name
+                ));
+                continue;
+            }
+            // What the daemon would do with it, written as this account: the same walk and
+            // checks (no link of the user's followed, the file theirs, one link), then parsed.
+            let owner = crate::safe_fs::OwnerPolicy::User {
+                uid: a.uid,
+                gid: None,
+            };
+            let refusal = match crate::safe_fs::read(&p, owner) {
+                Ok(Some(bytes)) => crate::targets::authfile::parse(&bytes)
+                    .err()
+                    .map(|e| format!("{}: it would be left untouched: {e}", p.display())),
+                Ok(None) => continue,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why_not) = refusal {
+                left_out.push(format!(
+                    "{}'s {why}, as the daemon would refuse it: {why_not}",
+                    a.name
+                ));
+                continue;
+            }
+            let base = if kind == "docker" {
+                a.name.clone()
+            } else {
+                format!("{}-podman", a.name)
+            };
+            let name = unique_name(&out, base, a.uid);
+            // A name of digits would be read as a uid: give the uid itself.
+            let user = if a.name.parse::<u32>().is_ok() {
+                a.uid.to_string()
+            } else {
+                a.name.clone()
+            };
+            out.push((name, p, Some(user), format!("{}'s {why}", a.name)));
         }
     }
-    out
+    (out, left_out)
+}
+
+/// `base`, or a variant no target has yet (an account named `podman` beside root's podman).
+fn unique_name(out: &[Proposed], base: String, uid: u32) -> String {
+    let taken = |n: &str| out.iter().any(|t| t.0 == n);
+    if !taken(&base) {
+        return base;
+    }
+    let mut name = format!("{base}-{uid}");
+    let mut n = 2;
+    while taken(&name) {
+        name = format!("{base}-{uid}-{n}");
+        n += 1;
+    }
+    name
+}
+
+/// `s` as one comment line: nothing in it can end the comment or act on a terminal.
+fn comment(s: &str) -> String {
+    crate::escape::shown(s).into_owned()
 }
 
 /// The config text for what was found.
@@ -122,10 +183,7 @@ pub(crate) fn render(found: &Found) -> String {
             let _ = writeln!(t, "[[registry]]\nhost = \"{host}\"");
         }
         Err(why) => {
-            let why: String = why
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
+            let why = comment(why);
             let _ = writeln!(
                 t,
                 "# Instance metadata gave no identity ({why}): put your registry's account and region\n\
@@ -138,15 +196,17 @@ pub(crate) fn render(found: &Found) -> String {
         "# More registries (any account, region, partition; public.ecr.aws): one [[registry]] each.\n",
     );
     for (name, path, user, why) in &found.targets {
-        let why: String = why
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let _ = writeln!(t, "\n# {why}.");
+        let _ = writeln!(t, "\n# {}.", comment(why));
         let _ = writeln!(t, "[[target]]\nname = {}", toml_str(name));
         let _ = writeln!(t, "path = {}", toml_str(&path.display().to_string()));
         if let Some(u) = user {
             let _ = writeln!(t, "user = {}", toml_str(u));
+        }
+    }
+    if !found.left_out.is_empty() {
+        t.push_str("\n# Found but not proposed:\n");
+        for l in &found.left_out {
+            let _ = writeln!(t, "# - {}", comment(l));
         }
     }
     t
@@ -170,9 +230,11 @@ pub async fn init(root: &Path, write: Option<&Path>) -> u8 {
         Err(e) => Err(e.to_string()),
     };
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let (targets, left_out) = targets(root, &accounts(&passwd));
     let found = Found {
         registry,
-        targets: targets(root, &accounts(&passwd)),
+        targets,
+        left_out,
     };
     let text = render(&found);
     match write {
@@ -197,54 +259,60 @@ pub async fn init(root: &Path, write: Option<&Path>) -> u8 {
 }
 
 /// Writes `bytes` to a new file at `path`: a 0600 temp file beside it, fsynced, then renamed in
-/// only if nothing is there (`RENAME_NOREPLACE`): never over an existing file, never half-written.
+/// only if nothing is there (`RENAME_NOREPLACE`): never over an existing file, never
+/// half-written. The directory must be one the daemon would read a config from (root's alone,
+/// as `read_trusted` checks), and every step goes through its descriptor: no one can swap it
+/// for a link between the steps to make root write elsewhere.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .ok_or("give a path with its directory")?;
+    use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+    let path = std::path::absolute(path).map_err(|e| e.to_string())?;
     let name = path.file_name().ok_or("give a file name")?;
-    if std::fs::symlink_metadata(path).is_ok() {
+    let dir = crate::safe_fs::trusted_dir(&path).map_err(|e| match e {
+        crate::safe_fs::FileError::Refused { reason, .. } => {
+            format!("{reason}; the daemon would not read a config there")
+        }
+        e => e.to_string(),
+    })?;
+    if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
         return Err("exists; init never writes over a file (print it instead and compare)".into());
     }
-    let tmp = dir.join(format!(
-        ".{}.init-{}",
+    // A random name: in a sticky directory (/tmp) anyone may take a predictable one first.
+    let tmp = format!(
+        ".{}.init-{:016x}",
         name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(|e| format!("cannot create a file in {}: {e}", dir.display()))?;
+        rand::random::<u64>()
+    );
+    let fd = rustix::fs::openat(
+        &dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| format!("cannot create a file in {}: {e}", dir_shown(&path)))?;
+    let mut f = std::fs::File::from(fd);
     let written = f.write_all(bytes).and_then(|()| f.sync_all());
     drop(f);
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         return Err(e.to_string());
     }
-    let renamed = rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        &tmp,
-        rustix::fs::CWD,
-        path,
-        rustix::fs::RenameFlags::NOREPLACE,
-    );
+    let renamed = rustix::fs::renameat_with(&dir, tmp.as_str(), &dir, name, RenameFlags::NOREPLACE);
     if let Err(e) = renamed {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         return Err(if e == rustix::io::Errno::EXIST {
             "exists; init never writes over a file".into()
         } else {
             e.to_string()
         });
     }
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = rustix::fs::fsync(&dir);
     Ok(())
+}
+
+fn dir_shown(path: &Path) -> String {
+    path.parent()
+        .map(|d| crate::escape::shown(&d.display().to_string()).into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -296,6 +364,9 @@ mod tests {
                 Some("a".into()),
                 "x".into(),
             )],
+            left_out: vec![
+                "/home/b/.docker/config.json\n[[target]]\npath = \"/etc/shadow\"".into(),
+            ],
         };
         let t = render(&f);
         assert!(t.contains(&format!("host = \"{PLACEHOLDER}\"")), "{t}");
@@ -305,5 +376,7 @@ mod tests {
             v["target"][0]["path"].as_str(),
             Some("/home/a b/.docker/config.json")
         );
+        // What was left out stays in its comment, whatever it holds.
+        assert_eq!(v["target"].as_array().map(Vec::len), Some(1), "{t}");
     }
 }

@@ -813,6 +813,14 @@ pub enum ClientError {
     /// The daemon is there, but the socket's mode or group keeps this user out.
     #[error("ecr-refresherd is running on {}, but this user may not ask it (the socket is root's and `socket_group`'s): run it as root (sudo), or add the user to the group set as socket_group in [daemon]", .0.display())]
     Denied(PathBuf),
+    /// What listens on the socket is not root's, nor this user's: not the daemon.
+    #[error("{} is served by uid {uid}, not by root: that is not ecr-refresherd, and its answer is not read (check `socket` in [daemon], --socket and ECR_REFRESHERD_SOCKET)", path.display())]
+    NotDaemon {
+        /// The socket path.
+        path: PathBuf,
+        /// Who listens on it.
+        uid: u32,
+    },
     /// The answer could not be read or understood.
     #[error("the daemon's answer: {0}")]
     Protocol(String),
@@ -835,6 +843,21 @@ pub async fn request(
         .await
         .map_err(|_| ClientError::Busy(socket.to_path_buf()))?
         .map_err(no_daemon)?;
+    // The daemon runs as root. A listener of another user's (on a socket path in a directory
+    // they can write, or named by a hostile ECR_REFRESHERD_SOCKET) is not asked: its answers
+    // would be taken for the daemon's (a reload "applied", a credential). This user's own
+    // listener is its own business (a daemon run without root, the tests).
+    let me = rustix::process::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == 0 || c.uid() == me => {}
+        Ok(c) => {
+            return Err(ClientError::NotDaemon {
+                path: socket.to_path_buf(),
+                uid: c.uid(),
+            });
+        }
+        Err(e) => return Err(ClientError::Protocol(format!("who listens: {e}"))),
+    }
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     // A daemon that answers before reading (a caller it turns away) may have closed its side:

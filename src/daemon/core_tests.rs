@@ -392,6 +392,34 @@ fn slow_deliveries_of_changes_take_at_most_a_fifth_of_the_time() {
 }
 
 #[test]
+fn a_flood_of_changes_is_diagnosed_no_more_often_than_delivered() {
+    // A diagnosis reads and parses the file as a delivery does: a user touching a large file in
+    // a loop must not have root do it without pause.
+    let (mut core, _) = started("", &[H1], &["/t/a.json"]);
+    core.diagnosed(Path::new("/t/a.json"), None, vec![], false);
+    let a = BTreeSet::from([PathBuf::from("/t/a.json")]);
+    let (mut deliveries, mut diagnoses) = (0, 0);
+    for ms in (0..3000).step_by(10) {
+        let now = t(10) + Duration::from_millis(ms);
+        core.changed(&a);
+        for action in core.poll(now) {
+            match action {
+                Action::Deliver(j) => {
+                    deliveries += 1;
+                    core.delivered(&j, Ok(false), now, 0.0);
+                }
+                Action::Diagnose(_) => {
+                    diagnoses += 1;
+                    core.diagnosed(Path::new("/t/a.json"), None, vec![], false);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!((deliveries, diagnoses), (15, 15));
+}
+
+#[test]
 fn at_most_max_writes_run_at_once() {
     let paths: Vec<String> = (0..10).map(|i| format!("/t/{i}.json")).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();

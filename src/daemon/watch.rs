@@ -25,6 +25,10 @@ use crate::safe_fs;
 /// How long events are gathered before they are reported as one batch.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// While a batch is gathered, the queue is read at most this often (it holds 16384 events by
+/// default: a million a second would be needed to overflow it).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
 /// What changed, after debouncing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -138,6 +142,9 @@ impl Watcher {
                     return;
                 }
                 self.read(&mut buffer, &mut changes);
+                // Read in slices, not at each event: a user touching their file in a loop
+                // queues one per touch, and waking for each cost most of a core.
+                std::thread::sleep(DRAIN_EVERY.min(left));
             }
             // Directories may have appeared or gone: watch the right ones before reporting.
             self.rewatch();

@@ -16,7 +16,7 @@ mod read;
 mod walk;
 mod write;
 
-pub use read::{DirInfo, inspect, read, read_secret, read_sized, read_trusted};
+pub use read::{DirInfo, inspect, read, read_secret, read_sized, read_trusted, trusted_dir};
 
 pub use walk::{nearest_dir, open_private_dir};
 pub use write::{remove_stray_temp_files, update, update_shared, update_sized};

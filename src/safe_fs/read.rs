@@ -166,20 +166,13 @@ fn trusted_file(st: &Stat, me: u32, path: &Path, secret: bool) -> Result<(), Fil
     Ok(())
 }
 
-pub(super) fn read_trusted_at(
+/// Every directory on the way to a file root trusts is root's alone (or the daemon's own uid's).
+fn check_trusted_chain(
+    chain: &[super::walk::Dir],
+    me: u32,
     path: &Path,
-    max: usize,
-    links: usize,
     secret: bool,
-) -> Result<Vec<u8>, FileError> {
-    let me = rustix::process::geteuid().as_raw();
-    let name = path
-        .file_name()
-        .ok_or_else(|| refused(path, "the path does not name a file"))?;
-    let (chain, missing) = walk_parent(path)?;
-    if !missing.is_empty() {
-        return Err(io_err(path, "open", Errno::NOENT));
-    }
+) -> Result<(), FileError> {
     let last = chain.len().saturating_sub(1);
     for (i, d) in chain.iter().enumerate() {
         // Group write counts, root's group too: the config needs root and nobody else. A sticky
@@ -200,6 +193,41 @@ pub(super) fn read_trusted_at(
             ));
         }
     }
+    Ok(())
+}
+
+/// The directory of `path`, a file root will trust (a config `init` writes), opened as
+/// [`read_trusted`] will find it: the same walk, the same checks. Writing through it, nobody
+/// but root can redirect the file or read it half-written; missing directories are an error.
+pub fn trusted_dir(path: &Path) -> Result<std::os::fd::OwnedFd, FileError> {
+    let me = rustix::process::geteuid().as_raw();
+    let (mut chain, missing) = walk_parent(path)?;
+    if let Some(first) = missing.first() {
+        let last = chain.last().map_or(Path::new("/"), |d| d.path.as_path());
+        return Err(io_err(&last.join(first), "open", Errno::NOENT));
+    }
+    check_trusted_chain(&chain, me, path, false)?;
+    chain
+        .pop()
+        .map(|d| d.fd)
+        .ok_or_else(|| refused(path, "empty walk"))
+}
+
+pub(super) fn read_trusted_at(
+    path: &Path,
+    max: usize,
+    links: usize,
+    secret: bool,
+) -> Result<Vec<u8>, FileError> {
+    let me = rustix::process::geteuid().as_raw();
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused(path, "the path does not name a file"))?;
+    let (chain, missing) = walk_parent(path)?;
+    if !missing.is_empty() {
+        return Err(io_err(path, "open", Errno::NOENT));
+    }
+    check_trusted_chain(&chain, me, path, secret)?;
     let dir = chain.last().ok_or_else(|| refused(path, "empty walk"))?;
     // A link (e.g. from configuration management) is followed only if root owns it: its
     // directory was just checked to be root's alone.

@@ -429,15 +429,14 @@ impl Core {
     pub(crate) fn changed(&mut self, paths: &BTreeSet<PathBuf>) {
         for (i, t) in self.settings.targets.iter().enumerate() {
             if paths.contains(&t.path) {
+                // Diagnosed again with the delivery this starts (see `want_changed`).
                 self.targets[i].changed = true;
-                // What docker and podman will use may have changed too (a credsStore added, a
-                // mode fixed): `status` says what `check` would.
-                self.targets[i].rediagnose = true;
             }
         }
     }
 
-    /// Changes on disk become deliveries, at most one per target per [`EVENT_SPACING`].
+    /// Changes on disk become deliveries and diagnoses, at most one per target per
+    /// [`EVENT_SPACING`] (and [`EVENT_SHARE`] of the time).
     fn want_changed(&mut self, now: SystemTime) {
         for t in &mut self.targets {
             let spaced = t
@@ -447,6 +446,11 @@ impl Core {
                 t.changed = false;
                 t.wanted = true;
                 t.last_change_delivery = Some(now);
+                // What docker and podman will use may have changed too (a credsStore added, a
+                // mode fixed): `status` says what `check` would. With the delivery, not at each
+                // event: a user touching a large file in a loop would have root read and parse
+                // it without pause.
+                t.rediagnose = true;
             }
         }
     }
