@@ -211,3 +211,65 @@ fn write_makes_a_new_0600_file_and_never_overwrites() {
     assert_eq!(code(&out), 1);
     assert!(!Path::new("/tmp/ecr-init-should-not-exist").exists());
 }
+
+/// The one file `--write` replaces: the packaged config as installed, byte for byte (a fresh
+/// package install ships it, and `init --write /etc/ecr-refresherd/config.toml` must work then).
+/// The same file with one line of the operator's, or another no-settings file, is left alone.
+#[test]
+fn write_replaces_the_packaged_config_as_installed_and_nothing_else() {
+    let w = World::new();
+    let root = w.path("empty-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    let dest = w.path("etc-ecr/config.toml");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let packaged = ecr_refresherd::config::packaged_config();
+    let write = |w: &World| {
+        init(
+            w,
+            &[
+                "--root",
+                root.to_str().unwrap(),
+                "--write",
+                dest.to_str().unwrap(),
+            ],
+            false,
+        )
+    };
+    for kept in [
+        format!("{packaged}# the operator's note\n"),
+        "# mine, no settings\n".to_string(),
+        packaged.replacen("# ", "#  ", 1),
+    ] {
+        std::fs::write(&dest, &kept).unwrap();
+        let out = write(&w);
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("init never writes over a file"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), kept);
+    }
+    std::fs::write(&dest, &packaged).unwrap();
+    chmod(&dest, 0o600);
+    let out = write(&w);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = std::fs::read_to_string(&dest).unwrap();
+    assert!(
+        text.contains("[[target]]") && text.contains("made by `ecr-refresherd init`"),
+        "{text}"
+    );
+    let md = std::fs::metadata(&dest).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    // The old file went; no temp file is left beside the new one.
+    let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from("config.toml")]);
+    // Now it is the operator's: a second run leaves it alone.
+    let again = write(&w);
+    assert_eq!(code(&again), 1);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), text);
+}

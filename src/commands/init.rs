@@ -244,7 +244,10 @@ pub async fn init(root: &Path, write: Option<&Path>) -> u8 {
         }
         Some(path) => match write_new(path, text.as_bytes()) {
             Ok(()) => {
-                eprintln!("ecr-refresherd: wrote {} (0600)", path.display());
+                eprintln!(
+                    "ecr-refresherd: wrote {} (0600)",
+                    crate::escape::shown(&path.display().to_string())
+                );
                 exit::OK
             }
             Err(e) => {
@@ -260,7 +263,9 @@ pub async fn init(root: &Path, write: Option<&Path>) -> u8 {
 
 /// Writes `bytes` to a new file at `path`: a 0600 temp file beside it, fsynced, then renamed in
 /// only if nothing is there (`RENAME_NOREPLACE`): never over an existing file, never
-/// half-written. The directory must be one the daemon would read a config from (root's alone,
+/// half-written. The one exception is the packaged config left as installed (comments only,
+/// byte for byte [`crate::config::packaged_config`]): nothing of the operator's is in it, so it
+/// is exchanged for the new file, as `sudo ecr-refresherd init --write` after installing expects. The directory must be one the daemon would read a config from (root's alone,
 /// as `read_trusted` checks), and every step goes through its descriptor: no one can swap it
 /// for a link between the steps to make root write elsewhere.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -273,9 +278,11 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
         }
         e => e.to_string(),
     })?;
-    if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-        return Err("exists; init never writes over a file (print it instead and compare)".into());
-    }
+    // The one file it replaces: the packaged config as installed (comments only, byte for byte).
+    let packaged = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(_) => None,
+        Ok(_) => Some(packaged_as_installed(&dir, name)?),
+    };
     // A random name: in a sticky directory (/tmp) anyone may take a predictable one first.
     let tmp = format!(
         ".{}.init-{:016x}",
@@ -296,6 +303,9 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
         return Err(e.to_string());
     }
+    if let Some(installed) = packaged {
+        return swap_in(&dir, &tmp, name, installed);
+    }
     let renamed = rustix::fs::renameat_with(&dir, tmp.as_str(), &dir, name, RenameFlags::NOREPLACE);
     if let Err(e) = renamed {
         let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
@@ -307,6 +317,76 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
     }
     let _ = rustix::fs::fsync(&dir);
     Ok(())
+}
+
+/// `(device, inode)` of the file at `name` in `dir` when it is the packaged config as installed;
+/// else why init leaves it alone.
+fn packaged_as_installed(
+    dir: &rustix::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+) -> Result<(u64, u64), String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read as _;
+    const NEVER: &str = "exists; init never writes over a file (print it instead and compare)";
+    let want = crate::config::packaged_config();
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Err(NEVER.into());
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| e.to_string())?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(NEVER.into());
+    }
+    let mut text = Vec::new();
+    let _ = std::fs::File::from(fd)
+        .take(want.len() as u64 + 1)
+        .read_to_end(&mut text);
+    if text == want.as_bytes() {
+        return Ok((st.st_dev, st.st_ino));
+    }
+    let says_nothing = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.is_empty());
+    Err(if says_nothing {
+        "exists, with no settings but not as packaged (edited, or another version's): init never \
+         writes over a file it did not install; remove it first, or print the config and compare"
+            .into()
+    } else {
+        NEVER.into()
+    })
+}
+
+/// Exchanges the new file at `tmp` with the installed one at `name` (`RENAME_EXCHANGE`), then
+/// removes the old one, which must still be the file that was read: anything else is put back.
+fn swap_in(
+    dir: &rustix::fd::OwnedFd,
+    tmp: &str,
+    name: &std::ffi::OsStr,
+    installed: (u64, u64),
+) -> Result<(), String> {
+    use rustix::fs::{AtFlags, RenameFlags};
+    let undo = |e: String| {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        e
+    };
+    rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE)
+        .map_err(|e| undo(format!("cannot replace the packaged config: {e}")))?;
+    let old = rustix::fs::statat(dir, tmp, AtFlags::SYMLINK_NOFOLLOW);
+    if old.is_ok_and(|st| (st.st_dev, st.st_ino) == installed) {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        let _ = rustix::fs::fsync(dir);
+        return Ok(());
+    }
+    // Someone replaced it while init ran: theirs goes back, ours goes.
+    let _ = rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE);
+    Err(undo(
+        "changed while init ran; init never writes over a file it did not install".into(),
+    ))
 }
 
 fn dir_shown(path: &Path) -> String {

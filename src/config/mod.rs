@@ -24,6 +24,28 @@ pub use swarm::SwarmSettings;
 
 /// Where the daemon looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/ecr-refresherd/config.toml";
+/// The packaged `/etc/ecr-refresherd/config.toml`, byte for byte: config.example.toml with every
+/// setting commented out. A config with no settings means "this instance's own registry", so the
+/// service starts as installed; `init --write` may replace this file (and only this one).
+pub fn packaged_config() -> String {
+    let mut out = String::from(
+        "# ecr-refresherd: with every line commented out, the daemon keeps this instance's own\n\
+         # registry (<account>.dkr.ecr.<region>.amazonaws.com, from instance metadata) fresh in\n\
+         # /root/.docker/config.json. Uncomment and edit to choose registries and auth files, or\n\
+         # replace this file with `sudo ecr-refresherd init --write /etc/ecr-refresherd/config.toml`;\n\
+         # the daemon picks up the change by itself (or: systemctl reload ecr-refresherd).\n\n",
+    );
+    for line in include_str!("../../config.example.toml").lines() {
+        let t = line.trim_start();
+        if !(t.is_empty() || t.starts_with('#')) {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// The control socket when the config names none.
 pub const DEFAULT_SOCKET: &str = "/run/ecr-refresherd/status.sock";
 /// The credential helper's socket when the config names none (anyone may connect; each request

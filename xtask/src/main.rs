@@ -7,35 +7,12 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use ecr_refresherd::cli::Cli;
 
-/// The packaged `/etc/ecr-refresherd/config.toml`: the example with every setting commented out.
-/// A config with no settings means "this instance's own registry", so the service starts as is.
-fn commented_config(example: &str) -> String {
-    let mut out = String::from(
-        "# ecr-refresherd: with every line commented out, the daemon keeps this instance's own\n\
-         # registry (<account>.dkr.ecr.<region>.amazonaws.com, from instance metadata) fresh in\n\
-         # /root/.docker/config.json. Uncomment and edit to choose registries and auth files;\n\
-         # the daemon picks up the change by itself (or: systemctl reload ecr-refresherd).\n\n",
-    );
-    for line in example.lines() {
-        let t = line.trim_start();
-        if t.is_empty() || t.starts_with('#') {
-            out.push_str(line);
-        } else {
-            out.push_str("# ");
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
 fn assets(out: PathBuf) -> std::io::Result<()> {
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config.example.toml"
-    ))?;
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("config.toml"), commented_config(&example))?;
+    std::fs::write(
+        out.join("config.toml"),
+        ecr_refresherd::config::packaged_config(),
+    )?;
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)?;
     let cmd = Cli::command();
@@ -74,8 +51,7 @@ fn main() -> ExitCode {
 mod tests {
     #[test]
     fn packaged_config_holds_no_settings() {
-        let example = include_str!("../../config.example.toml");
-        let text = super::commented_config(example);
+        let text = ecr_refresherd::config::packaged_config();
         let table: toml::Table = text.parse().expect("valid TOML");
         assert!(table.is_empty(), "{table:?}");
         // Every setting of the example is still there to uncomment.
