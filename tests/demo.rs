@@ -42,7 +42,21 @@ struct Demo {
 
 impl Demo {
     fn spawn() -> Demo {
-        let mut child = Command::new(repo().join("scripts/demo.sh"))
+        let mut cmd = Command::new(repo().join("scripts/demo.sh"));
+        // As a terminal's shell starts it: SIGINT and SIGQUIT at their defaults. A test run
+        // started in the background of a non-interactive shell inherits them ignored, and a
+        // shell cannot trap a signal ignored on entry (CI started that way failed the Ctrl-C test).
+        // SAFETY: only sigaction, which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                use nix::sys::signal::{SigHandler, Signal, signal};
+                for s in [Signal::SIGINT, Signal::SIGQUIT] {
+                    signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .current_dir(repo())
             .env("CARGO_TARGET_DIR", target_dir())
             .stdin(Stdio::null())
