@@ -58,11 +58,21 @@ fn sockets_in_config(cli: &Cli) -> Option<PartialDaemon> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG));
     let text = std::fs::read_to_string(&path).ok()?;
-    match toml::from_str::<Partial>(&text) {
-        Ok(p) => p.daemon,
+    let found = match toml::from_str::<Partial>(&text) {
+        Ok(p) => p.daemon?,
         // A config with a syntax error elsewhere still names its sockets: `reload` must reach
         // the daemon to hear why the new config is rejected.
-        Err(_) => Some(scan_sockets(&text)),
+        Err(_) => scan_sockets(&text),
+    };
+    Some(absolute_only(found))
+}
+
+/// A relative path is no socket the daemon binds (its config must name absolute paths) and would
+/// be looked up from wherever the client runs: the default is asked instead.
+fn absolute_only(d: PartialDaemon) -> PartialDaemon {
+    PartialDaemon {
+        socket: d.socket.filter(|p| p.is_absolute()),
+        helper_socket: d.helper_socket.filter(|p| p.is_absolute()),
     }
 }
 
@@ -226,6 +236,15 @@ mod tests {
             PartialDaemon {
                 socket: Some(PathBuf::from("/run/x/ctl.sock")),
                 helper_socket: Some(PathBuf::from("/run/x/h.sock")),
+            }
+        );
+        assert_eq!(
+            absolute_only(scan_sockets(
+                "[daemon]\nsocket = \"run/ctl.sock\"\nhelper_socket = \"/run/h.sock\"\nx = [\n"
+            )),
+            PartialDaemon {
+                socket: None,
+                helper_socket: Some(PathBuf::from("/run/h.sock")),
             }
         );
         assert_eq!(
