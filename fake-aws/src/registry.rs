@@ -768,6 +768,8 @@ fn presign(
     let base = state.storage_url.clone().unwrap_or_else(|| {
         format!("https://prod-{region}-starport-layer-bucket.s3.{region}.amazonaws.com")
     });
+    // `ASIAFAKESTARPORT0000` is a dummy access key id, shaped like ECR's presigned layer URLs
+    // (temporary credentials start with ASIA): it names no key and signs nothing.
     let url = format!(
         "{base}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={amz_date}\
          &X-Amz-SignedHeaders=host&X-Amz-Expires={PRESIGN_EXPIRES}\
